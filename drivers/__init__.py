@@ -1,0 +1,1 @@
+"""Device drivers (transports that own the wire) and pure decoders (bytes -> readings)."""

@@ -1,0 +1,45 @@
+"""The :class:`Reading`: one measured value of one quantity of one device at one time."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+Value = float | int | bool | str
+
+
+class Flag(enum.IntFlag):
+    """Conditions a consumer must know about to read a value right (sent as SenML ``flags``)."""
+
+    NONE = 0
+    CLOCK_UNSYNCED = 1  # time came from a clock that was not yet synchronised
+    COUNTER_ROLLOVER = 2  # a cumulative counter wrapped or was reset before this value
+    PARTIAL = 4  # an aggregate over a window that was cut short
+
+
+FLAG_NAMES: dict[Flag, str] = {
+    Flag.CLOCK_UNSYNCED: "clock-unsynced",
+    Flag.COUNTER_ROLLOVER: "counter-rollover",
+    Flag.PARTIAL: "partial",
+}
+
+
+def flag_names(flags: int) -> list[str]:
+    """The wire names of the flags set in ``flags``, in a fixed order."""
+    return [name for flag, name in FLAG_NAMES.items() if flags & flag]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value as a driver produced it.
+
+    ``time`` is UTC seconds since the Unix epoch; ``unit`` is a SenML unit (RFC 8428 §12.1,
+    RFC 8798) or ``""`` for unitless values; ``name`` comes from :mod:`gateway.vocabulary`.
+    """
+
+    device: str
+    name: str
+    value: Value
+    unit: str
+    time: float
+    flags: int = 0
