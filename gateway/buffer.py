@@ -1,0 +1,611 @@
+"""The durable buffer: the only code that touches SQLite.
+
+Readings arrive in groups (one group per commit, at most ``commit_interval`` apart) and are
+*accepted* once the transaction that stores them commits. Staged readings are sealed into
+signed batches by count, bytes or age; each batch gets the next gateway-wide ``seq`` and the
+hash of the previous batch's JWS, in the same transaction that removes its readings from the
+staging area, so a reading is stored in exactly one place at any time and written to the
+card about once. Every uplink keeps a cursor; a batch is pruned when all cursors passed it.
+Retention caps (logical bytes, age) drop the oldest undelivered batches and put a signed
+gap record in their place.
+
+All methods are synchronous and must be called from one thread (see :mod:`gateway.store`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from gateway.errors import BufferError
+from gateway.senml import Record, encode_payload
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KIND_DATA = 0
+KIND_GAP = 1
+_SIG_B64_LEN = 86  # an Ed25519 signature is 64 bytes, 86 base64url characters
+_ZLEVEL = 1  # cheap on a Pi; JSON of readings still shrinks 3-6x
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,           -- readings in this chunk
+    data BLOB NOT NULL            -- zlib(JSON list of records)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,        -- 0 data, 1 gap record
+    created REAL NOT NULL,        -- UTC epoch seconds
+    readings INTEGER NOT NULL,
+    size INTEGER NOT NULL,        -- length of the compact JWS on the wire
+    header TEXT NOT NULL,         -- base64url protected header
+    payload BLOB NOT NULL,        -- zlib(payload JSON)
+    sig BLOB NOT NULL,            -- raw signature
+    hash BLOB NOT NULL            -- SHA-256 of the JWS: the chain link to the next batch
+);
+CREATE TABLE IF NOT EXISTS cursors (uplink TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+class BatchSigner(Protocol):
+    """What the buffer needs of a signer (see :class:`gateway.signing.Signer`)."""
+
+    def sign(self, payload: bytes) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """When staged readings are sealed: whichever limit is reached first."""
+
+    max_readings: int = 1000
+    max_bytes: int = 256 * 1024  # of the compact JWS
+    max_age: float = 10.0  # seconds a reading may wait in staging
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A sealed batch (or gap record) as an uplink sends it."""
+
+    seq: int
+    jws: str
+    readings: int
+    kind: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Batches dropped by retention before every uplink had them."""
+
+    first: int
+    last: int
+    batches: int
+    readings: int
+    reason: str
+
+
+@dataclass(slots=True)
+class CommitResult:
+    accepted: int = 0
+    sealed: list[int] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    staged: int  # readings accepted, not yet sealed
+    batches: int  # batches (and gap records) held
+    undelivered_readings: int
+    last_seq: int
+    used_bytes: int
+    file_bytes: int
+    cursors: dict[str, int]
+    oldest_created: float | None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sha256_hex(jws: str) -> str:
+    return hashlib.sha256(jws.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    seq: int
+    readings: int
+    payload: bytes
+    jws: str
+    digest: str
+    created: float
+
+
+@dataclass(slots=True)
+class _Chunk:
+    id: int
+    n: int
+    since: float  # monotonic time its readings were accepted
+
+
+class Buffer:
+    """One SQLite file in WAL mode holding staged readings, sealed batches and cursors."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        gateway: str,
+        signer: BatchSigner,
+        uplinks: Sequence[str],
+        limits: BatchLimits | None = None,
+        synchronous: str = "normal",
+        max_disk: int = 2 * 1024**3,
+        max_age: float = 30 * 86400.0,
+    ) -> None:
+        self.path = path
+        self.gateway = gateway
+        self._signer = signer
+        self._uplinks = list(uplinks)
+        self.limits = limits or BatchLimits()
+        self._sync = synchronous.upper()
+        self.max_disk = max_disk
+        self.max_age = max_age
+        self._db: sqlite3.Connection | None = None
+        self._staged: list[Record] = []
+        self._staged_bytes = 0  # JSON size of the staged records, a proxy for their payload size
+        self._chunks: deque[_Chunk] = deque()
+        self._skip = 0  # records of the first chunk already sealed
+        self._next_seq = 1
+        self._last_hash: str | None = None
+        self._pruned_seq = 0
+        self._pruned_hash: str | None = None
+        self._cursors: dict[str, int] = {}
+        self._saved_cursors: dict[str, int] = {}
+        self._last_age_check = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._sync}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_size_limit=4194304")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
+        self._db = db
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        version = meta.get("schema", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise BufferError(f"buffer {self.path} has schema {version}, this citygw reads {SCHEMA_VERSION}")
+        owner = meta.get("gateway")
+        if owner is not None and owner != self.gateway:
+            log.warning(
+                "buffer %s was written by gateway %r; continuing as %r", self.path, owner, self.gateway
+            )
+        self._next_seq = int(meta.get("next_seq", 1))
+        self._last_hash = meta.get("last_hash")
+        self._pruned_seq = int(meta.get("pruned_seq", 0))
+        self._pruned_hash = meta.get("pruned_hash")
+        self._skip = int(meta.get("stage_skip", 0))
+        with self._tx():
+            self._put_meta(schema=SCHEMA_VERSION, gateway=self.gateway)
+        now = time.monotonic()
+        for chunk_id, n, data in db.execute("SELECT id, n, data FROM chunks ORDER BY id"):
+            raw = zlib.decompress(data)
+            records = [tuple(r) for r in json.loads(raw)]
+            self._chunks.append(_Chunk(chunk_id, n, now))
+            self._staged.extend(records)  # type: ignore[arg-type]
+            self._staged_bytes += len(raw)
+        if self._skip:
+            del self._staged[: self._skip]
+        saved = dict(db.execute("SELECT uplink, seq FROM cursors").fetchall())
+        floor = self._pruned_seq
+        for name in self._uplinks:
+            self._cursors[name] = max(int(saved.get(name, floor)), floor)
+        self._saved_cursors = dict(self._cursors)
+        if self._staged:
+            log.info("buffer: %d readings staged from before the restart", len(self._staged))
+
+    def close(self) -> None:
+        """Persist cursors and close; staged readings stay staged for the next start."""
+        if self._db is None:
+            return
+        try:
+            with self._tx():
+                self._save_cursors()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+            self._db = None
+
+    # -- ingest and sealing ------------------------------------------------------------------
+
+    def commit(self, records: list[Record], *, seal_all: bool = False) -> CommitResult:
+        """Accept ``records`` (one transaction) and seal what is due.
+
+        On a write error nothing changes in memory or on disk and the error is raised: the
+        caller still holds the records and can try again.
+        """
+        db = self._require_db()
+        now = time.monotonic()
+        staged = self._staged + records if records else self._staged
+        old_count = len(self._staged)
+        raw_new = json.dumps(records, separators=(",", ":")).encode() if records else b""
+        staged_bytes = self._staged_bytes + len(raw_new)
+        oldest = self._chunks[0].since if self._chunks else now
+        plan = self._plan(staged, staged_bytes, now - oldest, seal_all=seal_all)
+        sealed_count = sum(b.readings for b in plan)
+        durable = bool(plan) and self._sync != "FULL"
+        result = CommitResult(accepted=len(records), sealed=[b.seq for b in plan])
+        if durable:  # a sealed batch may leave the box at once: its seq must survive a power cut
+            db.execute("PRAGMA synchronous=FULL")
+        pruned = self._pruned_seq, self._pruned_hash
+        try:
+            with self._tx():
+                new_chunk: _Chunk | None = None
+                keep_new = records[max(0, sealed_count - old_count) :] if records else []
+                if keep_new:
+                    data = raw_new if len(keep_new) == len(records) else json.dumps(keep_new).encode()
+                    cur = db.execute(
+                        "INSERT INTO chunks (n, data) VALUES (?, ?)",
+                        (len(keep_new), zlib.compress(data, _ZLEVEL)),
+                    )
+                    assert cur.lastrowid is not None
+                    new_chunk = _Chunk(cur.lastrowid, len(keep_new), now)
+                rows = [
+                    (
+                        b.seq,
+                        KIND_DATA,
+                        b.created,
+                        b.readings,
+                        len(b.jws),
+                        b.jws.partition(".")[0],
+                        zlib.compress(b.payload, _ZLEVEL),
+                        _unb64(b.jws[-_SIG_B64_LEN:]),
+                        bytes.fromhex(b.digest),
+                    )
+                    for b in plan
+                ]
+                if rows:
+                    db.executemany("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                chunks, skip = self._consume_chunks(min(sealed_count, old_count))
+                seq, prev = (plan[-1].seq + 1, plan[-1].digest) if plan else (self._next_seq, self._last_hash)
+                self._put_meta(next_seq=seq, last_hash=prev, stage_skip=skip)
+                self._save_cursors()
+                self._prune()
+        except BaseException:
+            self._saved_cursors.clear()  # rolled back: write them all again next time
+            self._pruned_seq, self._pruned_hash = pruned
+            raise
+        finally:
+            if durable:
+                db.execute(f"PRAGMA synchronous={self._sync}")
+        # committed: now memory follows the disk
+        self._chunks = chunks
+        if new_chunk is not None:
+            self._chunks.append(new_chunk)
+        self._skip = skip
+        self._staged = staged[sealed_count:]
+        self._staged_bytes = staged_bytes * len(self._staged) // len(staged) if staged and self._staged else 0
+        self._next_seq, self._last_hash = seq, prev
+        try:
+            result.gaps = self._retention()
+        except sqlite3.Error as exc:  # the readings are accepted; retention tries again next commit
+            log.error("retention failed: %s", exc)
+        return result
+
+    def _plan(self, staged: list[Record], staged_bytes: int, age: float, *, seal_all: bool) -> list[_Sealed]:
+        """Seal (build, sign, chain) the batches due now, in seq order; nothing is stored yet."""
+        limits = self.limits
+        plan: list[_Sealed] = []
+        start, total = 0, len(staged)
+        seq, prev = self._next_seq, self._last_hash
+        per_record = staged_bytes / total if total else 0.0
+        created = time.time()
+        while start < total:
+            left = total - start
+            due = (
+                seal_all
+                or left >= limits.max_readings
+                or per_record * left >= limits.max_bytes * 0.6
+                or age >= limits.max_age
+            )
+            if not due:
+                break
+            n = min(left, limits.max_readings)
+            while True:
+                payload = encode_payload(self.gateway, seq, prev, created, staged[start : start + n])
+                size = self._jws_size(len(payload))
+                if size <= limits.max_bytes or n == 1:
+                    break
+                n = max(1, int(n * limits.max_bytes / size * 0.95))
+            jws = self._signer.sign(payload)
+            digest = _sha256_hex(jws)
+            plan.append(_Sealed(seq, n, payload, jws, digest, created))
+            start += n
+            seq, prev = seq + 1, digest
+        return plan
+
+    def _jws_size(self, payload_len: int) -> int:
+        header_len = len(_b64(b'{"alg":"EdDSA","kid":"' + b"x" * 43 + b'"}'))
+        return header_len + 1 + (4 * payload_len + 2) // 3 + 1 + _SIG_B64_LEN
+
+    def _consume_chunks(self, count: int) -> tuple[deque[_Chunk], int]:
+        """Delete the chunks whose records are all sealed; returns the new chunk list and skip."""
+        chunks = deque(self._chunks)
+        skip = self._skip + count
+        gone: list[tuple[int]] = []
+        while chunks and skip >= chunks[0].n:
+            skip -= chunks[0].n
+            gone.append((chunks.popleft().id,))
+        if gone:
+            self._require_db().executemany("DELETE FROM chunks WHERE id = ?", gone)
+        return chunks, skip
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def fetch(self, after: int, limit: int) -> list[Outgoing]:
+        """Up to ``limit`` batches with seq > ``after``, in seq order, as compact JWS."""
+        rows = (
+            self._require_db()
+            .execute(
+                "SELECT seq, kind, created, readings, header, payload, sig FROM batches"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            )
+            .fetchall()
+        )
+        return [
+            Outgoing(seq, f"{header}.{_b64(zlib.decompress(payload))}.{_b64(sig)}", readings, kind, created)
+            for seq, kind, created, readings, header, payload, sig in rows
+        ]
+
+    def ack(self, uplink: str, seq: int) -> None:
+        """Record that ``uplink`` holds every batch up to ``seq`` (persisted with the next commit)."""
+        if seq > self._cursors.get(uplink, 0):
+            self._cursors[uplink] = seq
+
+    def cursor(self, uplink: str) -> int:
+        return self._cursors.get(uplink, self._pruned_seq)
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def seal_due_at(self) -> float | None:
+        """Monotonic time at which the oldest staged reading must be sealed; None if none is."""
+        if not self._staged or not self._chunks:
+            return None
+        return self._chunks[0].since + self.limits.max_age
+
+    @property
+    def staged_count(self) -> int:
+        return len(self._staged)
+
+    def _save_cursors(self) -> None:
+        changed = [(k, v) for k, v in self._cursors.items() if self._saved_cursors.get(k) != v]
+        if changed:
+            self._require_db().executemany(
+                "INSERT INTO cursors (uplink, seq) VALUES (?, ?)"
+                " ON CONFLICT(uplink) DO UPDATE SET seq = excluded.seq",
+                changed,
+            )
+            self._saved_cursors.update(changed)
+
+    def _prune(self) -> None:
+        """Delete batches every configured uplink has (none while there is no uplink)."""
+        if not self._cursors:
+            return
+        floor = min(self._cursors.values())
+        if floor <= self._pruned_seq:
+            return
+        db = self._require_db()
+        row = db.execute(
+            "SELECT hash FROM batches WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (floor,)
+        ).fetchone()
+        if row is None:
+            return
+        db.execute("DELETE FROM batches WHERE seq <= ?", (floor,))
+        self._pruned_seq, self._pruned_hash = floor, bytes(row[0]).hex()
+        self._put_meta(pruned_seq=floor, pruned_hash=self._pruned_hash)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        db = self._require_db()
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size: int = db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def _retention(self) -> list[Gap]:
+        gaps: list[Gap] = []
+        used = self.used_bytes()
+        if used > self.max_disk:
+            # drop down to 90% so that retention does not run again on every commit
+            gap = self._drop_oldest(used - int(self.max_disk * 0.9), "max_disk")
+            if gap:
+                gaps.append(gap)
+        now = time.time()
+        if now - self._last_age_check >= 60.0:
+            self._last_age_check = now
+            gap = self._drop_older_than(now - self.max_age)
+            if gap:
+                gaps.append(gap)
+        return gaps
+
+    def _drop_oldest(self, excess: int, reason: str) -> Gap | None:
+        rows = self._require_db().execute(
+            "SELECT seq, readings, length(payload) + length(header) + 100 FROM batches"
+            " WHERE kind = ? ORDER BY seq",
+            (KIND_DATA,),
+        )
+        picked: list[tuple[int, int]] = []
+        freed = 0
+        for seq, readings, size in rows:
+            if picked and seq != picked[-1][0] + 1:
+                break  # a gap record sits between: keep each dropped range contiguous
+            picked.append((seq, readings))
+            freed += size
+            if freed >= excess:
+                break
+        if len(picked) >= self._held_data_batches():
+            picked = picked[:-1]  # keep the newest batch: the chain's head must stay here
+        return self._replace_with_gap(picked, reason) if picked else None
+
+    def _held_data_batches(self) -> int:
+        row = (
+            self._require_db().execute("SELECT count(*) FROM batches WHERE kind = ?", (KIND_DATA,)).fetchone()
+        )
+        return int(row[0])
+
+    def _drop_older_than(self, cutoff: float) -> Gap | None:
+        rows = (
+            self._require_db()
+            .execute(
+                "SELECT seq, readings FROM batches WHERE kind = ? AND created < ? ORDER BY seq",
+                (KIND_DATA, cutoff),
+            )
+            .fetchall()
+        )
+        picked: list[tuple[int, int]] = []
+        for seq, readings in rows:
+            if picked and seq != picked[-1][0] + 1:
+                break
+            picked.append((seq, readings))
+        return self._replace_with_gap(picked, "max_age") if picked else None
+
+    def _hash_before(self, seq: int) -> str | None:
+        row = self._require_db().execute("SELECT hash FROM batches WHERE seq = ?", (seq - 1,)).fetchone()
+        if row is not None:
+            return bytes(row[0]).hex()
+        if seq - 1 == self._pruned_seq:
+            return self._pruned_hash
+        return None
+
+    def _replace_with_gap(self, picked: list[tuple[int, int]], reason: str) -> Gap:
+        """Delete the batches ``picked`` and store a signed gap record at the last one's seq."""
+        db = self._require_db()
+        first, last = picked[0][0], picked[-1][0]
+        readings = sum(n for _, n in picked)
+        gap = Gap(first, last, len(picked), readings, reason)
+        last_hash = bytes(db.execute("SELECT hash FROM batches WHERE seq = ?", (last,)).fetchone()[0])
+        body = {
+            "gateway": self.gateway,
+            "gap": {
+                "from": first,
+                "to": last,
+                "batches": gap.batches,
+                "readings": readings,
+                "reason": reason,
+            },
+            "prev": self._hash_before(first),
+            "last": last_hash.hex(),
+            "created": round(time.time(), 3),
+        }
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        jws = self._signer.sign(payload)
+        header = jws.partition(".")[0]
+        sig = _unb64(jws[-_SIG_B64_LEN:])
+        with self._tx():
+            db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?", (first, last))
+            db.execute(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    last,
+                    KIND_GAP,
+                    time.time(),
+                    0,
+                    len(jws),
+                    header,
+                    zlib.compress(payload, _ZLEVEL),
+                    sig,
+                    last_hash,
+                ),
+            )
+        log.warning(
+            "retention (%s): dropped batches %d..%d (%d readings) before delivery; a gap record says so",
+            reason,
+            first,
+            last,
+            readings,
+        )
+        return gap
+
+    # -- status ------------------------------------------------------------------------------
+
+    def stats(self) -> BufferStats:
+        db = self._require_db()
+        count, readings, oldest = db.execute(
+            "SELECT count(*), coalesce(sum(readings), 0), min(created) FROM batches"
+        ).fetchone()
+        file_bytes = sum(
+            os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal")) if os.path.exists(p)
+        )
+        return BufferStats(
+            staged=len(self._staged),
+            batches=int(count),
+            undelivered_readings=int(readings),
+            last_seq=self.last_seq,
+            used_bytes=self.used_bytes(),
+            file_bytes=file_bytes,
+            cursors=dict(self._cursors),
+            oldest_created=oldest,
+        )
+
+    def integrity_check(self) -> str:
+        return str(self._require_db().execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _require_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise BufferError("buffer is not open")
+        return self._db
+
+    def _put_meta(self, **values: object) -> None:
+        self._require_db().executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            list(values.items()),
+        )
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._require_db())
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

@@ -1,0 +1,73 @@
+"""Readings as an RFC 8428 SenML pack: the body of every batch.
+
+A stored reading is a :data:`Record` — a plain tuple, because the buffer keeps tens of
+thousands of them in memory and on disk and the pack is built once per batch. The pack uses
+``bn`` = ``"{gateway}/{device}/"`` (RFC 8428 §4.5.1: names resolve to
+``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
+the value field that fits the type (``v``, ``vb``, ``vs``; §4.2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from operator import itemgetter
+from typing import Any
+
+from gateway.reading import Reading, flag_names
+
+# device, name, unit, value, time (UTC epoch seconds), flags
+Record = tuple[str, str, str, float | int | bool | str, float, int]
+
+_by_time = itemgetter(4)
+
+
+def record_of(reading: Reading) -> Record | None:
+    """The stored form of a reading; None for a value JSON cannot carry (NaN, infinity)."""
+    value = reading.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return (reading.device, reading.name, reading.unit, value, reading.time, reading.flags)
+
+
+def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
+    """The SenML pack for ``records``, ordered by time (a batch never goes back in time)."""
+    ordered = sorted(records, key=_by_time)
+    base_time = ordered[0][4]
+    pack: list[dict[str, Any]] = []
+    last_device = None
+    for device, name, unit, value, when, flags in ordered:
+        rec: dict[str, Any] = {}
+        if device != last_device:
+            rec["bn"] = f"{gateway}/{device}/"
+            last_device = device
+        if not pack:
+            rec["bt"] = base_time
+        rec["n"] = name
+        if unit:
+            rec["u"] = unit
+        if value is True or value is False:
+            rec["vb"] = value
+        elif isinstance(value, str):
+            rec["vs"] = value
+        else:
+            rec["v"] = value
+        offset = round(when - base_time, 6)
+        if offset:
+            rec["t"] = offset
+        if flags:
+            rec["flags"] = flag_names(flags)
+        pack.append(rec)
+    return pack
+
+
+def encode_payload(gateway: str, seq: int, prev: str | None, created: float, records: list[Record]) -> bytes:
+    """The JSON payload of a data batch (the wire contract, see docs/integrator.md)."""
+    body = {
+        "gateway": gateway,
+        "seq": seq,
+        "prev": prev,
+        "created": round(created, 3),
+        "senml": build_pack(gateway, records),
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,56 @@
+"""Shared fixtures: a real mosquitto, real keys on disk, the daemon as a real subprocess."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from gateway.signing import generate_key
+
+from gateway.localbroker import LocalBroker
+
+from .support import Collector, Daemon
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = LocalBroker(workdir=workdir)
+    b.start()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "signing.key"
+    generate_key(path)
+    return path
+
+
+@pytest.fixture
+def collector(broker: LocalBroker) -> Iterator[Collector]:
+    c = Collector(broker.port, "city/+/batches")
+    time.sleep(0.2)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
+    made: list[Daemon] = []
+
+    def make(config: Path) -> Daemon:
+        d = Daemon(config, tmp_path / "daemon.log")
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.alive():
+            assert d.proc is not None
+            d.proc.kill()
+            d.proc.wait()

@@ -1,0 +1,184 @@
+"""Test helpers: a collecting subscriber, jwcrypto verification, configs, the daemon as a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from jwcrypto import jwk, jws
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def payload_of(token: str) -> dict[str, Any]:
+    return json.loads(b64decode(token.split(".")[1]))  # type: ignore[no-any-return]
+
+
+class Collector:
+    """A QoS 1 subscriber with a persistent session: nothing published while it reconnects is lost."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "test-collector") -> None:
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+        )
+        self.topic = topic
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self.messages.append(message.payload.decode("ascii"))
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.messages)
+
+    def readings(self) -> int:
+        return sum(len(payload_of(t).get("senml", [])) for t in self.snapshot())
+
+    def wait(self, predicate: Callable[[Collector], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@dataclass
+class Verified:
+    """What an independent JOSE library (jwcrypto) makes of the batches received."""
+
+    by_seq: dict[int, str] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    values: dict[str, list[Any]] = field(default_factory=dict)  # device -> values, in seq order
+    duplicates: int = 0
+
+
+def verify_all(tokens: list[str], public_key: Path) -> Verified:
+    """Verify every JWS with jwcrypto; check seq uniqueness of content, then the hash chain."""
+    key = jwk.JWK.from_pem(public_key.read_bytes())
+    result = Verified()
+    gap_tokens: dict[int, str] = {}
+    for token in tokens:
+        obj = jws.JWS()
+        obj.deserialize(token)
+        obj.verify(key, alg="EdDSA")  # raises on a bad signature
+        header = obj.jose_header
+        assert header == {"alg": "EdDSA", "kid": key.thumbprint()}, header
+        body = json.loads(obj.payload)
+        if "gap" in body:
+            gap_tokens[body["gap"]["to"]] = token
+            continue
+        seq = body["seq"]
+        if seq in result.by_seq:
+            assert result.by_seq[seq] == token, f"seq {seq} arrived with two different contents"
+            result.duplicates += 1
+        result.by_seq[seq] = token
+    # walk the chain from the lowest seq, crossing gap records
+    seqs = sorted(set(result.by_seq) | set(gap_tokens))
+    prev_hash: str | None = None
+    expected = None
+    for seq in seqs:
+        if seq in gap_tokens:
+            gap = payload_of(gap_tokens[seq])
+            assert expected is None or gap["gap"]["from"] == expected, (gap, expected)
+            assert prev_hash is None or gap["prev"] == prev_hash
+            result.gaps.append(gap)
+            prev_hash, expected = gap["last"], gap["gap"]["to"] + 1
+            if seq not in result.by_seq:
+                continue
+        token = result.by_seq[seq]
+        body = payload_of(token)
+        assert expected is None or seq == expected, f"seq {seq} follows {expected - 1}: batches missing"
+        assert prev_hash is None or body["prev"] == prev_hash, f"chain broken at seq {seq}"
+        prev_hash = hashlib.sha256(token.encode()).hexdigest()
+        expected = seq + 1
+        device = ""
+        for record in body["senml"]:
+            if "bn" in record:
+                device = record["bn"].split("/")[1]
+            result.values.setdefault(device, []).append(record.get("v", record.get("vs", record.get("vb"))))
+    return result
+
+
+def write_config(path: Path, *, key: Path, port: int, devices: dict[str, dict[str, Any]], **extra: Any) -> Path:
+    buffer = {"path": str(path.parent / "state" / "buffer.db"), "commit_interval": "200ms"}
+    buffer.update(extra.pop("buffer", {}))
+    config = {
+        "gateway": {"id": extra.pop("gateway_id", "gw-test"), "key_file": str(key)},
+        "buffer": buffer,
+        "uplinks": {
+            "local": {
+                "type": "mqtt",
+                "url": f"mqtt://127.0.0.1:{port}",
+                "keepalive": "5s",
+                "backoff_initial": "200ms",
+                "backoff_max": "2s",
+            }
+        },
+        "buses": {"gen": {"type": "synthetic"}},
+        "devices": devices,
+    }
+    config.update(extra)
+    path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    return path
+
+
+class Daemon:
+    """``citygw run`` as a real subprocess."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            env=env,
+            cwd=REPO,
+        )
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+

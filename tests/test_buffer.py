@@ -1,0 +1,155 @@
+"""The durable buffer on real SQLite files: seq, chain, staging, cursors, pruning, retention."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from gateway.signing import Signer
+
+from gateway.buffer import KIND_GAP, BatchLimits, Buffer
+from gateway.senml import Record
+
+from .support import payload_of, verify_all
+
+
+def records(start: int, n: int, device: str = "dev-1", t0: float = 1_790_000_000.0) -> list[Record]:
+    return [(device, "temperature", "Cel", i, t0 + i / 100, 0) for i in range(start, start + n)]
+
+
+def make(path: Path, key: Path, **kw: object) -> Buffer:
+    defaults: dict[str, object] = {
+        "gateway": "gw-1",
+        "signer": Signer.from_file(key),
+        "uplinks": ["a"],
+        "limits": BatchLimits(max_readings=100, max_bytes=256 * 1024, max_age=3600),
+    }
+    defaults.update(kw)
+    buf = Buffer(path, **defaults)  # type: ignore[arg-type]
+    buf.open()
+    return buf
+
+
+def all_tokens(buf: Buffer) -> list[str]:
+    return [b.jws for b in buf.fetch(0, 10_000)]
+
+
+def test_seals_by_count_and_keeps_the_rest_staged(tmp_path: Path, key: Path) -> None:
+    buf = make(tmp_path / "b.db", key)
+    result = buf.commit(records(0, 250))
+    assert result.accepted == 250
+    assert result.sealed == [1, 2]
+    assert buf.staged_count == 50
+    tokens = all_tokens(buf)
+    assert [payload_of(t)["seq"] for t in tokens] == [1, 2]
+    assert [len(payload_of(t)["senml"]) for t in tokens] == [100, 100]
+    buf.close()
+
+
+def test_staged_readings_and_seq_survive_a_crash(tmp_path: Path, key: Path) -> None:
+    path = tmp_path / "b.db"
+    buf = make(path, key)
+    buf.commit(records(0, 230))  # seals 1, 2; 30 staged
+    # no close(): the process "dies" here; a new one opens the same file
+    again = make(path, key)
+    assert again.staged_count == 30
+    assert again.last_seq == 2
+    again.commit(records(230, 70))
+    assert again.last_seq == 3
+    verified = verify_all(all_tokens(again), key.with_name(key.name + ".pub"))
+    assert sorted(verified.by_seq) == [1, 2, 3]
+    assert verified.values["dev-1"] == list(range(300))
+
+
+def test_chain_links_every_batch_to_the_previous_jws(tmp_path: Path, key: Path) -> None:
+    buf = make(tmp_path / "b.db", key)
+    buf.commit(records(0, 300))
+    tokens = all_tokens(buf)
+    assert payload_of(tokens[0])["prev"] is None
+    for before, after in zip(tokens, tokens[1:], strict=False):
+        assert payload_of(after)["prev"] == hashlib.sha256(before.encode()).hexdigest()
+
+
+def test_seal_all_and_age(tmp_path: Path, key: Path) -> None:
+    buf = make(tmp_path / "b.db", key, limits=BatchLimits(max_readings=100, max_age=0.05))
+    assert buf.commit(records(0, 10)).sealed == []
+    assert buf.seal_due_at() is not None
+    time.sleep(0.06)
+    assert buf.commit([]).sealed == [1]
+    assert buf.commit(records(10, 5), seal_all=True).sealed == [2]
+    assert buf.staged_count == 0
+    assert buf.seal_due_at() is None
+
+
+def test_batches_respect_max_bytes(tmp_path: Path, key: Path) -> None:
+    buf = make(tmp_path / "b.db", key, limits=BatchLimits(max_readings=10_000, max_bytes=4096, max_age=3600))
+    buf.commit(records(0, 2000), seal_all=True)
+    tokens = all_tokens(buf)
+    assert len(tokens) > 10
+    assert all(len(t) <= 4096 for t in tokens)
+    verified = verify_all(tokens, key.with_name(key.name + ".pub"))
+    assert verified.values["dev-1"] == list(range(2000))
+
+
+def test_a_batch_never_goes_back_in_time(tmp_path: Path, key: Path) -> None:
+    buf = make(tmp_path / "b.db", key)
+    late = [("dev-2", "co2", "ppm", 400 + i, 1_790_000_100.0 - i, 0) for i in range(5)]
+    buf.commit(records(0, 5) + late, seal_all=True)
+    pack = payload_of(all_tokens(buf)[0])["senml"]
+    base = pack[0]["bt"]
+    times = [base + r.get("t", 0) for r in pack]
+    assert times == sorted(times)
+
+
+def test_prune_waits_for_every_uplink(tmp_path: Path, key: Path) -> None:
+    buf = make(tmp_path / "b.db", key, uplinks=["a", "b"])
+    buf.commit(records(0, 500))
+    buf.ack("a", 5)
+    buf.commit([])
+    assert [b.seq for b in buf.fetch(0, 100)] == [1, 2, 3, 4, 5]
+    buf.ack("b", 3)
+    buf.commit([])
+    assert [b.seq for b in buf.fetch(0, 100)] == [4, 5]
+    buf.close()
+    again = make(tmp_path / "b.db", key, uplinks=["a", "b"])
+    assert again.cursor("a") == 5 and again.cursor("b") == 3
+
+
+def test_retention_drops_oldest_with_a_signed_gap_record(tmp_path: Path, key: Path) -> None:
+    path = tmp_path / "b.db"
+    t0 = 1_790_000_000.0
+    buf = make(path, key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
+    for start in range(0, 40_000, 2000):  # incompressible-ish values so the file really grows
+        batch = [("dev-1", "vs", "", f"{hashlib.sha1(str(i).encode()).hexdigest()}", t0 + i, 0)
+                 for i in range(start, start + 2000)]
+        buf.commit(batch)  # type: ignore[arg-type]
+    assert buf.used_bytes() <= 64 * 1024 + 8192
+    held = buf.fetch(0, 10_000)
+    gaps = [b for b in held if b.kind == KIND_GAP]
+    assert gaps, "retention should have dropped batches"
+    first_gap = payload_of(gaps[0].jws)
+    assert first_gap["gap"]["from"] == 1
+    assert first_gap["gap"]["reason"] == "max_disk"
+    assert first_gap["gap"]["readings"] == 200 * first_gap["gap"]["batches"]
+    assert first_gap["prev"] is None
+    verified = verify_all([b.jws for b in held], key.with_name(key.name + ".pub"))
+    dropped = sum(g["gap"]["readings"] for g in verified.gaps)
+    assert dropped + len(verified.values["dev-1"]) + buf.staged_count == 40_000
+    assert buf.integrity_check() == "ok"
+    buf.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_refuses_a_buffer_of_another_schema(tmp_path: Path, key: Path) -> None:
+    path = tmp_path / "b.db"
+    make(path, key).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema'")
+    from gateway.errors import BufferError
+
+    with pytest.raises(BufferError, match="schema 99"):
+        make(path, key)
