@@ -217,7 +217,7 @@ class Buffer:
             raw = zlib.decompress(data)
             records = [tuple(r) for r in json.loads(raw)]
             self._chunks.append(_Chunk(chunk_id, n, now))
-            self._staged.extend(records)  # type: ignore[arg-type]
+            self._staged.extend(records)
             self._staged_bytes += len(raw)
         if self._skip:
             del self._staged[: self._skip]

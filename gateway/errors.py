@@ -35,7 +35,7 @@ class KeyFileError(CitygwError):
     """A signing key file is missing, unreadable, malformed or too widely readable."""
 
 
-class BufferError(CitygwError):  # noqa: A001 - the domain's word; builtins.BufferError is unrelated
+class BufferError(CitygwError):
     """The durable buffer cannot be opened or written."""
 
 

@@ -35,8 +35,11 @@ class LocalBroker:
 
     def __init__(self, port: int | None = None, *, workdir: Path | None = None) -> None:
         self.port = port or free_port()
-        self._tmp = tempfile.TemporaryDirectory(prefix="citygw-broker-") if workdir is None else None
-        self.workdir = Path(self._tmp.name) if self._tmp else workdir  # type: ignore[assignment]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="citygw-broker-")
+            workdir = Path(self._tmp.name)
+        self.workdir: Path = workdir
         self.conf = self.workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"

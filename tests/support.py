@@ -36,9 +36,7 @@ class Collector:
     def __init__(self, port: int, topic: str, client_id: str = "test-collector") -> None:
         self.messages: list[str] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
-        )
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.topic = topic
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
@@ -127,7 +125,9 @@ def verify_all(tokens: list[str], public_key: Path) -> Verified:
     return result
 
 
-def write_config(path: Path, *, key: Path, port: int, devices: dict[str, dict[str, Any]], **extra: Any) -> Path:
+def write_config(
+    path: Path, *, key: Path, port: int, devices: dict[str, dict[str, Any]], **extra: Any
+) -> Path:
     buffer = {"path": str(path.parent / "state" / "buffer.db"), "commit_interval": "200ms"}
     buffer.update(extra.pop("buffer", {}))
     config = {
@@ -180,5 +180,3 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from gateway.signing import Signer
 
 from gateway.buffer import KIND_GAP, BatchLimits, Buffer
 from gateway.senml import Record
+from gateway.signing import Signer
 
 from .support import payload_of, verify_all
 
@@ -69,7 +70,7 @@ def test_chain_links_every_batch_to_the_previous_jws(tmp_path: Path, key: Path) 
     buf.commit(records(0, 300))
     tokens = all_tokens(buf)
     assert payload_of(tokens[0])["prev"] is None
-    for before, after in zip(tokens, tokens[1:], strict=False):
+    for before, after in itertools.pairwise(tokens):
         assert payload_of(after)["prev"] == hashlib.sha256(before.encode()).hexdigest()
 
 
@@ -123,8 +124,10 @@ def test_retention_drops_oldest_with_a_signed_gap_record(tmp_path: Path, key: Pa
     t0 = 1_790_000_000.0
     buf = make(path, key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
     for start in range(0, 40_000, 2000):  # incompressible-ish values so the file really grows
-        batch = [("dev-1", "vs", "", f"{hashlib.sha1(str(i).encode()).hexdigest()}", t0 + i, 0)
-                 for i in range(start, start + 2000)]
+        batch = [
+            ("dev-1", "vs", "", f"{hashlib.sha1(str(i).encode()).hexdigest()}", t0 + i, 0)
+            for i in range(start, start + 2000)
+        ]
         buf.commit(batch)  # type: ignore[arg-type]
     assert buf.used_bytes() <= 64 * 1024 + 8192
     held = buf.fetch(0, 10_000)

@@ -1,0 +1,176 @@
+"""The daemon: builds the pipeline from a validated config and supervises its tasks.
+
+One :class:`asyncio.TaskGroup` owns a named task per bus, uplink and the writer. A task that
+crashes is logged with its traceback and restarted after a pause; a bus whose devices are all
+done ends quietly. SIGTERM/SIGINT stop the drivers, flush the intake into the buffer (sealing
+what is staged), stop the uplinks and close the buffer, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from drivers import synthetic
+from gateway.buffer import BatchLimits, Buffer
+from gateway.pipeline import Pipeline
+from gateway.sdnotify import Notifier
+from gateway.signing import Signer
+from gateway.store import Store
+from gateway.uplinks.base import UplinkState
+from gateway.uplinks.mqtt import MqttUplink
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+log = logging.getLogger(__name__)
+
+RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
+
+
+async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: float = RESTART_PAUSE) -> None:
+    """Run ``work`` until it returns; log and restart it whenever it crashes."""
+    crashes = 0
+    while True:
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            crashes += 1
+            log.exception("task %s crashed (%d times); restarting in %.0f s", name, crashes, pause)
+            await asyncio.sleep(pause)
+
+
+class Gateway:
+    """One running gateway: buffer, pipeline, drivers and uplinks of one config."""
+
+    def __init__(
+        self, config: Config, *, notifier: Notifier | None = None, drain_timeout: float = 2.0
+    ) -> None:
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self.notifier = notifier or Notifier()
+        signer = Signer.from_file(config.gateway.key_file)
+        buf = config.buffer
+        self.buffer = Buffer(
+            config.buffer_path(),
+            gateway=config.gateway.id,
+            signer=signer,
+            uplinks=list(config.uplinks),
+            limits=BatchLimits(buf.batch.max_readings, buf.batch.max_bytes, buf.batch.max_age),
+            synchronous=buf.synchronous,
+            max_disk=buf.max_disk,
+            max_age=buf.max_age,
+        )
+        self.store = Store(self.buffer)
+        self.pipeline = Pipeline(self.store, commit_interval=buf.commit_interval, commit_rows=buf.commit_rows)
+        self.uplinks = [
+            MqttUplink(name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
+            for name, uplink in config.uplinks.items()
+        ]
+        self._stop = asyncio.Event()
+
+    def _buses(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        work: dict[str, Callable[[], Awaitable[None]]] = {}
+        for bus_name, bus in self.config.buses.items():
+            devices = {name: d for name, d in self.config.devices.items() if d.bus == bus_name}
+            if not devices:
+                continue
+            if bus.type == "synthetic":
+                sources = [
+                    synthetic.SyntheticSource(
+                        name,
+                        rate=d.rate,
+                        count=d.count,
+                        quantities=d.quantities,
+                        sequence=d.values == "sequence",
+                    )
+                    for name, d in devices.items()
+                ]
+                work[bus_name] = lambda s=sources: synthetic.run_bus(s, self.pipeline.put)  # type: ignore[misc]
+        return work
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status_line(self) -> str:
+        uplinks = ", ".join(
+            f"{u.name} {u.status.state.value} acked {u.status.acked_seq}" for u in self.uplinks
+        )
+        return (
+            f"accepted {self.pipeline.counters.accepted} readings, sealed up to seq {self.buffer.last_seq}, "
+            f"{self.buffer.staged_count} staged; {uplinks or 'no uplink'}"
+        )
+
+    async def _heartbeat(self) -> None:
+        """sd_notify STATUS every few seconds, WATCHDOG while the event loop turns."""
+        interval = self.notifier.watchdog_interval()
+        period = min(interval, 5.0) if interval else 5.0
+        while True:
+            fields: dict[str, str | int] = {"status": self.status_line()}
+            if interval:
+                fields["watchdog"] = 1
+            self.notifier.notify(**fields)
+            await asyncio.sleep(period)
+
+    async def _drain(self, deadline: float) -> None:
+        """At shutdown, give connected uplinks until ``deadline`` to deliver what was sealed."""
+        while time.monotonic() < deadline and any(
+            u.status.acked_seq < self.buffer.last_seq and u.status.state is UplinkState.CONNECTED
+            for u in self.uplinks
+        ):
+            await asyncio.sleep(0.05)
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or a signal); then shut down in order and return."""
+        await self.store.open()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            async with asyncio.TaskGroup() as group:
+                writer = group.create_task(supervise("writer", self.pipeline.run), name="writer")
+                uplinks = [
+                    group.create_task(supervise(f"uplink-{u.name}", u.run), name=f"uplink-{u.name}")
+                    for u in self.uplinks
+                ]
+                buses = [
+                    group.create_task(supervise(f"bus-{name}", work), name=f"bus-{name}")
+                    for name, work in self._buses().items()
+                ]
+                heartbeat = group.create_task(self._heartbeat(), name="heartbeat")
+                log.info(
+                    "gateway %s running: %d buses, %d uplinks, buffer %s",
+                    self.config.gateway.id,
+                    len(buses),
+                    len(uplinks),
+                    self.buffer.path,
+                )
+                self.notifier.notify(ready=1, status=self.status_line())
+                await self._stop.wait()
+                started = time.monotonic()
+                self.notifier.notify(stopping=1, status="stopping: flushing the buffer")
+                for task in buses:
+                    task.cancel()
+                await asyncio.gather(*buses, return_exceptions=True)
+                self.pipeline.stop()
+                await asyncio.gather(writer, return_exceptions=True)
+                await self.pipeline.flush()
+                await self._drain(started + self.drain_timeout)
+                for task in [*uplinks, heartbeat]:
+                    task.cancel()
+            log.info("stopped in %.2f s: %s", time.monotonic() - started, self.status_line())
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self.store.close()
+            self.notifier.close()

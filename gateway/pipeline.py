@@ -1,0 +1,158 @@
+"""From drivers to the durable buffer: a bounded intake and the group-committing writer.
+
+Drivers hand over lists of :class:`Reading` (one poll cycle each). The writer commits them
+in groups — when ``commit_rows`` are waiting or the oldest has waited ``commit_interval`` —
+on the buffer's own thread, seals what is due, and wakes the uplinks. When the intake is full
+(the card stalled) ``put`` waits: a driver's next poll is delayed, nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.buffer import CommitResult
+from gateway.reading import Reading
+from gateway.senml import Record, record_of
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PipelineCounters:
+    accepted: int = 0  # readings committed to the buffer
+    invalid: int = 0  # readings refused (a value JSON cannot carry)
+    commits: int = 0
+    batches: int = 0
+    gaps: int = 0
+    failed_commits: int = 0
+
+
+class Pipeline:
+    """Owns the intake and the writer task; uplinks wait on it for new batches."""
+
+    def __init__(self, store: Store, *, commit_interval: float, commit_rows: int, limit: int = 0) -> None:
+        self.store = store
+        self.commit_interval = commit_interval
+        self.commit_rows = commit_rows
+        self.limit = limit or max(4 * commit_rows, 10_000)
+        self.counters = PipelineCounters()
+        self._pending: list[Record] = []
+        self._first_pending = 0.0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._acks_dirty = False
+        self._last_commit = time.monotonic()
+        self._sealed = asyncio.Condition()
+        self._stopping = False
+
+    # -- the drivers' side -------------------------------------------------------------------
+
+    async def put(self, readings: Iterable[Reading]) -> None:
+        """Hand readings to the buffer; waits while the intake is full."""
+        while len(self._pending) >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        records = []
+        for reading in readings:
+            record = record_of(reading)
+            if record is None:
+                self.counters.invalid += 1
+                continue
+            records.append(record)
+        if not records:
+            return
+        if not self._pending:
+            self._first_pending = time.monotonic()
+            self._wake.set()
+        self._pending.extend(records)
+        if len(self._pending) >= self.commit_rows:
+            self._wake.set()
+
+    # -- the uplinks' side -------------------------------------------------------------------
+
+    def acked(self, uplink: str, seq: int) -> None:
+        """An uplink holds every batch up to ``seq``; persisted (and pruned) within a second."""
+        self.store.buffer.ack(uplink, seq)
+        if not self._acks_dirty:
+            self._acks_dirty = True
+            self._wake.set()
+
+    async def wait_sealed(self, after: int) -> None:
+        """Return once a batch with seq > ``after`` exists."""
+        async with self._sealed:
+            await self._sealed.wait_for(lambda: self.store.buffer.last_seq > after)
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def _due(self, now: float) -> float | None:
+        """Monotonic time of the next commit, None when there is nothing to do."""
+        due: list[float] = []
+        if self._pending:
+            full = len(self._pending) >= self.commit_rows
+            due.append(now if full else self._first_pending + self.commit_interval)
+        seal_at = self.store.buffer.seal_due_at()
+        if seal_at is not None:
+            due.append(seal_at)
+        if self._acks_dirty:
+            due.append(self._last_commit + 1.0)
+        return min(due) if due else None
+
+    async def run(self) -> None:
+        """The writer: commit whenever something is due, sleep otherwise (no polling).
+
+        Returns after :meth:`stop`, never in the middle of a commit.
+        """
+        while not self._stopping:
+            now = time.monotonic()
+            due = self._due(now)
+            if due is not None and due <= now:
+                await self.commit()
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), None if due is None else due - now)
+
+    def stop(self) -> None:
+        """Ask the writer to return after its current commit."""
+        self._stopping = True
+        self._wake.set()
+
+    async def commit(self, *, seal_all: bool = False) -> CommitResult | None:
+        """Commit what is pending (and seal what is due); on a write error keep it pending."""
+        records, self._pending = self._pending, []
+        self._acks_dirty = False
+        self._last_commit = time.monotonic()
+        try:
+            result = await self.store.call(self.store.buffer.commit, records, seal_all=seal_all)
+        except Exception:
+            self._pending = records + self._pending
+            self.counters.failed_commits += 1
+            if self.counters.failed_commits == 1 or self.counters.failed_commits % 100 == 0:
+                log.exception(
+                    "buffer commit failed (%d times so far); readings kept in memory",
+                    self.counters.failed_commits,
+                )
+            await asyncio.sleep(1.0)
+            return None
+        finally:
+            if len(self._pending) < self.limit:
+                self._room.set()
+        self.counters.accepted += result.accepted
+        self.counters.commits += 1
+        self.counters.batches += len(result.sealed)
+        self.counters.gaps += len(result.gaps)
+        if result.sealed or result.gaps:
+            async with self._sealed:
+                self._sealed.notify_all()
+        return result
+
+    async def flush(self) -> None:
+        """Shutdown: commit everything pending and seal every staged reading."""
+        await self.commit(seal_all=True)

@@ -1,0 +1,1 @@
+"""Uplinks: each delivers sealed batches to one destination and is the only importer of its client."""

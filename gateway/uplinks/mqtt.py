@@ -1,0 +1,156 @@
+"""MQTT uplink: compact JWS batches published QoS 1, acknowledged only on PUBACK.
+
+The only module that imports aiomqtt. A window of publishes is kept in flight (awaiting each
+PUBACK in turn would cap a 200 ms cellular link at five batches a second); the cursor moves
+only over a contiguous run of PUBACKed batches, so a lost connection resends from the first
+unacknowledged one (at least once; the platform dedupes on gateway + seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import deque
+from typing import TYPE_CHECKING
+
+import aiomqtt
+
+from gateway.backoff import Backoff
+from gateway.uplinks.base import UplinkState, UplinkStatus
+
+if TYPE_CHECKING:
+    from gateway.config import MqttUplink as MqttUplinkConfig
+    from gateway.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class _SessionLost(Exception):
+    """The broker connection ended; reconnect."""
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, ExceptionGroup):
+        return all(_retryable(e) for e in exc.exceptions if isinstance(e, Exception))
+    return isinstance(exc, aiomqtt.MqttError | OSError | _SessionLost | TimeoutError)
+
+
+class MqttUplink:
+    """Delivers every sealed batch to one MQTT broker, in seq order."""
+
+    def __init__(self, name: str, config: MqttUplinkConfig, *, gateway: str, pipeline: Pipeline) -> None:
+        self.name = name
+        self.config = config
+        self.gateway = gateway
+        self.pipeline = pipeline
+        self.topic = config.topic_for(gateway)
+        self.status = UplinkStatus(name=name)
+        self._backoff = Backoff(config.backoff_initial, config.backoff_max, retry_on=_retryable)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
+        if self.config.cert_file and self.config.cert_key_file:
+            context.load_cert_chain(str(self.config.cert_file), str(self.config.cert_key_file))
+        return context
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self.config
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password is not None else None,
+            identifier=cfg.client_id or f"citygw-{self.gateway}-{self.name}",
+            keepalive=int(cfg.keepalive),
+            timeout=cfg.connect_timeout,
+            tls_context=self._tls(),
+            max_inflight_messages=cfg.window,
+            logger=log,
+        )
+        client.pending_calls_threshold = cfg.window + 1
+        return client
+
+    async def run(self) -> None:
+        """Connect, deliver, reconnect with jittered backoff; forever, until cancelled."""
+        async for attempt in self._backoff.retrying():
+            with attempt:
+                self.status.state = UplinkState.CONNECTING
+                try:
+                    async with self._client() as client:
+                        self._backoff.reset()
+                        self.status.state = UplinkState.CONNECTED
+                        self.status.connects += 1
+                        log.info(
+                            "uplink %s: connected to %s:%d", self.name, self.config.host, self.config.port
+                        )
+                        await self._session(client)
+                except Exception as exc:
+                    self._note_failure(exc)
+                    raise
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.status.state = UplinkState.DISCONNECTED
+        text = str(exc) or type(exc).__name__
+        if text != self.status.last_error:
+            log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
+        self.status.last_error = text
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """Publish until the connection fails; raises to reconnect."""
+        watcher = asyncio.create_task(self._watch(client), name=f"uplink-{self.name}-watch")
+        try:
+            await self._publish_loop(client, watcher)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await watcher
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Ends (raising) when the connection drops: aiomqtt's message stream does that."""
+        async for _ in client.messages:
+            pass
+
+    async def _publish_loop(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> None:
+        store, window = self.pipeline.store, self.config.window
+        timeout = max(10.0, self.config.keepalive * 1.5)
+        acked = store.buffer.cursor(self.name)
+        after = acked
+        inflight: deque[tuple[int, int, asyncio.Task[None]]] = deque()
+        try:
+            while True:
+                if len(inflight) < window:
+                    for batch in await store.call(store.buffer.fetch, after, window - len(inflight)):
+                        publish = client.publish(self.topic, batch.jws, qos=1, timeout=timeout)
+                        inflight.append((batch.seq, batch.readings, asyncio.ensure_future(publish)))
+                        after = batch.seq
+                if inflight:
+                    head = inflight[0][2]
+                    await asyncio.wait({head, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    sealed = asyncio.ensure_future(self.pipeline.wait_sealed(after))
+                    try:
+                        await asyncio.wait({sealed, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        sealed.cancel()
+                if watcher.done():
+                    watcher.result()
+                    raise _SessionLost("connection closed by the broker")
+                while inflight and inflight[0][2].done():
+                    seq, readings, task = inflight.popleft()
+                    task.result()  # raises the publish error, if any: reconnect and resend
+                    acked = seq
+                    self.status.delivered_batches += 1
+                    self.status.delivered_readings += readings
+                if acked != self.status.acked_seq:
+                    self.status.acked_seq = acked
+                    self.pipeline.acked(self.name, acked)
+        finally:
+            for _, _, task in inflight:
+                task.cancel()
+            for _, _, task in inflight:
+                with contextlib.suppress(BaseException):
+                    await task
