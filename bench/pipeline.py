@@ -90,7 +90,7 @@ def main() -> None:
                 "synchronous": args.synchronous,
                 "batch": {"max_readings": args.batch},
             },
-            "uplinks": {"local": {"type": "mqtt", "url": broker.url, "window": 32}},
+            "uplinks": {"local": {"type": "mqtt", "url": broker.url}},
             "buses": {"gen": {"type": "synthetic"}},
             "devices": {
                 "load-1": {
@@ -106,7 +106,8 @@ def main() -> None:
         counter.target = args.readings
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(work / "notify.sock"))
-        env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify.sock"))
+        # the environment systemd/citygw.service gives the daemon
+        env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify.sock"), MALLOC_ARENA_MAX="2")
         daemon = subprocess.Popen(
             [
                 sys.executable,

@@ -35,7 +35,7 @@ class SyntheticSource:
         count: int | None,
         quantities: Sequence[str],
         sequence: bool = False,
-        chunk: int = 2000,
+        chunk: int = 1000,
     ) -> None:
         self.device = device
         self.rate = rate

@@ -81,10 +81,14 @@ class Outgoing:
     """A sealed batch (or gap record) as an uplink sends it."""
 
     seq: int
-    jws: str
+    data: bytes  # the compact JWS, ASCII
     readings: int
     kind: int
     created: float
+
+    @property
+    def jws(self) -> str:
+        return self.data.decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,8 @@ class BufferStats:
     oldest_created: float | None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _unb64(text: str) -> bytes:
@@ -192,6 +196,8 @@ class Buffer:
             db.execute(f"PRAGMA synchronous={self._sync}")
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA journal_size_limit=4194304")
+            # the buffer writes far more than it reads back: a small page cache spares a Pi's RAM
+            db.execute("PRAGMA cache_size=-512")
             db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
@@ -379,7 +385,13 @@ class Buffer:
             .fetchall()
         )
         return [
-            Outgoing(seq, f"{header}.{_b64(zlib.decompress(payload))}.{_b64(sig)}", readings, kind, created)
+            Outgoing(
+                seq,
+                b".".join((header.encode(), _b64(zlib.decompress(payload)), _b64(sig))),
+                readings,
+                kind,
+                created,
+            )
             for seq, kind, created, readings, header, payload, sig in rows
         ]
 

@@ -40,7 +40,8 @@ class Pipeline:
         self.store = store
         self.commit_interval = commit_interval
         self.commit_rows = commit_rows
-        self.limit = limit or max(4 * commit_rows, 10_000)
+        # one commit's worth waits while the previous one is written: double buffering, bounded
+        self.limit = limit or max(commit_rows, 1000)
         self.counters = PipelineCounters()
         self._pending: list[Record] = []
         self._first_pending = 0.0

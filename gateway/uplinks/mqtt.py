@@ -124,7 +124,7 @@ class MqttUplink:
             while True:
                 if len(inflight) < window:
                     for batch in await store.call(store.buffer.fetch, after, window - len(inflight)):
-                        publish = client.publish(self.topic, batch.jws, qos=1, timeout=timeout)
+                        publish = client.publish(self.topic, batch.data, qos=1, timeout=timeout)
                         inflight.append((batch.seq, batch.readings, asyncio.ensure_future(publish)))
                         after = batch.seq
                 if inflight:
