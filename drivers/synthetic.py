@@ -12,10 +12,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from drivers.health import DeviceHealth
 from gateway.reading import Reading
 from gateway.vocabulary import unit_of
+
+if TYPE_CHECKING:
+    from gateway.config import SyntheticDevice
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ class SyntheticSource:
             out.append(Reading(device, name, value, unit, start + i / rate))
         return out
 
-    async def run(self, sink: Sink) -> None:
+    async def run(self, sink: Sink, health: DeviceHealth | None = None) -> None:
         """Produce until ``count`` readings were handed over (forever without a count)."""
         start_wall, start = time.time(), time.monotonic()
         tick = max(0.01, 1.0 / self.rate)
@@ -65,14 +70,28 @@ class SyntheticSource:
             if n > 0:
                 await sink(self._make(start_wall, self.produced, n))
                 self.produced += n
+                if health is not None:
+                    health.seen(n)
                 await asyncio.sleep(0)  # let the writer and uplinks run between chunks
             if self.produced >= due:
                 await asyncio.sleep(tick)
         log.info("synthetic %s: produced its %d readings", self.device, self.produced)
 
 
-async def run_bus(sources: Sequence[SyntheticSource], sink: Sink) -> None:
+async def run_bus(
+    bus_name: str,
+    bus: object,
+    devices: Mapping[str, SyntheticDevice],
+    sink: Sink,
+    health: Mapping[str, DeviceHealth],
+) -> None:
     """All devices of one synthetic bus; the bus ends when every device is done."""
+    sources = [
+        SyntheticSource(
+            name, rate=d.rate, count=d.count, quantities=d.quantities, sequence=d.values == "sequence"
+        )
+        for name, d in devices.items()
+    ]
     async with asyncio.TaskGroup() as group:
         for source in sources:
-            group.create_task(source.run(sink), name=f"synthetic-{source.device}")
+            group.create_task(source.run(sink, health[source.device]), name=f"synthetic-{source.device}")

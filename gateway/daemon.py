@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from drivers import synthetic
+from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer
 from gateway.pipeline import Pipeline
 from gateway.sdnotify import Notifier
@@ -31,6 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
+
+# bus type -> runner: run(bus_name, bus_config, {device: device_config}, sink, {device: health})
+BUS_RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
+    "synthetic": synthetic.run_bus,
+}
 
 
 async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: float = RESTART_PAUSE) -> None:
@@ -75,26 +82,21 @@ class Gateway:
             MqttUplink(name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
             for name, uplink in config.uplinks.items()
         ]
+        self.health: dict[str, DeviceHealth] = {}
         self._stop = asyncio.Event()
 
     def _buses(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """One unit of work per bus that has devices, from the bus type's runner."""
         work: dict[str, Callable[[], Awaitable[None]]] = {}
         for bus_name, bus in self.config.buses.items():
             devices = {name: d for name, d in self.config.devices.items() if d.bus == bus_name}
             if not devices:
                 continue
-            if bus.type == "synthetic":
-                sources = [
-                    synthetic.SyntheticSource(
-                        name,
-                        rate=d.rate,
-                        count=d.count,
-                        quantities=d.quantities,
-                        sequence=d.values == "sequence",
-                    )
-                    for name, d in devices.items()
-                ]
-                work[bus_name] = lambda s=sources: synthetic.run_bus(s, self.pipeline.put)  # type: ignore[misc]
+            runner = BUS_RUNNERS[bus.type]
+            for name in devices:
+                self.health[name] = DeviceHealth(name)
+            health = {name: self.health[name] for name in devices}
+            work[bus_name] = functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
         return work
 
     def stop(self) -> None:

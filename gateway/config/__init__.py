@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from gateway.config.base import LogLevel, Synchronous
 from gateway.config.loader import load
 from gateway.config.model import (
     BUS_MODELS,
@@ -21,10 +22,8 @@ from gateway.config.model import (
     Config,
     Device,
     GatewaySettings,
-    LogLevel,
     LogSettings,
     MqttUplink,
-    Synchronous,
     SyntheticBus,
     SyntheticDevice,
     Uplink,

@@ -7,7 +7,7 @@ Steps, each collecting problems rather than stopping at the first:
 3. substitute ``${VAR}`` inside string values (``$${`` writes a literal ``${``), in place, so positions
    are kept;
 4. read secret files (``password_file``) into their value (``password``);
-5. validate with pydantic under a :class:`~gateway.config.model.LoadContext`, which resolves relative
+5. validate with pydantic under a :class:`~gateway.config.base.LoadContext`, which resolves relative
    paths against the file's directory and checks the files named;
 6. map each pydantic error's ``loc`` back to a line through the parsed tree.
 """
@@ -27,7 +27,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from gateway.config.model import Config, LoadContext, default_buffer_path
+from gateway.config.base import LoadContext
+from gateway.config.model import Config, default_buffer_path
 from gateway.config.units import describe
 from gateway.errors import ConfigError, ConfigProblem
 

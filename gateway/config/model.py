@@ -11,345 +11,56 @@ is a bus model, a device model and one entry in each table.
 
 from __future__ import annotations
 
-import difflib
-import enum
-import errno
 import os
-import re
-import stat
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, Self
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    PlainValidator,
     SecretStr,
-    ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import (
-    ErrorDetails,
-    InitErrorDetails,
-    PydanticCustomError,
-    PydanticKnownError,
-    PydanticOmit,
+from pydantic_core import PydanticKnownError, PydanticOmit
+
+from gateway.config.base import (
+    _URL_EXAMPLE,
+    DEFAULT_BUFFER_PATH,
+    DEFAULT_TOPIC,
+    BusId,
+    ConfigPath,
+    DeviceId,
+    Float,
+    GatewayId,
+    Int,
+    LogLevel,
+    MqttUrl,
+    PrivateKeyFile,
+    QuantityName,
+    ReadableFile,
+    Section,
+    Synchronous,
+    Topic,
+    UplinkId,
+    _distinct,
+    located,
+    problem,
+    within,
 )
-from pydantic_core.core_schema import ErrorType
-
 from gateway.config.units import Duration, Size, describe, duration_within, format_duration, size_within
-from gateway.vocabulary import QUANTITIES
-
-DEFAULT_BUFFER_PATH = Path("/var/lib/citygw/buffer.db")
-DEFAULT_TOPIC = "city/{gateway}/batches"
-
-_KNOWN_ERROR_TYPES = frozenset(typing.get_args(ErrorType))
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_ID_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-_UPLINK_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_UPLINK_ID_RULE = "use 1 to 32 lowercase letters, digits, '_' or '-', starting with a letter or digit"
-_URL_EXAMPLE = "e.g. mqtts://broker.example.city:8883"
-
-
-@dataclass(frozen=True, slots=True)
-class LoadContext:
-    """Validation context for a config read from a file: pass as ``context=`` to ``model_validate``."""
-
-    base_dir: Path  # relative paths in the file are relative to this directory
-    check_files: bool = True  # check that the files named exist, are readable and private where needed
-
-
-def problem(kind: str, message: str) -> PydanticCustomError:
-    """A validation error of type ``citygw_<kind>`` (never one of pydantic's own error types, which
-    :func:`_rebuilt` must tell apart) whose message is ``message`` verbatim, braces and all."""
-    return PydanticCustomError(f"citygw_{kind}", "{message}", {"message": message})
-
-
-def _located(title: str, loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> NoReturn:
-    """Raise an error placed at ``loc`` below the value being validated."""
-    raise ValidationError.from_exception_data(
-        title, [InitErrorDetails(type=problem(kind, message), loc=loc, input=value)]
-    )
-
-
-def _rebuilt(error: ErrorDetails) -> InitErrorDetails:
-    if error["type"] in _KNOWN_ERROR_TYPES:
-        details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
-        if "ctx" in error:
-            details["ctx"] = error["ctx"]
-        return details
-    custom = PydanticCustomError(error["type"], "{message}", {"message": error["msg"]})
-    return InitErrorDetails(type=custom, loc=error["loc"], input=error["input"])
-
-
-class _Model(BaseModel):
-    """Base of every config model: unknown and missing keys are explained in the model's own terms."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def yaml_keys(cls) -> list[str]:
-        """The keys a YAML mapping for this model may hold, in declaration order."""
-        return [name for name, field in cls.model_fields.items() if not field.exclude]
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _explain_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            errors = exc.errors()
-            if not any(len(e["loc"]) == 1 and e["type"] in ("extra_forbidden", "missing") for e in errors):
-                raise
-            raise ValidationError.from_exception_data(
-                cls.__name__, [cls._explained(e) for e in errors]
-            ) from None
-
-    @classmethod
-    def _explained(cls, error: ErrorDetails) -> InitErrorDetails:
-        if len(error["loc"]) != 1:
-            return _rebuilt(error)
-        key = str(error["loc"][0])
-        if error["type"] == "extra_forbidden":
-            message = f"unknown key {key!r}; allowed here: {', '.join(cls.yaml_keys())}"
-            return InitErrorDetails(
-                type=problem("unknown_key", message), loc=error["loc"], input=error["input"]
-            )
-        if error["type"] == "missing":
-            field = cls.model_fields.get(key)
-            about = f"; {field.description}" if field is not None and field.description else ""
-            message = f"required key {key!r} is missing{about}"
-            return InitErrorDetails(
-                type=problem("missing_key", message), loc=error["loc"], input=error["input"]
-            )
-        return _rebuilt(error)
-
-
-# --- value types -------------------------------------------------------------------------------
-
-
-def _context(info: ValidationInfo) -> LoadContext | None:
-    return info.context if isinstance(info.context, LoadContext) else None
-
-
-def _reject_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise problem("number_type", f"expected a number; got {describe(value)}")
-    return value
-
-
-def _number(value: float | None) -> str:
-    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
-
-
-def within(low: float | None, high: float | None, *, above: bool = False) -> Callable[[Any], Any]:
-    """An after-validator bounding a number to ``low..high`` (``above``: strictly more than ``low``)."""
-
-    def check(value: Any) -> Any:
-        if (low is None or value > low or (value == low and not above)) and (high is None or value <= high):
-            return value
-        lowest = f"more than {_number(low)}" if above else f"at least {_number(low)}"
-        if low is not None and high is not None:
-            allowed = (
-                f"{lowest} and at most {_number(high)}"
-                if above
-                else f"between {_number(low)} and {_number(high)}"
-            )
-        else:
-            allowed = lowest if low is not None else f"at most {_number(high)}"
-        raise problem("number_range", f"must be {allowed}; got {_number(value)}")
-
-    return check
-
-
-Int = Annotated[int, BeforeValidator(_reject_bool)]
-Float = Annotated[float, BeforeValidator(_reject_bool)]
-
-
-def _id_check(pattern: re.Pattern[str], noun: str, rule: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            quote = "; put it in quotes so it stays text" if isinstance(value, int | float) else ""
-            raise problem("id_type", f"a {noun} id must be text; got {describe(value)}{quote}")
-        if not pattern.fullmatch(value):
-            raise problem("id_pattern", f"{value!r} is not a valid {noun} id; {rule}")
-        return value
-
-    return check
-
-
-def _id_schema(pattern: re.Pattern[str]) -> WithJsonSchema:
-    return WithJsonSchema({"type": "string", "pattern": f"^{pattern.pattern}$"})
-
-
-GatewayId = Annotated[str, PlainValidator(_id_check(_ID_RE, "gateway", _ID_RULE)), _id_schema(_ID_RE)]
-UplinkId = Annotated[
-    str, PlainValidator(_id_check(_UPLINK_ID_RE, "uplink", _UPLINK_ID_RULE)), _id_schema(_UPLINK_ID_RE)
-]
-BusId = Annotated[str, PlainValidator(_id_check(_ID_RE, "bus", _ID_RULE)), _id_schema(_ID_RE)]
-DeviceId = Annotated[str, PlainValidator(_id_check(_ID_RE, "device", _ID_RULE)), _id_schema(_ID_RE)]
-
-
-def _path_text(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        raise problem("path_empty", "a path cannot be empty; write the file's path")
-    return value
-
-
-def _resolved(value: Path, info: ValidationInfo) -> Path:
-    context = _context(info)
-    if context is not None and not value.is_absolute():
-        return context.base_dir / value
-    return value
-
-
-def _readable(value: Path, info: ValidationInfo) -> Path:
-    context = _context(info)
-    if context is not None and context.check_files:
-        try:
-            with value.open("rb"):
-                pass
-        except OSError as exc:
-            raise problem("file_unreadable", f"cannot read {value}: {exc.strerror}") from None
-    return value
-
-
-def _private_key(value: Path, info: ValidationInfo) -> Path:
-    context = _context(info)
-    if context is None or not context.check_files:
-        return value
-    try:
-        with value.open("rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-    except OSError as exc:
-        create = "; create one with `citygw keygen`" if exc.errno == errno.ENOENT else ""
-        raise problem("file_unreadable", f"cannot read {value}: {exc.strerror}{create}") from None
-    if mode & 0o077:
-        raise problem(
-            "key_file_mode",
-            f"{value} is open to users other than its owner (mode {stat.S_IMODE(mode):04o}); "
-            f"a signing key must be private: run chmod 600 {value}",
-        )
-    return value
-
-
-ConfigPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_resolved)]
-"""A path; relative to the config file's directory when loaded from a file."""
-ReadableFile = Annotated[ConfigPath, AfterValidator(_readable)]
-"""A path to a file that must be readable when the config is loaded."""
-PrivateKeyFile = Annotated[ConfigPath, AfterValidator(_private_key)]
-"""A path to a readable file that no one but its owner may access (mode 0600 or 0400)."""
-
-
-def _mqtt_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise problem(
-            "url_scheme",
-            f"{value!r} is not an MQTT broker url; the scheme must be mqtt:// or mqtts:// (TLS), "
-            f"{_URL_EXAMPLE}",
-        )
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if not parts.hostname:
-        raise problem("url_host", f"{value!r} names no broker host; write {_URL_EXAMPLE}")
-    if port == 0:
-        raise problem("url_port", f"{value!r} has an invalid port; a port is a number from 1 to 65535")
-    if parts.username is not None or parts.password is not None:
-        raise problem(
-            "url_credentials",
-            f"{value!r} holds credentials; put them in username and password_file, not in the url",
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise problem(
-            "url_path",
-            f"{value!r} has a path, query or fragment; a broker url is mqtt[s]://host[:port] "
-            "and the topic goes in topic",
-        )
-    return value
-
-
-def _topic(value: str) -> str:
-    hint = f"write e.g. {DEFAULT_TOPIC}"
-    if not value:
-        raise problem("topic", f"the topic cannot be empty; {hint}")
-    if "+" in value or "#" in value:
-        raise problem(
-            "topic", f"{value!r} contains an MQTT wildcard (+ or #), which cannot be published to; {hint}"
-        )
-    if value.startswith("$"):
-        raise problem("topic", f"{value!r} starts with '$', which brokers reserve for themselves; {hint}")
-    for name in re.findall(r"\{([^{}]*)\}", value):
-        if name != "gateway":
-            raise problem(
-                "topic",
-                f"{value!r} has the placeholder {{{name}}}; the only placeholder allowed is {{gateway}}",
-            )
-    if "{" in value.replace("{gateway}", "") or "}" in value.replace("{gateway}", ""):
-        raise problem(
-            "topic", f"{value!r} has an unmatched brace; the only placeholder allowed is {{gateway}}"
-        )
-    return value
-
-
-def _quantity(value: str) -> str:
-    if value in QUANTITIES:
-        return value
-    close = difflib.get_close_matches(value, QUANTITIES, n=1)
-    guess = f" (did you mean {close[0]!r}?)" if close else ""
-    raise problem(
-        "quantity", f"unknown quantity {value!r}{guess}; the quantity names are: {', '.join(QUANTITIES)}"
-    )
-
-
-def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
-    if not value:
-        raise problem("quantities_empty", "list at least one quantity, e.g. [temperature]")
-    for index, name in enumerate(value):
-        if name in value[:index]:
-            raise problem(
-                "quantities_repeated", f"{name!r} is listed more than once; list each quantity once"
-            )
-    return value
-
-
-MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
-Topic = Annotated[str, AfterValidator(_topic)]
-QuantityName = Annotated[str, AfterValidator(_quantity)]
-
-
-class LogLevel(enum.StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-class Synchronous(enum.StrEnum):
-    """SQLite ``PRAGMA synchronous`` in WAL mode: NORMAL may lose the last commit on power loss."""
-
-    NORMAL = "normal"
-    FULL = "full"
-
 
 # --- sections ----------------------------------------------------------------------------------
 
 
-class GatewaySettings(_Model):
+class GatewaySettings(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: GatewayId = Field(
@@ -361,13 +72,13 @@ class GatewaySettings(_Model):
     )
 
 
-class LogSettings(_Model):
+class LogSettings(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     level: LogLevel = Field(default=LogLevel.INFO, description="debug, info, warning or error")
 
 
-class BatchSettings(_Model):
+class BatchSettings(Section):
     """When the batcher seals a batch: whichever limit is reached first."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -383,7 +94,7 @@ class BatchSettings(_Model):
     )
 
 
-class BufferSettings(_Model):
+class BufferSettings(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: ConfigPath | None = Field(
@@ -406,7 +117,7 @@ class BufferSettings(_Model):
     batch: BatchSettings = Field(default=BatchSettings(), description="when batches are sealed")
 
 
-class MqttUplink(_Model):
+class MqttUplink(Section):
     """Batches published with QoS 1 to an MQTT broker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -506,7 +217,7 @@ class MqttUplink(_Model):
         return self.topic.replace("{gateway}", gateway_id)
 
 
-class SyntheticBus(_Model):
+class SyntheticBus(Section):
     """A bus of simulated devices: no hardware, for demos, tests and benchmarks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -514,7 +225,7 @@ class SyntheticBus(_Model):
     type: Literal["synthetic"] = Field(description="the bus type: synthetic")
 
 
-class SyntheticDevice(_Model):
+class SyntheticDevice(Section):
     """A simulated device producing plausible readings at a fixed rate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -546,7 +257,7 @@ BUS_MODELS: Mapping[str, type[Bus]] = {"synthetic": SyntheticBus}
 DEVICE_MODELS: Mapping[str, type[Device]] = {"synthetic": SyntheticDevice}  # by bus type
 
 
-def _by_type(table: Mapping[str, type[_Model]], noun: str) -> Callable[[Any, ValidationInfo], Any]:
+def _by_type(table: Mapping[str, type[Section]], noun: str) -> Callable[[Any, ValidationInfo], Any]:
     known = ", ".join(table)
 
     def validate(value: Any, info: ValidationInfo) -> Any:
@@ -555,7 +266,7 @@ def _by_type(table: Mapping[str, type[_Model]], noun: str) -> Callable[[Any, Val
         if not isinstance(value, dict):
             raise PydanticKnownError("dict_type")
         if "type" not in value:
-            _located(
+            located(
                 noun,
                 ("type",),
                 "missing_key",
@@ -564,7 +275,7 @@ def _by_type(table: Mapping[str, type[_Model]], noun: str) -> Callable[[Any, Val
             )
         model = table.get(value["type"]) if isinstance(value["type"], str) else None
         if model is None:
-            _located(
+            located(
                 noun,
                 ("type",),
                 "unknown_type",
@@ -592,7 +303,7 @@ def _device(value: Any, info: ValidationInfo) -> Any:
     data, bus_types = value.data, value.bus_types
     defined = ", ".join(str(key) for key in bus_types or ()) or "none (define one under buses)"
     if "bus" not in data:
-        _located(
+        located(
             "device",
             ("bus",),
             "missing_key",
@@ -601,11 +312,11 @@ def _device(value: Any, info: ValidationInfo) -> Any:
         )
     bus = data["bus"]
     if not isinstance(bus, str):
-        _located("device", ("bus",), "bus_type", f"expected a bus id; got {describe(bus)}", data)
+        located("device", ("bus",), "bus_type", f"expected a bus id; got {describe(bus)}", data)
     if bus_types is None:
         raise PydanticOmit  # the buses section's own problem is reported there
     if bus not in bus_types:
-        _located(
+        located(
             "device",
             ("bus",),
             "unknown_bus",
@@ -622,7 +333,7 @@ def _device(value: Any, info: ValidationInfo) -> Any:
 _SECTIONS = ("log", "buffer", "uplinks", "buses", "devices")
 
 
-class Config(_Model):
+class Config(Section):
     """A whole config file, validated as one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
