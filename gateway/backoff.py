@@ -11,6 +11,11 @@ import random
 from collections.abc import AsyncIterator, Callable
 
 import stamina
+import stamina.instrumentation
+
+# stamina logs every scheduled retry at WARNING; the uplinks and drivers log each distinct
+# failure once themselves (a dead broker must not write a line per attempt for days)
+stamina.instrumentation.set_on_retry_hooks([])
 
 
 class Backoff:

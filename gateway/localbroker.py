@@ -5,6 +5,7 @@ Not used by the daemon. Needs the ``mosquitto`` binary (Debian package ``mosquit
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,10 @@ def find_mosquitto() -> str:
 class LocalBroker:
     """mosquitto listening on 127.0.0.1:port; can be stopped and started again on the same port."""
 
-    def __init__(self, port: int | None = None, *, workdir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, workdir: Path | None = None, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
+        """``tls``: (CA file, server certificate, server key) to listen with TLS instead of plain TCP."""
         self.port = port or free_port()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
@@ -52,6 +56,13 @@ class LocalBroker:
             "log_dest stderr\n"
             "log_type error\n"
         )
+        if os.geteuid() == 0:  # mosquitto started as root drops to user mosquitto, who cannot read our files
+            with self.conf.open("a") as conf:
+                conf.write("user root\n")
+        if tls is not None:
+            cafile, certfile, keyfile = tls
+            with self.conf.open("a") as conf:
+                conf.write(f"cafile {cafile}\ncertfile {certfile}\nkeyfile {keyfile}\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

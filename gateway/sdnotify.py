@@ -21,6 +21,8 @@ class Notifier:
         self._sock: socket.socket | None = None
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # never block the event loop on a reader that is slow to drain its queue
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:
@@ -40,7 +42,7 @@ class Notifier:
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
         try:
             self._sock.sendto(message.encode(), self._address)
-        except OSError as exc:
+        except OSError as exc:  # EAGAIN when the manager's queue is full: the next one gets through
             log.debug("sd_notify failed: %s", exc)
 
     def close(self) -> None:
