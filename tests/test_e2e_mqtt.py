@@ -43,6 +43,30 @@ def committed_values(db_path: Path) -> dict[str, set[int]]:
     return out
 
 
+def start_load(
+    tmp_path: Path,
+    key: Path,
+    port: int,
+    factory: Callable[[Path], Daemon],
+    *,
+    rate: int,
+    count: int,
+    device: str = "load-1",
+    **extra: object,
+) -> Daemon:
+    """The daemon with one synthetic device whose reading i has value i."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        key=key,
+        port=port,
+        devices={device: {"bus": "gen", "rate": rate, "count": count, "values": "sequence"}},
+        **extra,
+    )
+    daemon = factory(config)
+    daemon.start()
+    return daemon
+
+
 def test_100k_readings_arrive_verified_contiguous_and_chained(
     tmp_path: Path,
     key: Path,
@@ -50,14 +74,7 @@ def test_100k_readings_arrive_verified_contiguous_and_chained(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    config = write_config(
-        tmp_path / "config.yaml",
-        key=key,
-        port=broker.port,
-        devices={"load-1": {"bus": "gen", "rate": 50_000, "count": 100_000, "values": "sequence"}},
-    )
-    daemon = daemon_factory(config)
-    daemon.start()
+    daemon = start_load(tmp_path, key, broker.port, daemon_factory, rate=50_000, count=100_000)
     collector.wait(lambda c: c.readings() >= 100_000, 120, "100,000 readings")
     started = time.monotonic()
     assert daemon.terminate() == 0
@@ -75,14 +92,7 @@ def test_broker_outage_of_10s_loses_nothing(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    config = write_config(
-        tmp_path / "config.yaml",
-        key=key,
-        port=broker.port,
-        devices={"load-1": {"bus": "gen", "rate": 5_000, "count": 100_000, "values": "sequence"}},
-    )
-    daemon = daemon_factory(config)
-    daemon.start()
+    daemon = start_load(tmp_path, key, broker.port, daemon_factory, rate=5_000, count=100_000)
     collector.wait(lambda c: c.readings() >= 10_000, 60, "the first readings")
     broker.stop()
     time.sleep(10)
@@ -107,15 +117,7 @@ def test_kill9_while_broker_down_and_while_draining_loses_no_committed_reading(
     must_arrive: dict[str, set[int]] = {}
 
     def run(device: str, rate: int, count: int) -> Daemon:
-        config = write_config(
-            tmp_path / "config.yaml",
-            key=key,
-            port=broker.port,
-            devices={device: {"bus": "gen", "rate": rate, "count": count, "values": "sequence"}},
-        )
-        daemon = daemon_factory(config)
-        daemon.start()
-        return daemon
+        return start_load(tmp_path, key, broker.port, daemon_factory, rate=rate, count=count, device=device)
 
     def kill(daemon: Daemon) -> None:
         daemon.kill9()
@@ -164,15 +166,15 @@ def test_retention_with_a_tiny_max_disk_sends_gap_records(
 ) -> None:
     db_path = tmp_path / "state" / "buffer.db"
     broker.stop()
-    config = write_config(
-        tmp_path / "config.yaml",
-        key=key,
-        port=broker.port,
-        devices={"load-1": {"bus": "gen", "rate": 20_000, "count": 200_000, "values": "sequence"}},
+    daemon = start_load(
+        tmp_path,
+        key,
+        broker.port,
+        daemon_factory,
+        rate=20_000,
+        count=200_000,
         buffer={"max_disk": "64KiB", "batch": {"max_readings": 500}},
     )
-    daemon = daemon_factory(config)
-    daemon.start()
     deadline, gaps = time.monotonic() + 60, 0
     while time.monotonic() < deadline:
         time.sleep(0.5)

@@ -45,13 +45,6 @@ def umask() -> Iterator[None]:
     os.umask(old)
 
 
-@pytest.fixture
-def key(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    generate_key(path)
-    return path
-
-
 # -- keygen ------------------------------------------------------------------------------------
 
 

@@ -63,13 +63,6 @@ def chain(signer: Signer, n: int, start: int = 1, prev: str | None = None) -> li
 
 
 @pytest.fixture
-def key(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    generate_key(path)
-    return path
-
-
-@pytest.fixture
 def signer(key: Path) -> Signer:
     return Signer.from_file(key)
 
