@@ -35,7 +35,9 @@ class Backoff:
         if not self._retry_on(exc):
             return False
         self.failures += 1
-        return self.delay()
+        delay = self.delay()
+        hint = getattr(exc, "retry_after", None)  # the server said when (HTTP Retry-After): not before
+        return max(delay, float(hint)) if hint else delay
 
     def reset(self) -> None:
         self.failures = 0

@@ -23,7 +23,7 @@ import sqlite3
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +58,15 @@ CREATE TABLE IF NOT EXISTS batches (
     hash BLOB NOT NULL            -- SHA-256 of the JWS: the chain link to the next batch
 );
 CREATE TABLE IF NOT EXISTS cursors (uplink TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parked (        -- batches an uplink's destination refused for good
+    uplink TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER,                        -- e.g. the HTTP status
+    parked REAL NOT NULL,                  -- UTC epoch seconds
+    resend INTEGER NOT NULL DEFAULT 0,     -- set by `citygw resend`
+    PRIMARY KEY (uplink, seq)
+) WITHOUT ROWID;
 """
 
 
@@ -183,6 +192,7 @@ class Buffer:
         self._pruned_seq = 0
         self._pruned_hash: str | None = None
         self._cursors: dict[str, int] = {}
+        self._sent: dict[str, int] = {}  # per uplink: the highest seq handed to it (maybe delivered)
         self._saved_cursors: dict[str, int] = {}
         self._last_age_check = 0.0
 
@@ -373,8 +383,11 @@ class Buffer:
 
     # -- delivery ----------------------------------------------------------------------------
 
-    def fetch(self, after: int, limit: int) -> list[Outgoing]:
-        """Up to ``limit`` batches with seq > ``after``, in seq order, as compact JWS."""
+    def fetch(self, after: int, limit: int, uplink: str | None = None) -> list[Outgoing]:
+        """Up to ``limit`` batches with seq > ``after``, in seq order, as compact JWS.
+
+        With ``uplink``, what is returned counts as possibly delivered to it until acknowledged:
+        retention does not drop it (a gap record must never claim a batch the platform has)."""
         rows = (
             self._require_db()
             .execute(
@@ -384,7 +397,7 @@ class Buffer:
             )
             .fetchall()
         )
-        return [
+        out = [
             Outgoing(
                 seq,
                 b".".join((header.encode(), _b64(zlib.decompress(payload)), _b64(sig))),
@@ -394,11 +407,37 @@ class Buffer:
             )
             for seq, kind, created, readings, header, payload, sig in rows
         ]
+        if uplink is not None and out:
+            self._sent[uplink] = max(self._sent.get(uplink, 0), out[-1].seq)
+        return out
 
     def ack(self, uplink: str, seq: int) -> None:
         """Record that ``uplink`` holds every batch up to ``seq`` (persisted with the next commit)."""
         if seq > self._cursors.get(uplink, 0):
             self._cursors[uplink] = seq
+
+    def park(self, uplink: str, seq: int, reason: str, status: int | None = None) -> None:
+        """Keep batch ``seq`` for ``uplink`` (never pruned, never dropped by retention) until resent."""
+        with self._tx():
+            self._require_db().execute(
+                "INSERT INTO parked (uplink, seq, reason, status, parked) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(uplink, seq) DO UPDATE SET reason = excluded.reason,"
+                " status = excluded.status, parked = excluded.parked, resend = 0",
+                (uplink, seq, reason[:500], status, time.time()),
+            )
+
+    def unpark(self, uplink: str, seq: int) -> None:
+        with self._tx():
+            self._require_db().execute("DELETE FROM parked WHERE uplink = ? AND seq = ?", (uplink, seq))
+
+    def resend_requests(self, uplink: str) -> list[Outgoing]:
+        """Parked batches of ``uplink`` that `citygw resend` marked."""
+        rows = (
+            self._require_db()
+            .execute("SELECT seq FROM parked WHERE uplink = ? AND resend = 1 ORDER BY seq", (uplink,))
+            .fetchall()
+        )
+        return [b for (seq,) in rows for b in self.fetch(seq - 1, 1) if b.seq == seq]
 
     def cursor(self, uplink: str) -> int:
         return self._cursors.get(uplink, self._pruned_seq)
@@ -416,6 +455,17 @@ class Buffer:
     @property
     def staged_count(self) -> int:
         return len(self._staged)
+
+    def correct_staged(self, fix: Callable[[Record], Record]) -> int:
+        """Pass every staged reading through ``fix`` (the clock synced: gateway.clock); returns how
+        many changed. In memory only: until sealed, the chunks on disk keep the flagged originals."""
+        changed = 0
+        for index, record in enumerate(self._staged):
+            fixed = fix(record)
+            if fixed is not record:
+                self._staged[index] = fixed
+                changed += 1
+        return changed
 
     def _save_cursors(self) -> None:
         changed = [(k, v) for k, v in self._cursors.items() if self._saved_cursors.get(k) != v]
@@ -440,7 +490,7 @@ class Buffer:
         ).fetchone()
         if row is None:
             return
-        db.execute("DELETE FROM batches WHERE seq <= ?", (floor,))
+        db.execute("DELETE FROM batches WHERE seq <= ? AND seq NOT IN (SELECT seq FROM parked)", (floor,))
         self._pruned_seq, self._pruned_hash = floor, bytes(row[0]).hex()
         self._put_meta(pruned_seq=floor, pruned_hash=self._pruned_hash)
 
@@ -469,15 +519,23 @@ class Buffer:
                 gaps.append(gap)
         return gaps
 
+    def _in_flight(self, seq: int) -> bool:
+        """Whether some uplink may hold ``seq`` without having acknowledged it yet."""
+        return any(self._cursors.get(u, 0) < seq <= sent for u, sent in self._sent.items())
+
     def _drop_oldest(self, excess: int, reason: str) -> Gap | None:
         rows = self._require_db().execute(
             "SELECT seq, readings, length(payload) + length(header) + 100 FROM batches"
-            " WHERE kind = ? ORDER BY seq",
+            " WHERE kind = ? AND seq NOT IN (SELECT seq FROM parked) ORDER BY seq",
             (KIND_DATA,),
         )
         picked: list[tuple[int, int]] = []
         freed = 0
         for seq, readings, size in rows:
+            if self._in_flight(seq):
+                if picked:
+                    break
+                continue
             if picked and seq != picked[-1][0] + 1:
                 break  # a gap record sits between: keep each dropped range contiguous
             picked.append((seq, readings))
@@ -498,13 +556,18 @@ class Buffer:
         rows = (
             self._require_db()
             .execute(
-                "SELECT seq, readings FROM batches WHERE kind = ? AND created < ? ORDER BY seq",
+                "SELECT seq, readings FROM batches WHERE kind = ? AND created < ?"
+                " AND seq NOT IN (SELECT seq FROM parked) ORDER BY seq",
                 (KIND_DATA, cutoff),
             )
             .fetchall()
         )
         picked: list[tuple[int, int]] = []
         for seq, readings in rows:
+            if self._in_flight(seq):
+                if picked:
+                    break
+                continue
             if picked and seq != picked[-1][0] + 1:
                 break
             picked.append((seq, readings))
@@ -621,3 +684,32 @@ class _Transaction:
             self._db.execute("COMMIT")
         else:
             self._db.execute("ROLLBACK")
+
+
+def request_resend(
+    path: Path, *, uplink: str | None = None, seqs: Sequence[int] = ()
+) -> list[tuple[str, int]]:
+    """Mark parked batches for resending (``citygw resend``); the daemon picks them up within
+    30 s, or at its next start. Works beside a running daemon (WAL). Returns what was marked."""
+    if not path.exists():
+        raise BufferError(f"no buffer at {path}")
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        where, args = "1 = 1", list[object]()
+        if uplink is not None:
+            where, args = "uplink = ?", [uplink]
+        if seqs:
+            where += f" AND seq IN ({','.join('?' * len(seqs))})"
+            args.extend(seqs)
+        db.execute("BEGIN IMMEDIATE")
+        marked = db.execute(
+            f"SELECT uplink, seq FROM parked WHERE {where} ORDER BY uplink, seq", args
+        ).fetchall()
+        db.execute(f"UPDATE parked SET resend = 1 WHERE {where}", args)
+        db.execute("COMMIT")
+        return [(str(u), int(s)) for u, s in marked]
+    except sqlite3.OperationalError as exc:
+        raise BufferError(f"cannot mark batches for resending in {path}: {exc}") from exc
+    finally:
+        db.close()

@@ -12,9 +12,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import CitygwError, ConfigError, KeyFileError
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -27,13 +31,9 @@ log = logging.getLogger("citygw")
 
 
 def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s"
-        if os.environ.get("JOURNAL_STREAM")
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from gateway.logging_setup import setup
+
+    setup(level)
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -54,7 +54,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = _config_path(args)
     try:
         config = load_config(path)
-        Signer.from_file(config.gateway.key_file)
+        # root (a technician's sudo) may check a key that belongs to the service user
+        Signer.from_file(config.gateway.key_file, check_owner=os.geteuid() != 0)
     except ConfigError as exc:
         return _report_config_error(exc)
     except KeyFileError as exc:
@@ -110,6 +111,92 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify_main([Path(k) for k in args.key], inputs)
 
 
+def cmd_decode(args: argparse.Namespace) -> int:
+    from gateway.decode import decode_main
+
+    return decode_main(args.format, args.data, bindkey=args.bindkey, address=args.address)
+
+
+def _load_or_exit(args: argparse.Namespace) -> Config | int:
+    from gateway.config import load_config
+
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        return _report_config_error(exc)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from gateway.probe import probe_main
+
+    config = _load_or_exit(args)
+    if isinstance(config, int):
+        return config
+    _setup_logging(args.log_level or "warning")
+    return probe_main(config, args.device)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.probe import scan_main
+
+    config = _load_or_exit(args)
+    if isinstance(config, int):
+        return config
+    _setup_logging(args.log_level or "warning")
+    return scan_main(config, args.bus, first=args.first, last=args.last)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from gateway.receive import receive_main
+
+    _setup_logging(args.log_level or "info")
+    return receive_main(
+        keys=[Path(k) for k in args.key],
+        db=Path(args.db),
+        http=args.http,
+        mqtt=args.mqtt,
+        topic=args.topic,
+        duration=args.duration,
+        as_json=args.json,
+    )
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from gateway.buffer import request_resend
+
+    config = _load_or_exit(args)
+    if isinstance(config, int):
+        return config
+    if args.uplink is not None and args.uplink not in config.uplinks:
+        sys.stderr.write(f"citygw resend: no uplink {args.uplink!r}; uplinks: {', '.join(config.uplinks)}\n")
+        return EXIT_USAGE
+    try:
+        marked = request_resend(config.buffer_path(), uplink=args.uplink, seqs=args.seq)
+    except CitygwError as exc:
+        sys.stderr.write(f"citygw resend: {exc}\n")
+        return EXIT_FAILURE
+    for uplink, seq in marked:
+        sys.stdout.write(f"{uplink} {seq}\n")
+    sys.stderr.write(f"{len(marked)} parked batch(es) marked; the daemon resends them within 30 s\n")
+    return EXIT_OK if marked else EXIT_FAILURE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.status import status_main
+
+    config = _load_or_exit(args)
+    if isinstance(config, int):
+        return config
+    return status_main(config, as_json=args.json)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -143,6 +230,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", action="append", required=True, help="public key file (repeatable, for rotation)")
     p.add_argument("inputs", nargs="*", help="files of batches; - or nothing for stdin")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("decode", help="decode one frame or advert (hex, or NMEA text) into readings")
+    p.add_argument("format", help="pms5003, sds011, mhz19, nmea, bthome, ruuvi, ...")
+    p.add_argument("data", help="the frame as hex (spaces allowed); for nmea the sentence text too")
+    p.add_argument("--bindkey", help="BTHome encryption key (hex)")
+    p.add_argument("--address", help="the advertiser's MAC address (for encrypted BTHome)")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("probe", help="read one configured device once and print its readings")
+    with_config(p)
+    p.add_argument("device", help="a device id from the config")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("scan", help="list the Modbus unit ids that answer on a configured bus")
+    with_config(p)
+    p.add_argument("bus", help="a bus id from the config")
+    p.add_argument("--first", type=int, default=1, help="first unit id to try (default 1)")
+    p.add_argument("--last", type=int, default=247, help="last unit id to try (default 247)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("receive", help="reference platform endpoint: verify, dedupe and store batches")
+    p.add_argument("--key", action="append", required=True, help="a gateway public key (repeatable)")
+    p.add_argument("--db", required=True, help="SQLite file to store batches and readings in")
+    p.add_argument("--http", metavar="HOST:PORT", help="listen for POSTs (/batches) here")
+    p.add_argument("--mqtt", metavar="URL", help="subscribe to a broker, e.g. mqtt://127.0.0.1:1883")
+    p.add_argument("--topic", default="city/+/batches", help="MQTT topic filter (default city/+/batches)")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--json", action="store_true", help="print the report as JSON when stopping")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("resend", help="resend batches an uplink's destination refused (parked)")
+    with_config(p)
+    p.add_argument("--uplink", help="only this uplink's parked batches")
+    p.add_argument("seq", nargs="*", type=int, help="only these seqs (default: all parked)")
+    p.set_defaults(func=cmd_resend)
+
+    p = sub.add_parser("status", help="buffer depth, per-uplink lag, per-device health (daemon up or not)")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("demo", help="the gateway on simulated devices into a local broker, verified live")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds and print a summary")

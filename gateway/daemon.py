@@ -15,15 +15,19 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers import synthetic
 from drivers.health import DeviceHealth
+from drivers.modbus import bus as modbus_bus
+from drivers.serial import transport as serial_transport
 from gateway.buffer import BatchLimits, Buffer
+from gateway.ops import Operations
 from gateway.pipeline import Pipeline
 from gateway.sdnotify import Notifier
 from gateway.signing import Signer
 from gateway.store import Store
+from gateway.uplinks import http as http_uplinks
 from gateway.uplinks.base import UplinkState
 from gateway.uplinks.mqtt import MqttUplink
 
@@ -34,9 +38,29 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
 
+# uplink type -> class: Uplink(name, config, gateway=..., pipeline=...), with .run() and .status
+UPLINK_RUNNERS: dict[str, Callable[..., Any]] = {
+    "mqtt": MqttUplink,
+    "http": http_uplinks.HttpUplink,
+    "ngsi-ld": http_uplinks.NgsiLdUplink,
+}
+
+
+async def _run_ble_bus(*args: Any, **kwargs: Any) -> None:
+    """:func:`drivers.ble.bus.run_bus`, imported when a BLE bus runs (bleak is not loaded otherwise)."""
+    from drivers.ble.bus import run_bus
+
+    await run_bus(*args, **kwargs)
+
+
 # bus type -> runner: run(bus_name, bus_config, {device: device_config}, sink, {device: health})
 BUS_RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
     "synthetic": synthetic.run_bus,
+    "modbus-rtu": modbus_bus.run_bus,
+    "modbus-tcp": modbus_bus.run_bus,
+    "modbus-rtu-over-tcp": modbus_bus.run_bus,
+    "ble": _run_ble_bus,
+    "serial": serial_transport.run_bus,
 }
 
 
@@ -51,7 +75,13 @@ async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: fl
             raise
         except Exception:
             crashes += 1
-            log.exception("task %s crashed (%d times); restarting in %.0f s", name, crashes, pause)
+            log.exception(
+                "task %s crashed (%d times); restarting in %.0f s",
+                name,
+                crashes,
+                pause,
+                extra={"event": "task_crashed"},
+            )
             await asyncio.sleep(pause)
 
 
@@ -79,11 +109,12 @@ class Gateway:
         self.store = Store(self.buffer)
         self.pipeline = Pipeline(self.store, commit_interval=buf.commit_interval, commit_rows=buf.commit_rows)
         self.uplinks = [
-            MqttUplink(name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
+            UPLINK_RUNNERS[uplink.type](name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
             for name, uplink in config.uplinks.items()
         ]
         self.health: dict[str, DeviceHealth] = {}
         self._stop = asyncio.Event()
+        self.ops = Operations(self)  # clock, watchdog, metrics
 
     def _buses(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """One unit of work per bus that has devices, from the bus type's runner."""
@@ -112,15 +143,10 @@ class Gateway:
         )
 
     async def _heartbeat(self) -> None:
-        """sd_notify STATUS every few seconds, WATCHDOG while the event loop turns."""
-        interval = self.notifier.watchdog_interval()
-        period = min(interval, 5.0) if interval else 5.0
+        """sd_notify STATUS every few seconds (WATCHDOG comes from gateway.watchdog's thread)."""
         while True:
-            fields: dict[str, str | int] = {"status": self.status_line()}
-            if interval:
-                fields["watchdog"] = 1
-            self.notifier.notify(**fields)
-            await asyncio.sleep(period)
+            self.notifier.notify(status=self.status_line())
+            await asyncio.sleep(5.0)
 
     async def _drain(self, deadline: float) -> None:
         """At shutdown, give connected uplinks until ``deadline`` to deliver what was sealed."""
@@ -149,14 +175,17 @@ class Gateway:
                     for name, work in self._buses().items()
                 ]
                 heartbeat = group.create_task(self._heartbeat(), name="heartbeat")
+                ops = group.create_task(supervise("ops", self.ops.run), name="ops")
                 log.info(
                     "gateway %s running: %d buses, %d uplinks, buffer %s",
                     self.config.gateway.id,
                     len(buses),
                     len(uplinks),
                     self.buffer.path,
+                    extra={"event": "started"},
                 )
                 self.notifier.notify(ready=1, status=self.status_line())
+                self.ops.start()
                 await self._stop.wait()
                 started = time.monotonic()
                 self.notifier.notify(stopping=1, status="stopping: flushing the buffer")
@@ -167,12 +196,18 @@ class Gateway:
                 await asyncio.gather(writer, return_exceptions=True)
                 await self.pipeline.flush()
                 await self._drain(started + self.drain_timeout)
-                for task in [*uplinks, heartbeat]:
+                for task in [*uplinks, heartbeat, ops]:
                     task.cancel()
-            log.info("stopped in %.2f s: %s", time.monotonic() - started, self.status_line())
+            log.info(
+                "stopped in %.2f s: %s",
+                time.monotonic() - started,
+                self.status_line(),
+                extra={"event": "stopped"},
+            )
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            self.ops.close()
             await self.store.close()
             self.notifier.close()

@@ -35,7 +35,11 @@ class LocalBroker:
     """mosquitto listening on 127.0.0.1:port; can be stopped and started again on the same port."""
 
     def __init__(
-        self, port: int | None = None, *, workdir: Path | None = None, tls: tuple[Path, Path, Path] | None = None
+        self,
+        port: int | None = None,
+        *,
+        workdir: Path | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         """``tls``: (CA file, server certificate, server key) to listen with TLS instead of plain TCP."""
         self.port = port or free_port()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.buffer import CommitResult
@@ -30,6 +30,7 @@ class PipelineCounters:
     commits: int = 0
     batches: int = 0
     gaps: int = 0
+    dropped: int = 0  # readings in batches retention dropped before every uplink had them
     failed_commits: int = 0
 
 
@@ -52,6 +53,8 @@ class Pipeline:
         self._last_commit = time.monotonic()
         self._sealed = asyncio.Condition()
         self._stopping = False
+        # gateway.clock's hook: flags (and keeps monotonic) the readings put while the clock is unsynced
+        self.stamp: Callable[[list[Record]], list[Record]] | None = None
 
     # -- the drivers' side -------------------------------------------------------------------
 
@@ -69,6 +72,8 @@ class Pipeline:
             records.append(record)
         if not records:
             return
+        if self.stamp is not None:
+            records = self.stamp(records)
         if not self._pending:
             self._first_pending = time.monotonic()
             self._wake.set()
@@ -149,10 +154,16 @@ class Pipeline:
         self.counters.commits += 1
         self.counters.batches += len(result.sealed)
         self.counters.gaps += len(result.gaps)
+        self.counters.dropped += sum(gap.readings for gap in result.gaps)
         if result.sealed or result.gaps:
             async with self._sealed:
                 self._sealed.notify_all()
         return result
+
+    async def correct_times(self, fix: Callable[[Record], Record]) -> int:
+        """The clock synced: pass the pending and staged readings through ``fix`` (gateway.clock)."""
+        self._pending = [fix(record) for record in self._pending]
+        return await self.store.call(self.store.buffer.correct_staged, fix)
 
     async def flush(self) -> None:
         """Shutdown: commit everything pending and seal every staged reading."""

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import pwd
 import stat
 import tempfile
 import warnings
@@ -146,8 +147,9 @@ def _sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _read_key_file(path: Path, *, private: bool) -> bytes:
-    """The bytes of a key file; a private key must be a regular file nobody else can access."""
+def _read_key_file(path: Path, *, private: bool, owner: int | None = None) -> bytes:
+    """The bytes of a key file; a private key must be a regular file nobody else can access
+    (and, when ``owner`` is given, that belongs to that uid)."""
     what = "signing key" if private else "key file"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -166,6 +168,11 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
         if private and mode & 0o077:
             how = "readable" if mode & 0o044 else "accessible"
             raise KeyFileError(f"{path} is {how} by group/others (mode {mode:04o}); run: chmod 600 {path}")
+        if private and owner is not None and st.st_uid != owner:
+            raise KeyFileError(
+                f"{path} belongs to {_user(st.st_uid)} but citygw runs as {_user(owner)}; the signing key "
+                f"must belong to the user the daemon runs as: run chown {_user(owner, bare=True)}: {path}"
+            )
         with os.fdopen(fd, "rb", closefd=False) as stream:
             data = stream.read(_MAX_KEY_FILE + 1)
     except OSError as exc:
@@ -175,6 +182,14 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
     if len(data) > _MAX_KEY_FILE:
         raise KeyFileError(f"{what} {path} is too large to be a PEM key")
     return data
+
+
+def _user(uid: int, *, bare: bool = False) -> str:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+    return name if bare else f"{name} (uid {uid})"
 
 
 def _parse_private(path: Path, data: bytes) -> Ed25519PrivateKey:
@@ -240,12 +255,14 @@ class Signer:
         self._registry = jws.JWSRegistry(algorithms=[ALG])
 
     @classmethod
-    def from_file(cls, path: Path) -> Signer:
-        """Load the PKCS#8 PEM key at ``path``; it must be an Ed25519 key readable only by its owner.
+    def from_file(cls, path: Path, *, check_owner: bool = True) -> Signer:
+        """Load the PKCS#8 PEM key at ``path``; it must be an Ed25519 key readable only by its owner,
+        and (``check_owner``) that owner must be the user running this process.
 
         Raises :class:`KeyFileError` saying what is wrong and how to fix it.
         """
-        return cls(_parse_private(path, _read_key_file(path, private=True)))
+        owner = os.geteuid() if check_owner else None
+        return cls(_parse_private(path, _read_key_file(path, private=True, owner=owner)))
 
     def sign(self, payload: bytes) -> str:
         """The compact JWS of ``payload``: header ``{"alg":"EdDSA","kid":KID}``, Ed25519 signature."""

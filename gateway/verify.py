@@ -373,7 +373,12 @@ class ChainVerifier:
             totals.bad += 1
         return result
 
-    def _check(self, token: str) -> ItemResult:
+    def inspect(self, token: str) -> ItemResult:
+        """Signature, header and payload checks only, no chain (for a receiver that keeps its own
+        chain state and must accept at-least-once, out-of-order delivery); totals are not touched."""
+        return self._check(token.strip(), link=False)
+
+    def _check(self, token: str, *, link: bool = True) -> ItemResult:
         if not token.isascii():
             return ItemResult(Outcome.BAD, "not a compact JWS (non-ASCII characters)")
         try:
@@ -415,6 +420,10 @@ class ChainVerifier:
             item = _parse_item(doc)
         except VerificationError as exc:
             return bad(str(exc))
+        if not link:
+            if isinstance(item, _Batch):
+                return ItemResult(Outcome.OK, "", item.gateway, item.seq, None, len(item.readings), doc)
+            return ItemResult(Outcome.OK, "", item.gateway, None, (item.first, item.last_seq), 0, doc)
         if isinstance(item, _Batch):
             return self._link_batch(item, chain_hash(token), doc)
         return self._link_gap(item, chain_hash(token), doc)

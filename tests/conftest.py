@@ -7,11 +7,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from gateway.signing import generate_key
 
 from gateway.localbroker import LocalBroker
+from gateway.signing import generate_key
 
 from .support import Collector, Daemon
+
+
+@pytest.fixture(autouse=True)
+def synced_clock(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system clock counts as NTP-synchronised (gateway.clock), whatever this machine's state:
+    a CI box without NTP would otherwise flag every reading. Tests of the clock rewrite the file."""
+    path = tmp_path_factory.mktemp("clock") / "state"
+    path.write_text("synced\n")
+    monkeypatch.setenv("CITYGW_TEST_CLOCK_FILE", str(path))
+    return path
 
 
 @pytest.fixture

@@ -156,3 +156,24 @@ def test_refuses_a_buffer_of_another_schema(tmp_path: Path, key: Path) -> None:
 
     with pytest.raises(BufferError, match="schema 99"):
         make(path, key)
+
+
+def test_retention_never_drops_a_batch_an_uplink_may_hold(tmp_path: Path, key: Path) -> None:
+    """Batches handed to an uplink and not yet acknowledged may be at the platform: a gap record
+    must not claim them, so retention drops the oldest batches after them."""
+    t0 = 1_790_000_000.0
+    buf = make(tmp_path / "b.db", key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
+    buf.commit([("dev-1", "parkingStatus", "", f"{i:040x}", t0 + i, 0) for i in range(600)])  # type: ignore[misc]
+    assert [b.seq for b in buf.fetch(0, 3, "a")] == [1, 2, 3]  # in flight, no PUBACK yet
+    for start in range(600, 40_000, 2000):
+        batch = [
+            ("dev-1", "parkingStatus", "", hashlib.sha1(str(i).encode()).hexdigest(), t0 + i, 0)
+            for i in range(start, start + 2000)
+        ]
+        buf.commit(batch)  # type: ignore[arg-type]
+    held = buf.fetch(0, 10_000)
+    assert [b.seq for b in held[:3]] == [1, 2, 3]
+    first_gap = payload_of(next(b for b in held if b.kind == KIND_GAP).jws)
+    assert first_gap["gap"]["from"] == 4
+    assert first_gap["prev"] == hashlib.sha256(held[2].data).hexdigest()
+    verify_all([b.jws for b in held], key.with_name(key.name + ".pub"))

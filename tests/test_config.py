@@ -88,7 +88,7 @@ log: {level: 5}
         GATEWAY + "logging:\n  level: debug\n",
         (
             "FILE:4: logging: unknown key 'logging'; "
-            "allowed here: gateway, log, buffer, uplinks, buses, devices",
+            "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
         ),
     ),
     Bad(
@@ -113,7 +113,7 @@ devcies: {}
             "FILE:12: devices.d1.options: unknown key 'options'; "
             "allowed here: bus, rate, count, quantities, values",
             "FILE:14: devcies: unknown key 'devcies'; "
-            "allowed here: gateway, log, buffer, uplinks, buses, devices",
+            "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
         ),
     ),
     Bad(
@@ -257,11 +257,11 @@ uplinks:
     ),
     Bad(
         "unknown uplink type and bad uplink id",
-        GATEWAY + "uplinks:\n  Platform:\n    type: http\n    url: https://x\n",
+        GATEWAY + "uplinks:\n  Platform:\n    type: kafka\n    url: https://x\n",
         (
             "FILE:5: uplinks.Platform: 'Platform' is not a valid uplink id; "
             "use 1 to 32 lowercase letters, digits, '_' or '-', starting with a letter or digit",
-            "FILE:6: uplinks.Platform.type: unknown uplink type 'http'; known types: mqtt",
+            "FILE:6: uplinks.Platform.type: unknown uplink type 'kafka'; known types: mqtt, http, ngsi-ld",
         ),
     ),
     Bad(
@@ -382,7 +382,7 @@ devices:
         "- gateway\n",
         (
             "FILE:1: (top level): the top level must be a mapping of sections "
-            "(gateway, log, buffer, uplinks, buses, devices); got a list",
+            "(gateway, log, metrics, buffer, uplinks, buses, devices); got a list",
         ),
     ),
     Bad(
@@ -631,7 +631,7 @@ def test_models_built_in_code_do_no_io_and_publish_a_schema() -> None:
     assert config.gateway.key_file == Path("relative/absent.key")
     assert config.buffer_path({"STATE_DIRECTORY": "/run/s:/run/t"}) == Path("/run/s/buffer.db")
     schema = Config.model_json_schema()
-    assert set(schema["properties"]) == {"gateway", "log", "buffer", "uplinks", "buses", "devices"}
+    assert set(schema["properties"]) == {"gateway", "log", "metrics", "buffer", "uplinks", "buses", "devices"}
 
 
 # --- units -------------------------------------------------------------------------------------
@@ -687,3 +687,39 @@ def test_parse_size(text: str | int, size: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not a"):
         parse_size(text)
+
+
+def test_http_and_ngsi_ld_uplinks_validate_with_their_own_messages(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    key.write_text("x")
+    key.chmod(0o600)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"gateway:\n  id: gw-1\n  key_file: {key}\n"
+        "uplinks:\n"
+        "  web:\n    type: http\n    url: https://platform.example.city/ingest\n"
+        f"    bearer_token_file: {token}\n    gzip: true\n"
+        "  cb:\n    type: ngsi-ld\n    url: http://orion:1026\n    tenant: bangkok\n"
+        "    entities:\n      meter-1:\n        type: ACMeasurement\n"
+        "        id: urn:ngsi-ld:ACMeasurement:m1\n"
+    )
+    config = load_config(path)
+    web = config.uplinks["web"]
+    assert web.type == "http" and web.gzip and web.bearer_token is not None
+    assert web.bearer_token.get_secret_value() == "s3cret"
+    cb = config.uplinks["cb"]
+    assert cb.type == "ngsi-ld" and cb.tenant == "bangkok"
+    assert cb.entities["meter-1"].id == "urn:ngsi-ld:ACMeasurement:m1"
+    path.write_text(
+        f"gateway:\n  id: gw-1\n  key_file: {key}\n"
+        "uplinks:\n  web:\n    type: http\n    url: ftp://x\n    ca_file: /nonexistent\n"
+        "  cb:\n    type: ngsi-ld\n    url: http://orion:1026\n"
+        "    entities:\n      m1:\n        id: meter 1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert f"{path}:7: uplinks.web.url: 'ftp://x' is not an http:// or https:// url" in text
+    assert f"{path}:14: uplinks.cb.entities.m1.id: 'meter 1' is not a URN" in text

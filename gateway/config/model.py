@@ -55,7 +55,9 @@ from gateway.config.base import (
     problem,
     within,
 )
+from gateway.config.metrics import MetricsSettings
 from gateway.config.units import Duration, Size, describe, duration_within, format_duration, size_within
+from gateway.config.uplinks import HttpUplink, NgsiLdUplink
 
 # --- sections ----------------------------------------------------------------------------------
 
@@ -248,13 +250,37 @@ class SyntheticDevice(Section):
 
 # --- type tables: one entry per type -----------------------------------------------------------
 
-Uplink = MqttUplink
-Bus = SyntheticBus
-Device = SyntheticDevice
+from gateway.config.ble import BleBus, BleDevice  # noqa: E402  (BleDevice chooses sensor or presence)
+from gateway.config.modbus import (  # noqa: E402  (hoist to the imports above when convenient)
+    ModbusDevice,
+    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+    ModbusTcpBus,
+    ModbusTcpDevice,
+)
+from gateway.config.serial import SerialBus, SerialDevice  # noqa: E402  (one device per serial bus)
 
-UPLINK_MODELS: Mapping[str, type[Uplink]] = {"mqtt": MqttUplink}
-BUS_MODELS: Mapping[str, type[Bus]] = {"synthetic": SyntheticBus}
-DEVICE_MODELS: Mapping[str, type[Device]] = {"synthetic": SyntheticDevice}  # by bus type
+Uplink = MqttUplink | HttpUplink | NgsiLdUplink
+Bus = SyntheticBus | ModbusRtuBus | ModbusTcpBus | ModbusRtuOverTcpBus | BleBus | SerialBus
+Device = SyntheticDevice | ModbusDevice | ModbusTcpDevice | BleDevice | SerialDevice
+
+UPLINK_MODELS: Mapping[str, type[Uplink]] = {"mqtt": MqttUplink, "http": HttpUplink, "ngsi-ld": NgsiLdUplink}
+BUS_MODELS: Mapping[str, type[Bus]] = {
+    "synthetic": SyntheticBus,
+    "modbus-rtu": ModbusRtuBus,
+    "modbus-tcp": ModbusTcpBus,
+    "modbus-rtu-over-tcp": ModbusRtuOverTcpBus,
+    "ble": BleBus,
+    "serial": SerialBus,
+}
+DEVICE_MODELS: Mapping[str, type[Device]] = {  # by bus type
+    "synthetic": SyntheticDevice,
+    "modbus-rtu": ModbusDevice,
+    "modbus-tcp": ModbusTcpDevice,
+    "modbus-rtu-over-tcp": ModbusDevice,
+    "ble": BleDevice,
+    "serial": SerialDevice,
+}
 
 
 def _by_type(table: Mapping[str, type[Section]], noun: str) -> Callable[[Any, ValidationInfo], Any]:
@@ -330,7 +356,7 @@ def _device(value: Any, info: ValidationInfo) -> Any:
     return model.model_validate(data, context=info.context)
 
 
-_SECTIONS = ("log", "buffer", "uplinks", "buses", "devices")
+_SECTIONS = ("log", "metrics", "buffer", "uplinks", "buses", "devices")
 
 
 class Config(Section):
@@ -340,6 +366,9 @@ class Config(Section):
 
     gateway: GatewaySettings = Field(description="the gateway's identity: id and key_file")
     log: LogSettings = Field(default=LogSettings(), description="logging")
+    metrics: MetricsSettings = Field(
+        default=MetricsSettings(), description="Prometheus metrics over HTTP, on loopback by default"
+    )
     buffer: BufferSettings = Field(default=BufferSettings(), description="the durable buffer")
     uplinks: dict[UplinkId, Annotated[Uplink, BeforeValidator(_by_type(UPLINK_MODELS, "uplink"))]] = Field(
         default_factory=dict, description="where batches go, by uplink id"

@@ -1,9 +1,31 @@
-"""What every uplink reports about itself."""
+"""What every uplink shares: its status, its outcomes, and in-order windowed delivery.
+
+An uplink's ``deliver(batch)`` returns when the destination has the batch, raises
+:class:`Rejected` when the destination refuses it for good (the batch is parked: kept on disk,
+counted, re-sendable with ``citygw resend``), and raises anything else for "try again later"
+(the session ends and the uplink reconnects with backoff, resending from its cursor).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.errors import CitygwError, DeliveryError
+
+if TYPE_CHECKING:
+    from gateway.buffer import Outgoing
+    from gateway.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+RESEND_CHECK = 30.0  # seconds between looks for batches `citygw resend` asked for
 
 
 class UplinkState(enum.Enum):
@@ -20,4 +42,115 @@ class UplinkStatus:
     acked_seq: int = 0
     delivered_batches: int = 0
     delivered_readings: int = 0
+    parked: int = 0
     last_error: str = ""
+
+
+class Rejected(CitygwError):
+    """The destination refused a batch for good; retrying the same bytes cannot help."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class RetryLater(DeliveryError):
+    """The destination asked us to come back later (HTTP 429/503 with Retry-After, ...)."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+Deliver = Callable[["Outgoing"], Awaitable[None]]
+
+
+class Delivery:
+    """Delivers every sealed batch after an uplink's cursor, in seq order, ``window`` at a time.
+
+    The cursor moves only over a contiguous run of finished batches (delivered or parked), so
+    a failed session resends from the first unfinished one: at least once, never skipped.
+    """
+
+    def __init__(
+        self, name: str, pipeline: Pipeline, deliver: Deliver, *, window: int, status: UplinkStatus
+    ) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.deliver = deliver
+        self.window = window
+        self.status = status
+
+    async def _finish(self, batch: Outgoing, task: asyncio.Task[None]) -> None:
+        store = self.pipeline.store
+        try:
+            task.result()
+        except Rejected as exc:
+            self.status.parked += 1
+            log.warning(
+                "uplink %s: batch %d rejected (%s); parked, the queue goes on", self.name, batch.seq, exc
+            )
+            await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
+            return
+        self.status.delivered_batches += 1
+        self.status.delivered_readings += batch.readings
+
+    async def _resend_parked(self) -> None:
+        """Batches a person asked to resend (`citygw resend`), out of order: the platform dedupes."""
+        store = self.pipeline.store
+        for batch in await store.call(store.buffer.resend_requests, self.name):
+            try:
+                await self.deliver(batch)
+            except Rejected as exc:
+                await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
+                log.warning("uplink %s: resent batch %d rejected again (%s)", self.name, batch.seq, exc)
+                continue
+            await store.call(store.buffer.unpark, self.name, batch.seq)
+            self.status.parked = max(0, self.status.parked - 1)
+            log.info("uplink %s: parked batch %d resent and accepted", self.name, batch.seq)
+
+    async def run(self, watcher: asyncio.Future[None] | None = None) -> None:
+        """Deliver until a retryable error (raised) or until ``watcher`` ends (connection lost)."""
+        store = self.pipeline.store
+        acked = store.buffer.cursor(self.name)
+        after = acked
+        inflight: deque[tuple[Outgoing, asyncio.Task[None]]] = deque()
+        await self._resend_parked()
+        try:
+            while True:
+                if len(inflight) < self.window:
+                    for batch in await store.call(
+                        store.buffer.fetch, after, self.window - len(inflight), self.name
+                    ):
+                        inflight.append((batch, asyncio.ensure_future(self.deliver(batch))))
+                        after = batch.seq
+                waits: set[asyncio.Future[None]] = {watcher} if watcher is not None else set()
+                if inflight:
+                    await asyncio.wait({inflight[0][1], *waits}, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    sealed = asyncio.ensure_future(self.pipeline.wait_sealed(after))
+                    try:
+                        done, _ = await asyncio.wait(
+                            {sealed, *waits}, timeout=RESEND_CHECK, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        sealed.cancel()
+                    if not done:
+                        await self._resend_parked()
+                if watcher is not None and watcher.done():
+                    watcher.result()
+                    raise DeliveryError("connection closed")
+                while inflight and inflight[0][1].done():
+                    batch, task = inflight.popleft()
+                    await self._finish(batch, task)  # raises a retryable error: reconnect, resend
+                    acked = batch.seq
+                if acked != self.status.acked_seq:
+                    self.status.acked_seq = acked
+                    self.pipeline.acked(self.name, acked)
+        finally:
+            for _, task in inflight:
+                task.cancel()
+            for _, task in inflight:
+                with contextlib.suppress(BaseException):
+                    await task

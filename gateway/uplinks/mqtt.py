@@ -12,29 +12,26 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections import deque
 from typing import TYPE_CHECKING
 
 import aiomqtt
 
 from gateway.backoff import Backoff
-from gateway.uplinks.base import UplinkState, UplinkStatus
+from gateway.errors import DeliveryError
+from gateway.uplinks.base import Delivery, UplinkState, UplinkStatus
 
 if TYPE_CHECKING:
+    from gateway.buffer import Outgoing
     from gateway.config import MqttUplink as MqttUplinkConfig
     from gateway.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 
-class _SessionLost(Exception):
-    """The broker connection ended; reconnect."""
-
-
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, ExceptionGroup):
         return all(_retryable(e) for e in exc.exceptions if isinstance(e, Exception))
-    return isinstance(exc, aiomqtt.MqttError | OSError | _SessionLost | TimeoutError)
+    return isinstance(exc, aiomqtt.MqttError | OSError | DeliveryError | TimeoutError)
 
 
 class MqttUplink:
@@ -101,9 +98,16 @@ class MqttUplink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Publish until the connection fails; raises to reconnect."""
-        watcher = asyncio.create_task(self._watch(client), name=f"uplink-{self.name}-watch")
+        timeout = max(10.0, self.config.keepalive * 1.5)
+
+        async def publish(batch: Outgoing) -> None:
+            await client.publish(self.topic, batch.data, qos=1, timeout=timeout)
+
+        watcher = asyncio.ensure_future(self._watch(client))
         try:
-            await self._publish_loop(client, watcher)
+            await Delivery(
+                self.name, self.pipeline, publish, window=self.config.window, status=self.status
+            ).run(watcher)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
@@ -113,44 +117,3 @@ class MqttUplink:
         """Ends (raising) when the connection drops: aiomqtt's message stream does that."""
         async for _ in client.messages:
             pass
-
-    async def _publish_loop(self, client: aiomqtt.Client, watcher: asyncio.Task[None]) -> None:
-        store, window = self.pipeline.store, self.config.window
-        timeout = max(10.0, self.config.keepalive * 1.5)
-        acked = store.buffer.cursor(self.name)
-        after = acked
-        inflight: deque[tuple[int, int, asyncio.Task[None]]] = deque()
-        try:
-            while True:
-                if len(inflight) < window:
-                    for batch in await store.call(store.buffer.fetch, after, window - len(inflight)):
-                        publish = client.publish(self.topic, batch.data, qos=1, timeout=timeout)
-                        inflight.append((batch.seq, batch.readings, asyncio.ensure_future(publish)))
-                        after = batch.seq
-                if inflight:
-                    head = inflight[0][2]
-                    await asyncio.wait({head, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    sealed = asyncio.ensure_future(self.pipeline.wait_sealed(after))
-                    try:
-                        await asyncio.wait({sealed, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        sealed.cancel()
-                if watcher.done():
-                    watcher.result()
-                    raise _SessionLost("connection closed by the broker")
-                while inflight and inflight[0][2].done():
-                    seq, readings, task = inflight.popleft()
-                    task.result()  # raises the publish error, if any: reconnect and resend
-                    acked = seq
-                    self.status.delivered_batches += 1
-                    self.status.delivered_readings += readings
-                if acked != self.status.acked_seq:
-                    self.status.acked_seq = acked
-                    self.pipeline.acked(self.name, acked)
-        finally:
-            for _, _, task in inflight:
-                task.cancel()
-            for _, _, task in inflight:
-                with contextlib.suppress(BaseException):
-                    await task

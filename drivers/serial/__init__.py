@@ -1,0 +1,53 @@
+"""Serial (UART) sensors: stream framers, pure decoders and the port transport.
+
+- :mod:`drivers.serial.decoders`: one frame -> measurements (PMS5003/7003/A003, SDS011, MH-Z19,
+  NMEA 0183), raising :class:`DecodeError`;
+- :mod:`drivers.serial.lines`: the configurable line protocol (regex, CSV, JSON lines);
+- :mod:`drivers.serial.framing`: byte stream -> frames, resynchronising after noise and bad frames;
+- :mod:`drivers.serial.transport`: the port (pyserial-asyncio-fast), reopening with backoff, and the
+  bus runner. Imported on its own, so the pure parts stay free of asyncio and pyserial.
+"""
+
+from __future__ import annotations
+
+from drivers.serial.decoders import (
+    MHZ19,
+    MHZ19_READ,
+    PMS5003,
+    SDS011,
+    DecodeError,
+    Decoder,
+    FixedFormat,
+    Measurement,
+    Reason,
+    decode_mhz19,
+    decode_nmea,
+    decode_pms5003,
+    decode_sds011,
+)
+from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer, Reject
+from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
+
+__all__ = [
+    "MHZ19",
+    "MHZ19_READ",
+    "PMS5003",
+    "SDS011",
+    "DecodeError",
+    "Decoder",
+    "FieldRule",
+    "FixedFormat",
+    "FixedFramer",
+    "Framer",
+    "LineDecoder",
+    "LineFormat",
+    "LineFramer",
+    "Measurement",
+    "NmeaFramer",
+    "Reason",
+    "Reject",
+    "decode_mhz19",
+    "decode_nmea",
+    "decode_pms5003",
+    "decode_sds011",
+]

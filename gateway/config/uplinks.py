@@ -1,0 +1,161 @@
+"""Config of the HTTP-based uplinks: plain HTTP(S) POST of the JWS, and FIWARE NGSI-LD."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+
+from gateway.config.base import ConfigPath, DeviceId, Int, ReadableFile, Section, problem, within
+from gateway.config.units import Duration, duration_within, format_duration
+
+_HTTP_EXAMPLE = "e.g. https://platform.example.city/ingest"
+_ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+NGSI_LD_CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+SMART_DATA_MODELS_CONTEXT = (
+    "https://raw.githubusercontent.com/smart-data-models/data-models/master/context.jsonld"
+)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise problem("url_scheme", f"{value!r} is not an http:// or https:// url; {_HTTP_EXAMPLE}")
+    if not parts.hostname:
+        raise problem("url_host", f"{value!r} names no host; {_HTTP_EXAMPLE}")
+    if parts.username is not None or parts.password is not None:
+        raise problem(
+            "url_credentials", f"{value!r} holds credentials; put them in username and password_file instead"
+        )
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class _HttpClient(Section):
+    """What every HTTP-based uplink needs: auth, TLS, timeouts, window and backoff."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: HttpUrl = Field(description=f"where to send; {_HTTP_EXAMPLE}")
+    bearer_token: SecretStr | None = Field(default=None, description="sent as Authorization: Bearer")
+    bearer_token_file: ConfigPath | None = Field(
+        default=None, description="a file holding the bearer token (read at load into bearer_token)"
+    )
+    username: str | None = Field(default=None, description="HTTP basic auth user")
+    password: SecretStr | None = Field(
+        default=None, description="HTTP basic auth password; prefer password_file"
+    )
+    password_file: ConfigPath | None = Field(
+        default=None, description="a file holding the password (read at load into password)"
+    )
+    ca_file: ReadableFile | None = Field(
+        default=None, description="CA certificates (PEM) to verify the server"
+    )
+    cert_file: ReadableFile | None = Field(default=None, description="client certificate (PEM)")
+    cert_key_file: ReadableFile | None = Field(default=None, description="the client certificate's key (PEM)")
+    timeout: Annotated[Duration, AfterValidator(duration_within(1, 600))] = Field(
+        default=30.0, description="how long one request may take, 1s to 10m"
+    )
+    window: Annotated[Int, AfterValidator(within(1, 64))] = Field(
+        default=4, description="requests in flight, 1 to 64"
+    )
+    backoff_initial: Annotated[Duration, AfterValidator(duration_within(0.1, 600))] = Field(
+        default=1.0, description="the first retry delay, 100ms to 10m"
+    )
+    backoff_max: Annotated[Duration, AfterValidator(duration_within(None, 86400))] = Field(
+        default=300.0, validate_default=True, description="the longest retry delay, backoff_initial to 1d"
+    )
+
+    @field_validator("ca_file", "cert_file")
+    @classmethod
+    def _needs_https(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and urlsplit(url).scheme != "https":
+            raise problem(
+                "tls_setting",
+                f"{info.field_name} is for TLS but the url is {url!r}; "
+                f"use https:// or remove {info.field_name}",
+            )
+        return value
+
+    @field_validator("cert_key_file")
+    @classmethod
+    def _cert_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "cert_file" in info.data and (info.data["cert_file"] is None) != (value is None):
+            raise problem(
+                "cert_pair", "a client certificate needs both cert_file and cert_key_file, or neither"
+            )
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _basic_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not info.data.get("username"):
+            raise problem("basic_auth", "a password needs a username (HTTP basic auth)")
+        return value
+
+    @field_validator("backoff_max")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial")
+        if initial is not None and value < initial:
+            raise problem(
+                "backoff_order",
+                f"must be at least backoff_initial ({format_duration(initial)}); "
+                f"got {format_duration(value)}",
+            )
+        return value
+
+
+class HttpUplink(_HttpClient):
+    """Each batch POSTed as a compact JWS (Content-Type: application/jose)."""
+
+    type: Literal["http"] = Field(description="the uplink type: http")
+    gzip: bool = Field(default=False, description="compress the body (Content-Encoding: gzip)")
+
+
+def _entity_type(value: str) -> str:
+    if not _ENTITY_TYPE.fullmatch(value):
+        raise problem("entity_type", f"{value!r} is not an entity type name; e.g. AirQualityObserved")
+    return value
+
+
+def _entity_id(value: str) -> str:
+    if not value.startswith("urn:") or " " in value:
+        raise problem(
+            "entity_id", f"{value!r} is not a URN; NGSI-LD entity ids are URIs like urn:ngsi-ld:Type:id"
+        )
+    return value
+
+
+class EntityMapping(Section):
+    """How one device appears in the context broker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Annotated[str, AfterValidator(_entity_type)] | None = Field(
+        default=None, description="the Smart Data Models entity type; default from the device's quantities"
+    )
+    id: Annotated[str, AfterValidator(_entity_id)] | None = Field(
+        default=None, description="the entity id; default urn:ngsi-ld:{type}:{gateway}:{device}"
+    )
+
+
+class NgsiLdUplink(_HttpClient):
+    """Readings as FIWARE Smart Data Models entities, by batch upsert to an NGSI-LD broker."""
+
+    type: Literal["ngsi-ld"] = Field(description="the uplink type: ngsi-ld")
+    tenant: Annotated[str, AfterValidator(_entity_type)] | None = Field(
+        default=None, description="sent as the NGSILD-Tenant header"
+    )
+    context: tuple[HttpUrl, ...] = Field(
+        default=(SMART_DATA_MODELS_CONTEXT, NGSI_LD_CORE_CONTEXT), description="the JSON-LD @context"
+    )
+    entities: dict[DeviceId, EntityMapping] = Field(
+        default_factory=dict, description="per device: entity type and id overrides"
+    )

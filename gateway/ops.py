@@ -1,0 +1,93 @@
+"""The daemon's operations side: clock watch, watchdog, buffer report and metrics endpoint.
+
+One object the :class:`~gateway.daemon.Gateway` builds and runs beside its pipeline, so that the
+daemon itself stays about data: :meth:`Operations.run` is one supervised task (the loop's beat, the
+clock check, the buffer report refresh), :meth:`start` and :meth:`close` bracket the threads
+(the watchdog's pinger, the metrics HTTP server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.clock import ClockWatch
+from gateway.errors import CitygwError
+from gateway.metrics import GatewayCollector, MetricsServer
+from gateway.status import BufferReport, read_buffer
+from gateway.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 5.0  # seconds between refreshes of the buffer figures the metrics show
+CLOCK_EVERY = 1.0  # seconds between looks at the clock's sync state
+
+
+class Operations:
+    def __init__(self, gateway: Gateway, *, clock: ClockWatch | None = None) -> None:
+        self.gateway = gateway
+        self.clock = clock or ClockWatch()
+        gateway.pipeline.stamp = self.clock.stamp
+        self.watchdog = Watchdog(
+            gateway.notifier, gateway.store, timeout=_double(gateway.notifier.watchdog_interval())
+        )
+        self.report: BufferReport | None = None
+        metrics = gateway.config.metrics
+        self.metrics = (
+            MetricsServer(GatewayCollector(gateway, self), metrics.host, metrics.port)
+            if metrics.enabled
+            else None
+        )
+
+    def start(self) -> None:
+        """The threads: metrics endpoint, watchdog pinger (after READY)."""
+        if self.metrics is not None:
+            self.metrics.start()
+        self.watchdog.start()
+
+    def close(self) -> None:
+        self.watchdog.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.watchdog.run(), name="watchdog-beat")
+            group.create_task(self._clock_loop(), name="clock")
+            group.create_task(self._report_loop(), name="buffer-report")
+
+    async def _clock_loop(self) -> None:
+        while True:
+            fix = self.clock.check()
+            if fix is not None:
+                corrected = await self.gateway.pipeline.correct_times(fix)
+                log.info(
+                    "clock: corrected %d staged readings (%d in all)",
+                    corrected,
+                    self.clock.corrected_readings,
+                    extra={"event": "clock_corrected"},
+                )
+            await asyncio.sleep(CLOCK_EVERY)
+
+    async def _report_loop(self) -> None:
+        store, config = self.gateway.store, self.gateway.config
+        path, uplinks = self.gateway.buffer.path, list(config.uplinks)
+        failures = 0
+        while True:
+            try:
+                self.report = await store.call(read_buffer, path, uplinks)
+                failures = 0
+            except CitygwError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("buffer report: %s", exc, extra={"event": "report_failed"})
+            await asyncio.sleep(REPORT_EVERY)
+
+
+def _double(interval: float | None) -> float | None:
+    """:meth:`Notifier.watchdog_interval` is half of ``$WATCHDOG_USEC``: the whole, in seconds."""
+    return None if interval is None else interval * 2

@@ -1,0 +1,168 @@
+"""``citygw probe`` and ``citygw scan``: the technician's wiring tests for Modbus devices.
+
+``probe DEVICE`` reads a configured device once, through the same read plan and link as the
+daemon, and prints its readings as JSON lines (``device``, ``name``, ``value``, ``unit``,
+``time`` in UTC epoch seconds, and ``flags`` when any). When the device does not answer it says
+which bus, which unit id and what was tried, and exits 1.
+
+``scan BUS`` tries each unit id in a range with a one-register read and prints a JSON line per
+unit that answers (an exception response is an answer: something is there).
+
+Exit codes: 0 ok, 1 the device did not answer (or answered with errors) / no unit answered,
+2 a device or bus that the config does not have, or that is not on a Modbus bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from drivers.modbus.bus import PollResult, probe, scan
+from drivers.modbus.client import TransactionError
+from gateway.config.modbus import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from gateway.reading import flag_names
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.config.modbus import ModbusBus, ModbusDeviceModel
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+_MODBUS = (ModbusRtuBus, ModbusTcpBus, ModbusRtuOverTcpBus)
+_TYPES = "modbus-rtu, modbus-tcp, modbus-rtu-over-tcp"
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    sys.stderr.write(f"citygw {command}: {message}\n")
+    return code
+
+
+def _hints(bus: ModbusBus, device: ModbusDeviceModel) -> list[str]:
+    factory = device.factory
+    ships = ""
+    if factory is not None and factory.unit is not None:
+        line = f" at {factory.baudrate} baud, parity {factory.parity}" if factory.baudrate else ""
+        ships = f" (profile {device.profile!r} ships as unit {factory.unit}{line})"
+    hints = [f"the unit id: is the device set to {device.unit}?{ships}"]
+    if isinstance(bus, ModbusRtuBus):
+        hints.append(
+            f"the line settings: {bus.baudrate} baud, parity {bus.parity}, {bus.stopbits} stop bit(s)"
+        )
+        hints.append(
+            "the wiring: A to A, B to B (swap them if nothing answers), a common ground, termination"
+        )
+    else:
+        hints.append(f"that {bus.host}:{bus.port} is reachable and the device's Modbus server is on")
+        if isinstance(bus, ModbusRtuOverTcpBus):
+            hints.append("that the converter is in transparent (raw TCP) mode, not Modbus TCP")
+    return hints
+
+
+def _reading_line(reading: Any) -> str:
+    line: dict[str, Any] = {
+        "device": reading.device,
+        "name": reading.name,
+        "value": reading.value,
+        "unit": reading.unit,
+        "time": round(reading.time, 3),
+    }
+    if reading.flags:
+        line["flags"] = flag_names(reading.flags)
+    return json.dumps(line)
+
+
+def probe_main(config: Config, device: str) -> int:
+    """Read ``device`` once and print its readings; see the module docstring for exit codes."""
+    if device not in config.devices:
+        known = ", ".join(config.devices) or "none"
+        return _fail("probe", f"no device {device!r} in {config.source}; devices: {known}", EXIT_USAGE)
+    spec = config.devices[device]
+    bus = config.buses[spec.bus]
+    if not isinstance(bus, _MODBUS):
+        return _fail(
+            "probe",
+            f"{device} is on bus {spec.bus} of type {bus.type}; probe reads devices on {_TYPES} buses",
+            EXIT_USAGE,
+        )
+    modbus_device: ModbusDeviceModel = spec  # type: ignore[assignment]
+    result: PollResult = asyncio.run(probe(spec.bus, bus, device, modbus_device))
+    for reading in result.readings:
+        sys.stdout.write(_reading_line(reading) + "\n")
+    sys.stdout.flush()
+    where = f"unit {modbus_device.unit} on bus {spec.bus} ({bus.describe()})"
+    tried = "".join(f"\n  tried: {line}" for line in result.tried)
+    if not result.answered:
+        checks = "".join(f"\n  check {hint}" for hint in _hints(bus, modbus_device))
+        return _fail("probe", f"{device} did not answer: {where}{tried}{checks}", EXIT_FAILURE)
+    if result.errors:
+        problems = "".join(f"\n  {error}" for error in result.errors)
+        return _fail(
+            "probe", f"{device} ({where}) answered, but not everything:{problems}{tried}", EXIT_FAILURE
+        )
+    return EXIT_OK
+
+
+async def _scan(bus_name: str, bus: ModbusBus, units: range, owners: dict[int, list[str]]) -> int:
+    found = 0
+    async for answer in scan(bus_name, bus, units):
+        found += 1
+        line = {
+            "bus": bus_name,
+            "unit": answer.unit,
+            "answer": answer.answer,
+            "devices": owners.get(answer.unit, []),
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+    return found
+
+
+def scan_main(config: Config, bus: str, *, first: int, last: int) -> int:
+    """List the unit ids from ``first`` to ``last`` that answer on ``bus``."""
+    if bus not in config.buses:
+        known = ", ".join(config.buses) or "none"
+        return _fail("scan", f"no bus {bus!r} in {config.source}; buses: {known}", EXIT_USAGE)
+    spec = config.buses[bus]
+    if spec.type == "ble":  # a short scan listing the sensors nearby and the format each decodes as
+        from drivers.ble.cli import scan_main as ble_scan_main
+
+        return ble_scan_main(config, bus)
+    if not isinstance(spec, _MODBUS):
+        return _fail(
+            "scan",
+            f"bus {bus} is of type {spec.type}; scan tries unit ids on {_TYPES} buses and lists nearby "
+            "sensors on ble buses",
+            EXIT_USAGE,
+        )
+    if not 0 <= first <= last <= 255:
+        return _fail(
+            "scan",
+            f"unit ids go from 0 to 255 and --first must not exceed --last; got {first}..{last}",
+            EXIT_USAGE,
+        )
+    units = range(first, last + 1)
+    if len(units) * spec.timeout > 10:
+        sys.stderr.write(
+            f"citygw scan: trying units {first}..{last} on bus {bus} ({spec.describe()}); "
+            f"up to {len(units) * spec.timeout:.0f} s at {spec.timeout:g} s per silent unit\n"
+        )
+    owners: dict[int, list[str]] = {}
+    for name, device in config.devices.items():
+        if device.bus == bus:
+            owners.setdefault(getattr(device, "unit", -1), []).append(name)
+    try:
+        found = asyncio.run(_scan(bus, spec, units, owners))
+    except TransactionError as exc:  # the bus itself cannot be reached
+        return _fail("scan", f"bus {bus} ({spec.describe()}): {exc}", EXIT_FAILURE)
+    if not found:
+        return _fail(
+            "scan",
+            f"no unit answered on bus {bus} ({spec.describe()}) among units {first}..{last} "
+            "(a read of holding register 0 each)",
+            EXIT_FAILURE,
+        )
+    sys.stderr.write(f"citygw scan: {found} unit(s) answered on bus {bus}\n")
+    return EXIT_OK

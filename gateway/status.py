@@ -1,0 +1,396 @@
+"""``citygw status``: the buffer (read-only) and the running daemon (its metrics), for a person or a script.
+
+The buffer file is opened read-only and never created or written: with ``mode=ro`` beside a
+running daemon (WAL lets a reader see the last commit without blocking the writer), and with
+``immutable=1`` when the daemon is not running (a read-only WAL open would otherwise create the
+``-wal`` and ``-shm`` files, owned by whoever ran ``status``, which the daemon could then not
+write). The daemon's side — device health, uplink states, the clock — comes from its metrics
+endpoint when it answers. :func:`read_buffer` is also what the daemon's metrics report from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import BufferError
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+KIND_GAP = 1  # gateway.buffer.KIND_GAP (not imported: status must not need the daemon's modules)
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkLag:
+    """What one uplink has not acknowledged yet, as the buffer file says (its cursor is saved
+    with each commit, so it trails the live acknowledgements by up to a second)."""
+
+    name: str
+    cursor: int  # the last seq this uplink acknowledged
+    batches: int  # batches and gap records after the cursor
+    readings: int
+    oldest_created: float | None  # UTC epoch seconds the oldest of them was sealed
+    parked: int = 0  # batches the destination refused for good, kept for `citygw resend`
+
+
+@dataclass(frozen=True, slots=True)
+class BufferReport:
+    path: str
+    exists: bool
+    gateway: str | None = None  # the gateway that wrote the file
+    last_seq: int = 0
+    staged: int = 0  # readings accepted and not sealed yet (as committed)
+    batches: int = 0  # batches and gap records held
+    undelivered_readings: int = 0  # in the batches held
+    oldest_created: float | None = None
+    gap_records: int = 0  # gap records held (not yet delivered everywhere)
+    dropped_batches: int = 0  # batches those gap records stand for
+    dropped_readings: int = 0
+    gap_reasons: dict[str, int] = field(default_factory=dict)  # reason -> readings dropped
+    used_bytes: int = 0  # pages in use
+    file_bytes: int = 0  # the file and its WAL on disk
+    uplinks: tuple[UplinkLag, ...] = ()
+    read_at: float = 0.0  # UTC epoch seconds
+
+
+def _uri(path: Path) -> str:
+    live = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+    return path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+
+
+@contextlib.contextmanager
+def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(_uri(path), uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA busy_timeout=2000")
+        db.execute("BEGIN")  # one snapshot for every query below
+        yield db
+    finally:
+        db.close()
+
+
+def read_buffer(path: Path, uplinks: Sequence[str] | None = None) -> BufferReport:
+    """A report on the buffer file at ``path``, read-only; ``uplinks`` are the configured ones
+    (None: those the file has cursors for). Raises :class:`BufferError` if it cannot be read."""
+    if not path.exists():
+        return BufferReport(str(path), exists=False, read_at=time.time())
+    try:
+        with _readonly(path) as db:
+            return _report(db, path, uplinks)
+    except sqlite3.Error as exc:
+        raise BufferError(f"cannot read buffer {path}: {exc}") from exc
+
+
+def _report(db: sqlite3.Connection, path: Path, uplinks: Sequence[str] | None) -> BufferReport:
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "batches" not in tables:
+        return BufferReport(str(path), exists=True, read_at=time.time())
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    (chunked,) = db.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()
+    count, readings, oldest = db.execute(
+        "SELECT count(*), coalesce(sum(readings), 0), min(created) FROM batches"
+    ).fetchone()
+    gap_records = dropped_batches = dropped_readings = 0
+    reasons: dict[str, int] = {}
+    for (payload,) in db.execute("SELECT payload FROM batches WHERE kind = ?", (KIND_GAP,)):
+        gap = json.loads(zlib.decompress(payload)).get("gap", {})
+        gap_records += 1
+        dropped_batches += int(gap.get("batches", 0))
+        dropped_readings += int(gap.get("readings", 0))
+        reason = str(gap.get("reason", "?"))
+        reasons[reason] = reasons.get(reason, 0) + int(gap.get("readings", 0))
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    cursors = dict(db.execute("SELECT uplink, seq FROM cursors").fetchall())
+    parked: dict[str, int] = {}
+    if "parked" in tables:
+        parked = dict(db.execute("SELECT uplink, count(*) FROM parked GROUP BY uplink").fetchall())
+    floor = int(meta.get("pruned_seq", 0))
+    lags = []
+    for name in cursors if uplinks is None else uplinks:
+        cursor = max(int(cursors.get(name, floor)), floor)
+        n, r, first = db.execute(
+            "SELECT count(*), coalesce(sum(readings), 0), min(created) FROM batches WHERE seq > ?", (cursor,)
+        ).fetchone()
+        lags.append(UplinkLag(name, cursor, int(n), int(r), first, int(parked.get(name, 0))))
+    files = (path, Path(f"{path}-wal"))
+    return BufferReport(
+        path=str(path),
+        exists=True,
+        gateway=meta.get("gateway"),
+        last_seq=int(meta.get("next_seq", 1)) - 1,
+        staged=max(0, int(chunked) - int(meta.get("stage_skip", 0))),
+        batches=int(count),
+        undelivered_readings=int(readings),
+        oldest_created=oldest,
+        gap_records=gap_records,
+        dropped_batches=dropped_batches,
+        dropped_readings=dropped_readings,
+        gap_reasons=reasons,
+        used_bytes=int((pages - free) * page_size),
+        file_bytes=sum(p.stat().st_size for p in files if p.exists()),
+        uplinks=tuple(lags),
+        read_at=time.time(),
+    )
+
+
+# --- the daemon's side: its metrics endpoint ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class Live:
+    """What the running daemon says about itself (from its metrics)."""
+
+    gateway: str = ""
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    uplinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # unlabelled samples by name
+
+
+def scrape(url: str, *, timeout: float = 2.0) -> Live | None:
+    """Fetch and parse the metrics at ``url``; None when nothing answers there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read().decode("utf-8")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    live = Live()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            name = sample.name
+            if name == "citygw_info":
+                live.gateway = labels.get("gateway", "")
+            elif "device" in labels:
+                device = live.devices.setdefault(labels["device"], {"errors": {}})
+                if name == "citygw_device_state" and value == 1:
+                    device["state"] = labels["state"]
+                elif name == "citygw_device_errors_total":
+                    device["errors"][labels["reason"]] = int(value)
+                elif name == "citygw_device_readings_total":
+                    device["readings"] = int(value)
+                elif name == "citygw_device_last_seen_age_seconds":
+                    device["last_seen_age"] = value
+            elif "uplink" in labels:
+                uplink = live.uplinks.setdefault(labels["uplink"], {})
+                if name == "citygw_uplink_state" and value == 1:
+                    uplink["state"] = labels["state"]
+                elif name == "citygw_uplink_acked_seq":
+                    uplink["acked_seq"] = int(value)
+                elif name == "citygw_uplink_connects_total":
+                    uplink["connects"] = int(value)
+            elif not labels:
+                live.values[name] = value
+    return live
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def _age(created: float | None, now: float) -> float | None:
+    return None if created is None else round(max(0.0, now - created), 3)
+
+
+def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
+    """Everything ``citygw status`` shows, as plain JSON-able data (the ``--json`` output)."""
+    path = config.buffer_path()
+    report = read_buffer(path, list(config.uplinks))
+    metrics = config.metrics
+    url = f"http://{metrics.listen}/metrics"
+    live = scrape(url, timeout=timeout) if metrics.enabled else None
+    foreign = live is not None and live.gateway != config.gateway.id
+    now = time.time()
+    daemon: dict[str, Any] = {
+        "running": (live is not None and not foreign) if metrics.enabled else None,
+        "metrics": url if metrics.enabled else None,
+    }
+    if foreign and live is not None:
+        daemon["note"] = f"the metrics at {url} are gateway {live.gateway!r}'s, not this config's"
+        live = None
+    if live is not None:
+        daemon.update(
+            clock_synchronized=bool(live.values.get("citygw_clock_synchronized", 1)),
+            accepted_readings=int(live.values.get("citygw_readings_accepted_total", 0)),
+            staged_readings=int(live.values.get("citygw_buffer_staged_readings", 0)),
+            last_seq=int(live.values.get("citygw_buffer_last_seq", 0)),
+            uptime_seconds=round(now - live.values.get("process_start_time_seconds", now), 1),
+        )
+    lags = {lag.name: lag for lag in report.uplinks}
+    uplinks = []
+    for name, uplink in config.uplinks.items():
+        lag = lags.get(name)
+        state = live.uplinks.get(name, {}) if live is not None else {}
+        uplinks.append(
+            {
+                "name": name,
+                "type": uplink.type,
+                "state": state.get("state"),
+                "acked_seq": state.get("acked_seq", lag.cursor if lag else 0),
+                "lag_batches": lag.batches if lag else 0,
+                "lag_readings": lag.readings if lag else 0,
+                "oldest_undelivered_age_seconds": _age(lag.oldest_created if lag else None, now),
+                "parked": lag.parked if lag else 0,
+            }
+        )
+    devices = []
+    for name, device in config.devices.items():
+        health = live.devices.get(name, {}) if live is not None else {}
+        age = health.get("last_seen_age")
+        devices.append(
+            {
+                "name": name,
+                "bus": device.bus,
+                "state": health.get("state"),
+                "readings": health.get("readings"),
+                "errors": health.get("errors", {}),
+                "last_seen_age_seconds": None if age is None else round(age, 1),
+            }
+        )
+    return {
+        "gateway": config.gateway.id,
+        "config": str(config.source),
+        "daemon": daemon,
+        "buffer": {
+            "path": report.path,
+            "exists": report.exists,
+            "written_by": report.gateway,
+            "last_seq": report.last_seq,
+            "staged_readings": report.staged,
+            "batches": report.batches,
+            "undelivered_readings": report.undelivered_readings,
+            "oldest_undelivered_age_seconds": _age(report.oldest_created, now),
+            "used_bytes": report.used_bytes,
+            "max_bytes": config.buffer.max_disk,
+            "file_bytes": report.file_bytes,
+            "gaps": {
+                "records": report.gap_records,
+                "batches": report.dropped_batches,
+                "readings": report.dropped_readings,
+                "reasons": report.gap_reasons,
+            },
+        },
+        "uplinks": uplinks,
+        "devices": devices,
+    }
+
+
+def _human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def render(data: dict[str, Any]) -> None:
+    """The status as tables, for a person at a terminal (or reading a ticket)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    daemon, buffer = data["daemon"], data["buffer"]
+    if daemon["running"] is None:
+        running = "unknown (metrics disabled)"
+    else:
+        running = "running" if daemon["running"] else f"not running (no answer at {daemon['metrics']})"
+    head = Table(title=f"citygw {data['gateway']}", show_header=False, title_justify="left")
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row("config", data["config"])
+    head.add_row("daemon", running)
+    if daemon.get("note"):
+        head.add_row("note", daemon["note"])
+    if daemon.get("running"):
+        head.add_row("clock", "synchronised" if daemon["clock_synchronized"] else "NOT synchronised")
+        head.add_row("uptime", _human_age(daemon["uptime_seconds"]))
+        head.add_row("accepted", f"{daemon['accepted_readings']} readings since start")
+    console.print(head)
+
+    table = Table(title="buffer", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("file", buffer["path"] if buffer["exists"] else f"{buffer['path']} (not created yet)")
+    table.add_row("last seq", str(buffer["last_seq"]))
+    table.add_row("staged", f"{buffer['staged_readings']} readings")
+    table.add_row("held", f"{buffer['batches']} batches, {buffer['undelivered_readings']} readings")
+    table.add_row("oldest held", _human_age(buffer["oldest_undelivered_age_seconds"]))
+    table.add_row("disk", f"{_human_bytes(buffer['used_bytes'])} of {_human_bytes(buffer['max_bytes'])}")
+    gaps = buffer["gaps"]
+    dropped = (
+        f"{gaps['readings']} readings in {gaps['batches']} batches ("
+        + ", ".join(f"{reason}: {n}" for reason, n in sorted(gaps["reasons"].items()))
+        + ")"
+        if gaps["records"]
+        else "none"
+    )
+    table.add_row("dropped", dropped)
+    console.print(table)
+
+    table = Table(title="uplinks", title_justify="left")
+    for column in ("uplink", "type", "state", "acked seq", "lag batches", "lag readings", "oldest", "parked"):
+        table.add_column(column, justify="left" if column in ("uplink", "type", "state") else "right")
+    for u in data["uplinks"]:
+        table.add_row(
+            u["name"],
+            u["type"],
+            u["state"] or "-",
+            str(u["acked_seq"]),
+            str(u["lag_batches"]),
+            str(u["lag_readings"]),
+            _human_age(u["oldest_undelivered_age_seconds"]),
+            str(u["parked"]),
+        )
+    console.print(table)
+
+    table = Table(title="devices", title_justify="left")
+    for column in ("device", "bus", "state", "readings", "errors", "last seen"):
+        table.add_column(column, justify="right" if column == "readings" else "left")
+    for d in data["devices"]:
+        errors = ", ".join(f"{reason} {n}" for reason, n in sorted(d["errors"].items())) or "-"
+        age = d["last_seen_age_seconds"]
+        table.add_row(
+            d["name"],
+            d["bus"],
+            d["state"] or "-",
+            "-" if d["readings"] is None else str(d["readings"]),
+            errors,
+            "-" if age is None else f"{_human_age(age)} ago",
+        )
+    console.print(table)
+
+
+def status_main(config: Config, *, as_json: bool) -> int:
+    try:
+        data = gather(config)
+    except BufferError as exc:
+        sys.stderr.write(f"citygw status: {exc}\n")
+        return 1
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    else:
+        render(data)
+    return 0

@@ -1,0 +1,349 @@
+"""Health: the metrics endpoint (scraped and parsed as Prometheus does) and ``citygw status``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.buffer import BatchLimits, Buffer, Gap
+from gateway.config import load_config
+from gateway.daemon import Gateway
+from gateway.localbroker import LocalBroker, free_port
+from gateway.metrics import GatewayCollector
+from gateway.signing import Signer
+from gateway.status import read_buffer
+
+from .support import Collector, Daemon, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def citygw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+def parse(text: str) -> Samples:
+    """Every sample, keyed by (name, sorted labels), through prometheus-client's own text parser."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return parse(response.read().decode())
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+# --- a buffer with known contents --------------------------------------------------------------
+
+
+def _known_buffer(path: Path, key: Path) -> dict[str, Any]:
+    """Batches, a gap record (max_disk), cursor cdp at seq 20, 7 staged readings; what we know of it."""
+    buf = Buffer(
+        path,
+        gateway="gw-status",
+        signer=Signer.from_file(key),
+        uplinks=["cdp", "backup"],
+        limits=BatchLimits(max_readings=50, max_age=3600),
+        max_disk=64 * 1024,
+    )
+    buf.open()
+    gaps: list[Gap] = []
+    for start in range(0, 6000, 1000):
+        result = buf.commit(
+            [("d1", "vs", "", f"{i:08x}" * 4, 1_790_000_000.0 + i, 0) for i in range(start, start + 1000)]
+        )
+        gaps.extend(result.gaps)
+    assert gaps, "the 64 KiB cap must have dropped something"
+    held = buf.fetch(0, 100_000)
+    buf.ack("cdp", held[3].seq)
+    buf.commit([("d2", "co2", "ppm", 400 + i, 1_790_010_000.0 + i, 0) for i in range(7)])
+    stats = buf.stats()
+    cdp_after = [b for b in buf.fetch(held[3].seq, 100_000)]
+    buf.close()
+    return {
+        "last_seq": stats.last_seq,
+        "batches": stats.batches,
+        "undelivered": stats.undelivered_readings,
+        "staged": 7,
+        "gap_records": sum(1 for b in held if b.kind == 1),
+        "dropped": sum(g.readings for g in gaps),
+        "dropped_batches": sum(g.batches for g in gaps),
+        "cdp_cursor": held[3].seq,
+        "cdp_lag": len(cdp_after),
+        "cdp_lag_readings": sum(b.readings for b in cdp_after),
+        "backup_lag": len(held),
+        "oldest": min(b.created for b in held),
+    }
+
+
+def _status_config(tmp_path: Path, key: Path, buffer: Path, metrics_port: int) -> Path:
+    config = write_config(
+        tmp_path / "c.yaml",
+        key=key,
+        port=1883,
+        devices={"d1": {"bus": "gen"}},
+        gateway_id="gw-status",
+        buffer={"path": str(buffer), "max_disk": "64KiB"},
+        metrics={"listen": f"127.0.0.1:{metrics_port}"},
+    )
+    data = json.loads(config.read_text())
+    data["uplinks"] = {"cdp": data["uplinks"]["local"], "backup": data["uplinks"]["local"]}
+    config.write_text(json.dumps(data))
+    return config
+
+
+def _tree(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_status_reports_a_known_buffer_read_only_while_the_daemon_is_down(tmp_path: Path, key: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    known = _known_buffer(state / "buffer.db", key)
+    config = _status_config(tmp_path, key, state / "buffer.db", free_port())
+    before = _tree(state)
+
+    done = citygw("status", "-c", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert _tree(state) == before, "status neither creates nor writes anything next to the buffer"
+
+    assert data["gateway"] == "gw-status"
+    assert data["daemon"]["running"] is False
+    buffer = data["buffer"]
+    assert buffer["exists"] and buffer["written_by"] == "gw-status"
+    assert buffer["last_seq"] == known["last_seq"]
+    assert buffer["batches"] == known["batches"]
+    assert buffer["undelivered_readings"] == known["undelivered"]
+    assert buffer["staged_readings"] == 7
+    assert buffer["gaps"] == {
+        "records": known["gap_records"],
+        "batches": known["dropped_batches"],
+        "readings": known["dropped"],
+        "reasons": {"max_disk": known["dropped"]},
+    }
+    assert buffer["max_bytes"] == 64 * 1024
+    age = time.time() - known["oldest"]
+    assert abs(buffer["oldest_undelivered_age_seconds"] - age) < 10
+    uplinks = {u["name"]: u for u in data["uplinks"]}
+    assert uplinks["cdp"]["acked_seq"] == known["cdp_cursor"]
+    assert uplinks["cdp"]["lag_batches"] == known["cdp_lag"]
+    assert uplinks["cdp"]["lag_readings"] == known["cdp_lag_readings"]
+    assert uplinks["backup"]["lag_batches"] == known["backup_lag"]
+    assert uplinks["cdp"]["state"] is None, "no daemon: no live state"
+    assert data["devices"] == [
+        {
+            "name": "d1",
+            "bus": "gen",
+            "state": None,
+            "readings": None,
+            "errors": {},
+            "last_seen_age_seconds": None,
+        }
+    ]
+
+    done = citygw("status", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert _tree(state) == before
+    assert "citygw gw-status" in text and "not running" in text
+    assert f"│ last seq    │ {known['last_seq']} " in text
+    assert f"{known['batches']} batches, {known['undelivered']} readings" in text
+    assert (
+        f"{known['dropped']} readings in {known['dropped_batches']} batches (max_disk: {known['dropped']})"
+        in text
+    )
+    cdp_row = next(line for line in text.splitlines() if line.startswith("│ cdp "))
+    cells = [c.strip() for c in cdp_row.strip("│").split("│")]
+    assert cells[:6] == [
+        "cdp",
+        "mqtt",
+        "-",
+        str(known["cdp_cursor"]),
+        str(known["cdp_lag"]),
+        str(known["cdp_lag_readings"]),
+    ]
+
+
+def test_status_of_a_box_without_a_buffer_yet(tmp_path: Path, key: Path) -> None:
+    config = _status_config(tmp_path, key, tmp_path / "none" / "buffer.db", free_port())
+    done = citygw("status", "-c", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["buffer"]["exists"] is False
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_running_daemon_is_scraped_parsed_and_shown_by_status(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        key=key,
+        port=broker.port,
+        devices={"d1": {"bus": "gen", "rate": 200}, "d2": {"bus": "gen", "rate": 50}},
+        buffer={"batch": {"max_age": "500ms"}},
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    daemon = daemon_factory(config)
+    daemon.start()
+    collector.wait(lambda c: c.readings() > 300, 30, "readings")
+    time.sleep(5.5)  # one buffer report refresh
+    samples = scrape(port)
+    data = json.loads(citygw("status", "-c", str(config), "--json").stdout)
+    table = citygw("status", "-c", str(config)).stdout
+    assert daemon.terminate() == 0
+
+    assert sample(samples, "citygw_info", gateway="gw-test", version="0.1.0") == 1
+    assert sample(samples, "citygw_device_readings_total", device="d1") > 200
+    assert sample(samples, "citygw_device_state", device="d1", state="ok") == 1
+    assert sample(samples, "citygw_device_state", device="d2", state="failing") == 0
+    assert sample(samples, "citygw_device_last_seen_age_seconds", device="d2") < 5
+    assert sample(samples, "citygw_readings_accepted_total") > 300
+    assert sample(samples, "citygw_uplink_state", uplink="local", state="connected") == 1
+    assert sample(samples, "citygw_uplink_acked_seq", uplink="local") > 0
+    assert sample(samples, "citygw_uplink_oldest_undelivered_age_seconds", uplink="local") < 5
+    assert sample(samples, "citygw_buffer_last_seq") > 0
+    assert sample(samples, "citygw_buffer_report_age_seconds") < 6
+    assert sample(samples, "citygw_retention_dropped_readings_total") == 0
+    assert sample(samples, "citygw_clock_synchronized") == 1
+    assert sample(samples, "citygw_alive") == 1
+    assert sample(samples, "process_resident_memory_bytes") > 10e6
+
+    assert data["daemon"]["running"] is True and data["daemon"]["clock_synchronized"] is True
+    assert {d["name"]: d["state"] for d in data["devices"]} == {"d1": "ok", "d2": "ok"}
+    assert data["uplinks"][0]["state"] == "connected"
+    assert "│ daemon   │ running" in table
+    assert "│ local  │ mqtt │ connected" in table
+
+
+def test_metrics_in_the_text_format_with_errors_gaps_and_the_clock(tmp_path: Path, key: Path) -> None:
+    """The collector over a gateway that is not running: every family parses, values are the live ones."""
+    state = tmp_path / "state"
+    state.mkdir()
+    known = _known_buffer(state / "buffer.db", key)
+    config = load_config(_status_config(tmp_path, key, state / "buffer.db", free_port()))
+    gateway = Gateway(config)
+    health = gateway._buses()  # builds the health of every configured device
+    assert health
+    gateway.health["d1"].seen(12)
+    gateway.health["d1"].error("crc")
+    gateway.health["d1"].error("crc")
+    gateway.health["d1"].error("decode", "bad length")
+    gateway.health["d1"].failing()
+    gateway.pipeline.counters.dropped = known["dropped"]
+    gateway.ops.report = read_buffer(state / "buffer.db", list(config.uplinks))
+    gateway.ops.clock.synced = False
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway, gateway.ops))
+    gateway.buffer.open()
+    try:
+        samples = parse(generate_latest(registry).decode())
+    finally:
+        gateway.buffer.close()
+
+    assert sample(samples, "citygw_device_errors_total", device="d1", reason="crc") == 2
+    assert sample(samples, "citygw_device_errors_total", device="d1", reason="decode") == 1
+    assert sample(samples, "citygw_device_readings_total", device="d1") == 12
+    assert sample(samples, "citygw_device_state", device="d1", state="failing") == 1
+    assert sample(samples, "citygw_device_state", device="d1", state="ok") == 0
+    assert sample(samples, "citygw_retention_dropped_readings_total") == known["dropped"]
+    assert sample(samples, "citygw_buffer_gap_records") == known["gap_records"]
+    assert sample(samples, "citygw_buffer_batches") == known["batches"]
+    assert sample(samples, "citygw_buffer_last_seq") == known["last_seq"]
+    assert sample(samples, "citygw_buffer_staged_readings") == 7
+    assert sample(samples, "citygw_uplink_lag_batches", uplink="cdp") == known["cdp_lag"]
+    assert sample(samples, "citygw_uplink_lag_batches", uplink="backup") == known["backup_lag"]
+    assert sample(samples, "citygw_uplink_oldest_undelivered_age_seconds", uplink="backup") > 0
+    assert sample(samples, "citygw_uplink_state", uplink="cdp", state="connecting") == 1
+    assert sample(samples, "citygw_clock_synchronized") == 0
+    labels = {dict(k[1]).get(label) for k in samples for label in ("device", "uplink", "reason", "state")}
+    assert labels <= {None, "d1", "cdp", "backup", "crc", "decode", *_states()}, labels
+
+
+def _states() -> set[str]:
+    from drivers.health import DeviceState
+    from gateway.uplinks.base import UplinkState
+
+    return {s.value for s in DeviceState} | {s.value for s in UplinkState}
+
+
+def test_metrics_refuse_a_remote_listen_address_unless_allowed(tmp_path: Path, key: Path) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", key=key, port=1883, devices={}, metrics={"listen": "0.0.0.0:9108"}
+    )
+    done = citygw("check", "-c", str(config))
+    assert done.returncode == 78
+    assert "metrics.listen: '0.0.0.0:9108' is not a loopback address" in done.stderr
+    assert "allow_remote: true" in done.stderr
+    data = json.loads(config.read_text())
+    data["metrics"]["allow_remote"] = True
+    config.write_text(json.dumps(data))
+    assert citygw("check", "-c", str(config)).returncode == 0
+
+
+def test_a_taken_metrics_port_costs_the_metrics_not_the_data(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        config = write_config(
+            tmp_path / "c.yaml",
+            key=key,
+            port=broker.port,
+            devices={"d1": {"bus": "gen", "rate": 100}},
+            metrics={"listen": f"127.0.0.1:{port}"},
+        )
+        daemon = daemon_factory(config)
+        daemon.start()
+        collector.wait(lambda c: c.readings() > 0, 30, "readings")
+        assert daemon.terminate() == 0
+    finally:
+        taken.close()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "event=metrics_unavailable" in log and f"cannot listen on 127.0.0.1:{port}" in log
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9108", "[::1]:9108", "localhost:1"])
+def test_loopback_listen_addresses_are_accepted(tmp_path: Path, key: Path, listen: str) -> None:
+    config = write_config(tmp_path / "c.yaml", key=key, port=1883, devices={}, metrics={"listen": listen})
+    assert load_config(config).metrics.listen == listen

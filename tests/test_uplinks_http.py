@@ -1,0 +1,342 @@
+"""HTTP and NGSI-LD uplinks, several uplinks at once, and the reference receiver — all real processes.
+
+The daemon and `citygw receive` run as subprocesses; between them sits a scripted HTTP server
+(aiohttp, in this process) that answers 500, 429 with Retry-After, a timeout and a permanent
+400 for one batch, and otherwise forwards the request to the real receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.localbroker import LocalBroker, free_port
+
+from .support import Collector, Daemon, verify_all, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+Handler = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
+
+
+class ScriptedServer:
+    """An aiohttp server on loopback in its own thread; ``handler`` decides each answer."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.port = free_port()
+        self.handler = handler
+        self.requests: list[tuple[float, dict[str, str], bytes]] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def any_request(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            self.requests.append((time.monotonic(), dict(request.headers), body))
+            return await self.handler(request, body)
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", any_request)
+        self._runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class ReceiverProcess:
+    """`citygw receive --http` as a subprocess."""
+
+    def __init__(self, tmp_path: Path, key: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.db = tmp_path / "received.db"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "receive",
+                "--key",
+                f"{key}.pub",
+                "--db",
+                str(self.db),
+                "--http",
+                f"127.0.0.1:{self.port}",
+                "--json",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / "receiver.log").open("ab"),
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("receiver did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/batches"
+
+    def report(self) -> dict[str, Any]:
+        with sqlite3.connect(self.db) as db:
+            stored = db.execute("SELECT count(*), coalesce(max(seq), 0) FROM batches").fetchone()
+            readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return {"batches": stored[0], "last_seq": stored[1], "readings": readings}
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=15)
+        return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, key: Path) -> Iterator[ReceiverProcess]:
+    r = ReceiverProcess(tmp_path, key)
+    yield r
+    if r.proc.poll() is None:
+        r.proc.kill()
+        r.proc.wait()
+
+
+def _http_config(tmp_path: Path, key: Path, url: str, count: int, **uplink: Any) -> Path:
+    config = write_config(
+        tmp_path / "c.yaml",
+        key=key,
+        port=1,
+        devices={"d1": {"bus": "gen", "rate": 500, "count": count, "values": "sequence"}},
+        buffer={"batch": {"max_readings": 100, "max_age": "200ms"}},
+    )
+    data = json.loads(config.read_text())
+    data["uplinks"] = {
+        "platform": {
+            "type": "http",
+            "url": url,
+            "timeout": "1s",
+            "backoff_initial": "200ms",
+            "backoff_max": "1s",
+            "window": 1,
+            **uplink,
+        }
+    }
+    config.write_text(json.dumps(data))
+    return config
+
+
+def test_http_faults_retry_a_poison_batch_is_parked_and_every_other_arrives_once(
+    tmp_path: Path,
+    key: Path,
+    receiver: ReceiverProcess,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    script = ["500", "429", "timeout"]  # the first three requests
+    forwarded: list[int] = []
+
+    async def handler(request: web.Request, body: bytes) -> web.StreamResponse:
+        seq = int(request.headers["Idempotency-Key"].rsplit(":", 1)[1])
+        if script:
+            step = script.pop(0)
+            if step == "500":
+                return web.Response(status=500, text="upstream broken")
+            if step == "429":
+                return web.Response(status=429, headers={"Retry-After": "2"}, text="slow down")
+            await asyncio.sleep(3)  # longer than the uplink's 1 s timeout
+            return web.Response(status=200)
+        if seq == 5:
+            return web.Response(status=400, text="schema says no")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(receiver.url, data=body, headers={"Content-Type": "application/jose"}) as answer,
+        ):
+            forwarded.append(seq)
+            return web.Response(status=answer.status, body=await answer.read())
+
+    server = ScriptedServer(handler)
+    try:
+        config = _http_config(tmp_path, key, f"http://127.0.0.1:{server.port}/ingest", 2000, gzip=True)
+        daemon = daemon_factory(config)
+        daemon.start()
+
+        def parked_readings() -> int:  # batch 5's size depends on how the seal timing fell
+            if not (tmp_path / "state" / "buffer.db").exists():
+                return 0
+            with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
+                row = db.execute(
+                    "SELECT b.readings FROM parked p JOIN batches b ON b.seq = p.seq WHERE p.seq = 5"
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and receiver.report()["readings"] + parked_readings() < 2000:
+            time.sleep(0.2)
+        assert parked_readings() > 0
+        assert receiver.report()["readings"] == 2000 - parked_readings(), receiver.report()
+        # Retry-After: 2 was honoured
+        times = [t for t, _, _ in server.requests]
+        assert times[2] - times[1] >= 2.0
+        assert all(h.get("Content-Encoding") == "gzip" for _, h, _ in server.requests)
+        assert daemon.terminate() == 0
+        with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
+            parked = db.execute("SELECT uplink, seq, status, reason FROM parked").fetchall()
+        assert parked == [("platform", 5, 400, "HTTP 400 schema says no")]
+        assert "batch 5 rejected (HTTP 400 schema says no); parked" in (tmp_path / "daemon.log").read_text()
+        # the platform is fixed; a person resends the parked batch
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "resend", "-c", str(config), "5"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "platform 5\n"
+        script.clear()
+
+        async def accept_all(request: web.Request, body: bytes) -> web.StreamResponse:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    receiver.url,
+                    data=body,
+                    headers={"Content-Type": "application/jose"},
+                ) as answer,
+            ):
+                return web.Response(status=answer.status, body=await answer.read())
+
+        server.handler = accept_all
+        data = json.loads(config.read_text())
+        data["devices"] = {}  # this run only drains the buffer
+        config.write_text(json.dumps(data))
+        daemon = daemon_factory(config)
+        daemon.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and receiver.report()["readings"] < 2000:
+            time.sleep(0.2)
+        assert daemon.terminate() == 0
+    finally:
+        server.close()
+    report = receiver.stop()
+    gw = report["gateways"]["gw-test"]
+    assert gw["readings"] == 2000
+    assert gw["missing"] == [] and gw["broken_links"] == []
+    assert report["totals"]["bad"] == 0 and report["totals"]["conflicts"] == 0
+    assert report["totals"]["stored"] == gw["batches"] == gw["last_seq"]
+    with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
+        assert db.execute("SELECT count(*) FROM parked").fetchone()[0] == 0
+
+
+def test_one_uplink_down_does_not_slow_the_other_and_catches_up(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    http_port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        key=key,
+        port=broker.port,
+        devices={"d1": {"bus": "gen", "rate": 1000, "count": 8000, "values": "sequence"}},
+        buffer={"batch": {"max_readings": 200, "max_age": "200ms"}},
+    )
+    data = json.loads(config.read_text())
+    data["uplinks"]["down"] = {
+        "type": "http",
+        "url": f"http://127.0.0.1:{http_port}/batches",
+        "timeout": "1s",
+        "backoff_initial": "200ms",
+        "backoff_max": "1s",
+    }
+    config.write_text(json.dumps(data))
+    daemon = daemon_factory(config)
+    started = time.monotonic()
+    daemon.start()
+    collector.wait(lambda c: c.readings() >= 8000, 30, "all readings over MQTT while HTTP is down")
+    mqtt_done = time.monotonic() - started
+    assert mqtt_done < 15, f"MQTT took {mqtt_done:.1f} s for 8 s of readings"
+    db = tmp_path / "state" / "buffer.db"
+    with sqlite3.connect(db) as conn:
+        cursors = dict(conn.execute("SELECT uplink, seq FROM cursors").fetchall())
+        held = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+    assert cursors.get("down", 0) == 0
+    assert held >= 40  # nothing pruned while one uplink lacks it
+    receiver = ReceiverProcess(tmp_path, key, port=http_port)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and receiver.report()["readings"] < 8000:
+            time.sleep(0.2)
+        assert receiver.report()["readings"] == 8000
+    finally:
+        assert daemon.terminate() == 0
+        report = receiver.stop()
+    assert report["gateways"]["gw-test"]["missing"] == []
+    verified = verify_all(collector.snapshot(), Path(f"{key}.pub"))
+    assert verified.values["d1"] == list(range(8000))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] <= 1  # pruned once both had them
+
+
+def test_receiver_refuses_forgeries_and_conflicts_and_dedupes(tmp_path: Path, key: Path) -> None:
+    from gateway.buffer import BatchLimits, Buffer
+    from gateway.receive import Receiver
+    from gateway.signing import Signer, generate_key
+
+    buf = Buffer(
+        tmp_path / "b.db",
+        gateway="gw-1",
+        signer=Signer.from_file(key),
+        uplinks=[],
+        limits=BatchLimits(max_readings=10),
+    )
+    buf.open()
+    buf.commit([("dev", "co2", "ppm", 400 + i, 1_790_000_000.0 + i, 0) for i in range(40)], seal_all=True)
+    tokens = [b.jws for b in buf.fetch(0, 100)]
+    buf.close()
+    other = tmp_path / "other.key"
+    generate_key(other)
+    forged = Signer.from_file(other).sign(json.dumps({"gateway": "gw-1", "seq": 2}).encode())
+    receiver = Receiver(tmp_path / "r.db", [Path(f"{key}.pub")])
+    assert receiver.accept(tokens[0]).outcome == "stored"
+    assert receiver.accept(tokens[0]).outcome == "duplicate"
+    assert receiver.accept(tokens[2]).outcome == "stored"
+    verdict = receiver.accept(forged)
+    assert (verdict.status, verdict.outcome) == (400, "bad") and "unknown kid" in verdict.reason
+    header, payload, _ = tokens[1].split(".")
+    other_sig = tokens[3].split(".")[2]
+    assert receiver.accept(f"{header}.{payload}.{other_sig}").status == 400
+    report = receiver.report()["gateways"]["gw-1"]
+    assert report["missing"] == [[2, 2]]
+    assert report["readings"] == 20
+    assert receiver.accept(tokens[1]).outcome == "stored"
+    assert receiver.report()["gateways"]["gw-1"]["missing"] == []
+    assert receiver.report()["gateways"]["gw-1"]["broken_links"] == []
