@@ -723,3 +723,20 @@ def test_http_and_ngsi_ld_uplinks_validate_with_their_own_messages(tmp_path: Pat
     text = str(caught.value)
     assert f"{path}:7: uplinks.web.url: 'ftp://x' is not an http:// or https:// url" in text
     assert f"{path}:14: uplinks.cb.entities.m1.id: 'meter 1' is not a URN" in text
+
+
+def test_two_devices_on_one_serial_bus_are_refused(tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    key.write_text("x")
+    key.chmod(0o600)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"gateway:\n  id: gw-1\n  key_file: {key}\n"
+        "buses:\n  uart2:\n    type: serial\n    port: /dev/ttyS1\n"
+        "devices:\n  radar:\n    bus: uart2\n    protocol: pms5003\n"
+        "  gps:\n    bus: uart2\n    protocol: nmea\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    expected = f"{path}:13: devices.gps.bus: serial bus 'uart2' already carries device 'radar'"
+    assert expected in str(caught.value)

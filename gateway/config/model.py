@@ -258,7 +258,7 @@ from gateway.config.modbus import (  # noqa: E402  (hoist to the imports above w
     ModbusTcpBus,
     ModbusTcpDevice,
 )
-from gateway.config.serial import SerialBus, SerialDevice  # noqa: E402  (one device per serial bus)
+from gateway.config.serial import SerialBus, SerialDevice, one_device_per_bus  # noqa: E402  (one device per serial bus)
 
 Uplink = MqttUplink | HttpUplink | NgsiLdUplink
 Bus = SyntheticBus | ModbusRtuBus | ModbusTcpBus | ModbusRtuOverTcpBus | BleBus | SerialBus
@@ -403,6 +403,11 @@ class Config(Section):
                 for key, device in devices.items()
             }
         return data
+
+    @model_validator(mode="after")
+    def _one_device_per_serial_bus(self) -> Config:
+        one_device_per_bus(self.buses, self.devices)
+        return self
 
     def buffer_path(self, environ: Mapping[str, str] | None = None) -> Path:
         """The buffer file: ``buffer.path`` if set (``load_config`` always sets it), else
