@@ -11,25 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from drivers import synthetic
 from drivers.health import DeviceHealth
-from drivers.modbus import bus as modbus_bus
-from drivers.serial import transport as serial_transport
 from gateway.buffer import BatchLimits, Buffer
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
 from gateway.sdnotify import Notifier
 from gateway.signing import Signer
 from gateway.store import Store
-from gateway.uplinks import http as http_uplinks
 from gateway.uplinks.base import UplinkState
-from gateway.uplinks.mqtt import MqttUplink
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -38,29 +34,33 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
 
+def _entry(target: str) -> Callable[..., Any]:
+    """``"module:attribute"``, imported on first call: a box loads only the drivers and uplinks
+    its config names (aiohttp, pymodbus, pyserial and bleak each cost megabytes of RSS)."""
+    module, _, attribute = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attribute)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = target
+    return call
+
+
 # uplink type -> class: Uplink(name, config, gateway=..., pipeline=...), with .run() and .status
 UPLINK_RUNNERS: dict[str, Callable[..., Any]] = {
-    "mqtt": MqttUplink,
-    "http": http_uplinks.HttpUplink,
-    "ngsi-ld": http_uplinks.NgsiLdUplink,
+    "mqtt": _entry("gateway.uplinks.mqtt:MqttUplink"),
+    "http": _entry("gateway.uplinks.http:HttpUplink"),
+    "ngsi-ld": _entry("gateway.uplinks.http:NgsiLdUplink"),
 }
-
-
-async def _run_ble_bus(*args: Any, **kwargs: Any) -> None:
-    """:func:`drivers.ble.bus.run_bus`, imported when a BLE bus runs (bleak is not loaded otherwise)."""
-    from drivers.ble.bus import run_bus
-
-    await run_bus(*args, **kwargs)
-
 
 # bus type -> runner: run(bus_name, bus_config, {device: device_config}, sink, {device: health})
 BUS_RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
-    "synthetic": synthetic.run_bus,
-    "modbus-rtu": modbus_bus.run_bus,
-    "modbus-tcp": modbus_bus.run_bus,
-    "modbus-rtu-over-tcp": modbus_bus.run_bus,
-    "ble": _run_ble_bus,
-    "serial": serial_transport.run_bus,
+    "synthetic": _entry("drivers.synthetic:run_bus"),
+    "modbus-rtu": _entry("drivers.modbus.bus:run_bus"),
+    "modbus-tcp": _entry("drivers.modbus.bus:run_bus"),
+    "modbus-rtu-over-tcp": _entry("drivers.modbus.bus:run_bus"),
+    "ble": _entry("drivers.ble.bus:run_bus"),
+    "serial": _entry("drivers.serial.transport:run_bus"),
 }
 
 
