@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -306,3 +309,25 @@ def test_each_bus_type_keeps_its_model(tmp_path: Path, key: Path) -> None:
         "ModbusTcpDevice",
         "ModbusDevice",
     ]
+
+
+def test_a_wheel_ships_the_profiles_where_an_installed_citygw_finds_them(tmp_path: Path) -> None:
+    """`pip install` of the source (what scripts/install.sh does on a Pi) is not editable: the
+    profiles must travel inside the wheel, to <prefix>/share/citygw/profiles."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("citygw-*.whl")
+    shipped = {p.name for p in SHIPPED_DIR.glob("*.yaml")}
+    with zipfile.ZipFile(wheel) as archive:
+        inside = {
+            Path(n).name
+            for n in archive.namelist()
+            if "/data/share/citygw/profiles/" in n and n.endswith(".yaml")
+        }
+    assert shipped and inside == shipped

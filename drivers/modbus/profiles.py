@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import sys
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,7 +19,16 @@ from pydantic import ValidationError
 from gateway.config.modbus import PROFILE_NAME_RE, Profile
 from gateway.errors import CitygwError
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+
+def _shipped_dir() -> Path:
+    """``config/profiles/`` of a source checkout (or an editable install); in an installed wheel,
+    the same files under ``<prefix>/share/citygw/profiles`` (pyproject.toml's data-files)."""
+    source = Path(__file__).resolve().parents[2] / "config" / "profiles"
+    installed = Path(sys.prefix) / "share" / "citygw" / "profiles"
+    return source if source.is_dir() or not installed.is_dir() else installed
+
+
+SHIPPED_DIR = _shipped_dir()
 """The profiles shipped with citygw."""
 
 
