@@ -87,6 +87,23 @@ def test_defaults_and_address_spellings(workdir: Path) -> None:
     assert config.buses["street"].scanning is Scanning.AUTO  # type: ignore[attr-defined]
 
 
+def test_a_bindkey_read_from_its_file(workdir: Path) -> None:
+    """The bindkey is a secret: ``bindkey_file`` keeps it out of the config (and out of git)."""
+    (workdir / "air.bindkey").write_text("231d39c1d7cc1ab1aee224cd096db932\n")
+    body = (
+        HEAD + "  air: {bus: street, format: bthome, address: A4:C1:38:0B:5E:ED, bindkey_file: air.bindkey}\n"
+    )
+    air = load(workdir, body).devices["air"]  # type: ignore[attr-defined]
+    assert isinstance(air, BleSensor) and air.bindkey is not None
+    assert air.bindkey.get_secret_value() == "231d39c1d7cc1ab1aee224cd096db932"
+    both = body.replace("bindkey_file: air.bindkey", "bindkey_file: air.bindkey, bindkey: 00")
+    assert any(
+        "bindkey and bindkey_file are mutually exclusive; keep one" in p for p in problems(workdir, both)
+    )
+    missing = body.replace("air.bindkey", "nowhere.bindkey")
+    assert any("devices.air.bindkey_file" in p for p in problems(workdir, missing))
+
+
 BAD = [
     (
         "bus keys",

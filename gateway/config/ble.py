@@ -31,7 +31,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from drivers.ble.common import normalise_address
-from gateway.config.base import BusId, Int, Section, located, problem, within
+from gateway.config.base import BusId, ConfigPath, Int, Section, located, problem, within
 from gateway.config.units import Duration, describe, duration_within, format_duration
 
 _ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
@@ -201,7 +201,11 @@ class BleSensor(BleDevice):
     format: BleFormat = Field(description="bthome, ruuvi or xiaomi-pvvx")
     address: BleAddress = Field(description="the sensor's Bluetooth address, e.g. A4:C1:38:0B:5E:ED")
     bindkey: Annotated[SecretStr | None, AfterValidator(_bindkey)] = Field(
-        default=None, description="bthome only: the 32-hex-digit encryption key of an encrypted sensor"
+        default=None,
+        description="bthome only: the 32-hex-digit encryption key of an encrypted sensor; prefer bindkey_file",
+    )
+    bindkey_file: ConfigPath | None = Field(
+        default=None, description="a file holding the bindkey (read at load into bindkey; keep it mode 0600)"
     )
     stale_after: Annotated[Duration, AfterValidator(duration_within(1, 86400))] = Field(
         default=600.0, description="silence after which the sensor is reported stale, 1s to 1d"

@@ -34,7 +34,11 @@ from gateway.errors import ConfigError, ConfigProblem
 
 Loc = tuple[str | int, ...]
 
-SECRET_FILES: Mapping[str, str] = {"password_file": "password", "bearer_token_file": "bearer_token"}
+SECRET_FILES: Mapping[str, str] = {
+    "password_file": "password",
+    "bearer_token_file": "bearer_token",
+    "bindkey_file": "bindkey",
+}
 """Keys naming a file whose content (less trailing newlines) becomes the value of another key."""
 
 _ID_SECTIONS = ("uplinks", "buses", "devices")
@@ -323,7 +327,9 @@ def _locate(root: CommentedMap, loc: Loc, *, at_key: bool) -> tuple[str, int | N
 
 def _message(error: ErrorDetails) -> str:
     kind, given, ctx = error["type"], error["input"], error.get("ctx", {})
-    if error["loc"] and error["loc"][-1] in SECRET_FILES.values():  # never echo a secret
+    if (
+        kind in _EXPECTED and error["loc"] and error["loc"][-1] in SECRET_FILES.values()
+    ):  # never echo a secret
         return "expected text; the value is not shown, it is a secret (quote it, or use a *_file key)"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}; got {describe(given)}"
