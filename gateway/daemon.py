@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
 
+
 def _entry(target: str) -> Callable[..., Any]:
     """``"module:attribute"``, imported on first call: a box loads only the drivers and uplinks
     its config names (aiohttp, pymodbus, pyserial and bleak each cost megabytes of RSS)."""

@@ -104,6 +104,17 @@ def test_a_bindkey_read_from_its_file(workdir: Path) -> None:
     assert any("devices.air.bindkey_file" in p for p in problems(workdir, missing))
 
 
+def test_two_sensors_with_one_address_on_a_bus_are_refused(workdir: Path) -> None:
+    body = HEAD + (
+        "  a: {bus: street, format: ruuvi, address: CB:B8:33:4C:88:4F}\n"
+        "  b: {bus: street, format: ruuvi, address: cb-b8-33-4c-88-4f}\n"
+    )
+    assert problems(workdir, body) == [
+        "FILE:9: devices.b.address: device 'a' on bus 'street' already has address CB:B8:33:4C:88:4F; "
+        "an address is one sensor: remove one of the two, or correct the address"
+    ]
+
+
 BAD = [
     (
         "bus keys",

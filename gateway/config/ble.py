@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -235,3 +236,23 @@ class PresenceCounter(BleDevice):
     rssi_threshold: Annotated[Int, AfterValidator(within(-127, 20))] = Field(
         default=-80, description="adverts weaker than this (dBm) are not counted, -127 to 20"
     )
+
+
+def one_sensor_per_address(devices: Mapping[str, object]) -> None:
+    """Refuse a second sensor with the same address on one BLE bus (only one of them would ever
+    hear an advert), at the second device's ``address`` key. For the whole config's after-validator."""
+    first: dict[tuple[str, str], str] = {}
+    for name, device in devices.items():
+        if not isinstance(device, BleSensor):
+            continue
+        key = (device.bus, device.address)
+        if key in first:
+            located(
+                "config",
+                ("devices", name, "address"),
+                "ble_duplicate_address",
+                f"device {first[key]!r} on bus {device.bus!r} already has address {device.address}; "
+                "an address is one sensor: remove one of the two, or correct the address",
+                device.address,
+            )
+        first[key] = name

@@ -250,7 +250,7 @@ class SyntheticDevice(Section):
 
 # --- type tables: one entry per type -----------------------------------------------------------
 
-from gateway.config.ble import BleBus, BleDevice  # noqa: E402  (BleDevice chooses sensor or presence)
+from gateway.config.ble import BleBus, BleDevice, one_sensor_per_address  # noqa: E402  (BleDevice chooses sensor or presence)
 from gateway.config.modbus import (  # noqa: E402  (hoist to the imports above when convenient)
     ModbusDevice,
     ModbusRtuBus,
@@ -405,8 +405,9 @@ class Config(Section):
         return data
 
     @model_validator(mode="after")
-    def _one_device_per_serial_bus(self) -> Config:
+    def _devices_do_not_collide(self) -> Config:
         one_device_per_bus(self.buses, self.devices)
+        one_sensor_per_address(self.devices)
         return self
 
     def buffer_path(self, environ: Mapping[str, str] | None = None) -> Path:
