@@ -203,7 +203,7 @@ class BleSensor(BleDevice):
     address: BleAddress = Field(description="the sensor's Bluetooth address, e.g. A4:C1:38:0B:5E:ED")
     bindkey: Annotated[SecretStr | None, AfterValidator(_bindkey)] = Field(
         default=None,
-        description="bthome only: the 32-hex-digit encryption key of an encrypted sensor; prefer bindkey_file",
+        description="bthome only: the 32-hex-digit key of an encrypted sensor; prefer bindkey_file",
     )
     bindkey_file: ConfigPath | None = Field(
         default=None, description="a file holding the bindkey (read at load into bindkey; keep it mode 0600)"
