@@ -39,7 +39,7 @@ from pydantic_core import (
 )
 from pydantic_core.core_schema import ErrorType
 
-from gateway.config.units import describe
+from gateway.config.units import describe, format_duration
 from gateway.vocabulary import QUANTITIES
 
 DEFAULT_BUFFER_PATH = Path("/var/lib/citygw/buffer.db")
@@ -162,6 +162,48 @@ def within(low: float | None, high: float | None, *, above: bool = False) -> Cal
         raise problem("number_range", f"must be {allowed}; got {_number(value)}")
 
     return check
+
+
+def not_below(other: str) -> Callable[[float, ValidationInfo], float]:
+    """An after-validator: a duration at least the field ``other`` (declared before it), e.g. a
+    ``backoff_max`` against its ``backoff_initial``."""
+
+    def check(value: float, info: ValidationInfo) -> float:
+        low = info.data.get(other)
+        if low is not None and value < low:
+            message = f"must be at least {other} ({format_duration(low)}); got {format_duration(value)}"
+            raise problem("order", message)
+        return value
+
+    return check
+
+
+def tls_only(scheme: str) -> Callable[[Path | None, ValidationInfo], Path | None]:
+    """An after-validator for a TLS file setting: refused unless the ``url`` uses ``scheme``."""
+
+    def check(value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("url")
+        if value is not None and url is not None and urlsplit(url).scheme != scheme:
+            raise problem(
+                "tls_setting",
+                f"{info.field_name} is for TLS connections but the url is {url!r}; "
+                f"use {scheme}:// or remove {info.field_name}",
+            )
+        return value
+
+    return check
+
+
+def cert_key_pair(value: Path | None, info: ValidationInfo) -> Path | None:
+    """The after-validator of ``cert_key_file``: set together with ``cert_file`` (declared before it)."""
+    if "cert_file" in info.data and (info.data["cert_file"] is None) != (value is None):
+        given, other = ("cert_key_file", "cert_file") if value is not None else ("cert_file", "cert_key_file")
+        raise problem(
+            "cert_pair",
+            f"{given} is set but {other} is not; a client certificate needs both cert_file "
+            "and cert_key_file, or neither",
+        )
+    return value
 
 
 Int = Annotated[int, BeforeValidator(_reject_bool)]

@@ -32,7 +32,16 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from drivers.ble.common import normalise_address
-from gateway.config.base import BusId, ConfigPath, Int, Section, located, problem, within
+from gateway.config.base import (
+    BusId,
+    ConfigPath,
+    Int,
+    Section,
+    located,
+    not_below,
+    problem,
+    within,
+)
 from gateway.config.units import Duration, describe, duration_within, format_duration
 
 _ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
@@ -120,23 +129,13 @@ class BleBus(Section):
     backoff_initial: Annotated[Duration, AfterValidator(duration_within(0.1, 600))] = Field(
         default=2.0, description="the first wait before restarting a failed scanner, 100ms to 10m"
     )
-    backoff_max: Annotated[Duration, AfterValidator(duration_within(None, 3600))] = Field(
+    backoff_max: Annotated[
+        Duration, AfterValidator(duration_within(None, 3600)), AfterValidator(not_below("backoff_initial"))
+    ] = Field(
         default=120.0,
         validate_default=True,
         description="the longest wait between restarts, backoff_initial to 1h",
     )
-
-    @field_validator("backoff_max")
-    @classmethod
-    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("backoff_initial")
-        if initial is not None and value < initial:
-            raise problem(
-                "backoff_order",
-                f"must be at least backoff_initial ({format_duration(initial)}); "
-                f"got {format_duration(value)}",
-            )
-        return value
 
 
 class BleDevice(Section):

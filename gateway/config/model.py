@@ -25,7 +25,6 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -51,12 +50,14 @@ from gateway.config.base import (
     Topic,
     UplinkId,
     _distinct,
+    cert_key_pair,
     located,
-    problem,
+    not_below,
+    tls_only,
     within,
 )
 from gateway.config.metrics import MetricsSettings
-from gateway.config.units import Duration, Size, describe, duration_within, format_duration, size_within
+from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
 
 # --- sections ----------------------------------------------------------------------------------
@@ -127,13 +128,13 @@ class MqttUplink(Section):
     type: Literal["mqtt"] = Field(description="the uplink type: mqtt")
     url: MqttUrl = Field(description=f"the broker: mqtt://host[:port] or mqtts://host[:port], {_URL_EXAMPLE}")
     topic: Topic = Field(default=DEFAULT_TOPIC, description="the topic template; {gateway} is the gateway id")
-    ca_file: ReadableFile | None = Field(
+    ca_file: Annotated[ReadableFile | None, AfterValidator(tls_only("mqtts"))] = Field(
         default=None, description="CA certificates (PEM) to verify the broker with"
     )
-    cert_file: ReadableFile | None = Field(
+    cert_file: Annotated[ReadableFile | None, AfterValidator(tls_only("mqtts"))] = Field(
         default=None, description="client certificate (PEM), with cert_key_file"
     )
-    cert_key_file: ReadableFile | None = Field(
+    cert_key_file: Annotated[ReadableFile | None, AfterValidator(cert_key_pair)] = Field(
         default=None,
         validate_default=True,
         description="the client certificate's private key (PEM), with cert_file",
@@ -158,47 +159,11 @@ class MqttUplink(Section):
     backoff_initial: Annotated[Duration, AfterValidator(duration_within(0.1, 600))] = Field(
         default=1.0, description="the first reconnect delay, 100ms to 10m"
     )
-    backoff_max: Annotated[Duration, AfterValidator(duration_within(None, 86400))] = Field(
+    backoff_max: Annotated[
+        Duration, AfterValidator(duration_within(None, 86400)), AfterValidator(not_below("backoff_initial"))
+    ] = Field(
         default=300.0, validate_default=True, description="the longest reconnect delay, backoff_initial to 1d"
     )
-
-    @field_validator("ca_file", "cert_file")
-    @classmethod
-    def _needs_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        url = info.data.get("url")
-        if value is not None and url is not None and urlsplit(url).scheme != "mqtts":
-            raise problem(
-                "tls_setting",
-                f"{info.field_name} is for TLS connections but the url is {url!r}; "
-                f"use mqtts:// or remove {info.field_name}",
-            )
-        return value
-
-    @field_validator("cert_key_file")
-    @classmethod
-    def _cert_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if "cert_file" in info.data and (info.data["cert_file"] is None) != (value is None):
-            given, other = (
-                ("cert_key_file", "cert_file") if value is not None else ("cert_file", "cert_key_file")
-            )
-            raise problem(
-                "cert_pair",
-                f"{given} is set but {other} is not; a client certificate needs both cert_file "
-                "and cert_key_file, or neither",
-            )
-        return value
-
-    @field_validator("backoff_max")
-    @classmethod
-    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("backoff_initial")
-        if initial is not None and value < initial:
-            raise problem(
-                "backoff_order",
-                f"must be at least backoff_initial ({format_duration(initial)}); "
-                f"got {format_duration(value)}",
-            )
-        return value
 
     @property
     def tls(self) -> bool:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from drivers.serial.lines import LineFormat
-from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, problem, within
+from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
 from gateway.config.units import Duration, duration_within, format_duration
 from gateway.vocabulary import unit_of
 
@@ -63,22 +63,13 @@ class SerialBus(Section):
     reopen_initial: Annotated[Duration, AfterValidator(duration_within(0.1, 600))] = Field(
         default=1.0, description="the first wait before reopening a failed port, 100ms to 10m"
     )
-    reopen_max: Annotated[Duration, AfterValidator(duration_within(None, 3600))] = Field(
+    reopen_max: Annotated[
+        Duration, AfterValidator(duration_within(None, 3600)), AfterValidator(not_below("reopen_initial"))
+    ] = Field(
         default=60.0,
         validate_default=True,
         description="the longest wait between reopenings, reopen_initial to 1h",
     )
-
-    @field_validator("reopen_max")
-    @classmethod
-    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("reopen_initial")
-        if initial is not None and value < initial:
-            raise problem(
-                "backoff_order",
-                f"must be at least reopen_initial ({format_duration(initial)}); got {format_duration(value)}",
-            )
-        return value
 
 
 def _finite(value: float) -> float:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from gateway.config.base import ConfigPath, DeviceId, Int, ReadableFile, Section, problem, within
-from gateway.config.units import Duration, duration_within, format_duration
+from gateway.config.base import (
+    ConfigPath,
+    DeviceId,
+    Int,
+    ReadableFile,
+    Section,
+    cert_key_pair,
+    not_below,
+    problem,
+    tls_only,
+    within,
+)
+from gateway.config.units import Duration, duration_within
 
 _HTTP_EXAMPLE = "e.g. https://platform.example.city/ingest"
 _ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -53,11 +63,15 @@ class _HttpClient(Section):
     password_file: ConfigPath | None = Field(
         default=None, description="a file holding the password (read at load into password)"
     )
-    ca_file: ReadableFile | None = Field(
+    ca_file: Annotated[ReadableFile | None, AfterValidator(tls_only("https"))] = Field(
         default=None, description="CA certificates (PEM) to verify the server"
     )
-    cert_file: ReadableFile | None = Field(default=None, description="client certificate (PEM)")
-    cert_key_file: ReadableFile | None = Field(default=None, description="the client certificate's key (PEM)")
+    cert_file: Annotated[ReadableFile | None, AfterValidator(tls_only("https"))] = Field(
+        default=None, description="client certificate (PEM), with cert_key_file"
+    )
+    cert_key_file: Annotated[ReadableFile | None, AfterValidator(cert_key_pair)] = Field(
+        default=None, validate_default=True, description="the client certificate's key (PEM), with cert_file"
+    )
     timeout: Annotated[Duration, AfterValidator(duration_within(1, 600))] = Field(
         default=30.0, description="how long one request may take, 1s to 10m"
     )
@@ -67,48 +81,17 @@ class _HttpClient(Section):
     backoff_initial: Annotated[Duration, AfterValidator(duration_within(0.1, 600))] = Field(
         default=1.0, description="the first retry delay, 100ms to 10m"
     )
-    backoff_max: Annotated[Duration, AfterValidator(duration_within(None, 86400))] = Field(
+    backoff_max: Annotated[
+        Duration, AfterValidator(duration_within(None, 86400)), AfterValidator(not_below("backoff_initial"))
+    ] = Field(
         default=300.0, validate_default=True, description="the longest retry delay, backoff_initial to 1d"
     )
-
-    @field_validator("ca_file", "cert_file")
-    @classmethod
-    def _needs_https(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        url = info.data.get("url")
-        if value is not None and url is not None and urlsplit(url).scheme != "https":
-            raise problem(
-                "tls_setting",
-                f"{info.field_name} is for TLS but the url is {url!r}; "
-                f"use https:// or remove {info.field_name}",
-            )
-        return value
-
-    @field_validator("cert_key_file")
-    @classmethod
-    def _cert_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if "cert_file" in info.data and (info.data["cert_file"] is None) != (value is None):
-            raise problem(
-                "cert_pair", "a client certificate needs both cert_file and cert_key_file, or neither"
-            )
-        return value
 
     @field_validator("password")
     @classmethod
     def _basic_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is not None and not info.data.get("username"):
             raise problem("basic_auth", "a password needs a username (HTTP basic auth)")
-        return value
-
-    @field_validator("backoff_max")
-    @classmethod
-    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("backoff_initial")
-        if initial is not None and value < initial:
-            raise problem(
-                "backoff_order",
-                f"must be at least backoff_initial ({format_duration(initial)}); "
-                f"got {format_duration(value)}",
-            )
         return value
 
 
