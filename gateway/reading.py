@@ -25,10 +25,14 @@ FLAG_NAMES: dict[Flag, str] = {
 }
 
 
+def flag_names(flags: int) -> list[str]:
+    """The wire names of the flags set in ``flags``, in a fixed order."""
+    return list(_flag_names(flags))
+
+
 @functools.cache
-def flag_names(flags: int) -> tuple[str, ...]:
-    """The wire names of the flags set in ``flags``, in a fixed order (cached: it runs once per
-    flagged record, and :class:`enum.IntFlag` arithmetic is slow)."""
+def _flag_names(flags: int) -> tuple[str, ...]:
+    # cached: it runs once per flagged record, and enum.IntFlag arithmetic is slow
     return tuple(name for flag, name in FLAG_NAMES.items() if flags & flag)
 
 
