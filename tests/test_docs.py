@@ -15,14 +15,18 @@
   with the real CLI parser, and its subcommand's ``--help`` works; ``citygw decode`` lines run for
   real (decoding is pure) and must succeed.
 - The integrator's Python verification example runs against batches the gateway produced, across a
-  key rotation, a duplicate and a gap record.
+  key rotation, a duplicate and a gap record, and refuses a tampered batch and an unknown key; so
+  does the JavaScript one where node and jose are installed (``CITYGW_TEST_JOSE_DIR``, a directory
+  with ``node_modules/jose``). The Java one cannot run here (no Nimbus package).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -307,12 +311,11 @@ def test_block_finder_sees_indented_fences_and_markers(tmp_path: Path) -> None:
     )
 
 
-# --- the integrator's Python example ------------------------------------------------------------
+# --- the integrator's verification examples -----------------------------------------------------
 
 
-def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_and_a_gap(
-    tmp_path: Path, key: Path
-) -> None:
+def _rotated_batches(tmp_path: Path, key: Path) -> tuple[list[Path], Path]:
+    """Batches the gateway made: a gap record, a key rotation, a duplicate. (public keys, file)"""
     new_key = tmp_path / "signing.key.new"
     generate_key(new_key)
     tokens: list[str] = []
@@ -341,18 +344,78 @@ def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_
     tokens.insert(len(tokens) - 1, tokens[-2])  # at least once: the same batch twice
     batches = tmp_path / "batches.jws"
     batches.write_text("\n".join(tokens) + "\n")
+    return [Path(f"{key}.pub"), Path(f"{new_key}.pub")], batches
+
+
+def _tampered(batches: Path) -> Path:
+    """The same file with one value changed inside a signed payload (signature kept)."""
+    lines = batches.read_text().splitlines()
+    header, payload, signature = lines[-3].split(".")
+    body = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).replace(b'"vs":"', b'"vs":"X', 1)
+    lines[-3] = ".".join((header, base64.urlsafe_b64encode(body).decode().rstrip("="), signature))
+    out = batches.with_name("tampered.jws")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _check_output(lines: list[str]) -> None:
+    assert lines[0].startswith("gap 1 .. ") and "max_disk" in lines[0], lines[0]
+    assert sum(line.startswith("duplicate") for line in lines) == 1
+    assert lines[-1].endswith("readings")
+
+
+def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_and_a_gap(
+    tmp_path: Path, key: Path
+) -> None:
+    keys, batches = _rotated_batches(tmp_path, key)
     (example,) = code_blocks(REPO / "docs" / "integrator.md", "python")
     script = tmp_path / "verify_example.py"
     script.write_text(example)
-    done = subprocess.run(
-        [sys.executable, str(script), f"{key}.pub", f"{new_key}.pub", str(batches)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+
+    def run(*args: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), *map(str, args)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+
+    done = run(*keys, batches)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("gap 1 .. ") and lines[0].endswith("max_disk")
-    assert sum(line.startswith("duplicate") for line in lines) == 1
-    assert lines[-1].endswith("readings")
+    _check_output(done.stdout.splitlines())
+    assert run(keys[0], batches).returncode != 0  # the rotated key unknown: rejected
+    assert run(*keys, _tampered(batches)).returncode != 0
+
+
+JOSE_DIR = os.environ.get("CITYGW_TEST_JOSE_DIR")
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not JOSE_DIR or not (Path(JOSE_DIR) / "node_modules" / "jose").is_dir(),
+    reason="needs node and jose: npm install --prefix DIR jose; CITYGW_TEST_JOSE_DIR=DIR",
+)
+def test_integrator_javascript_example_verifies_the_same_batches(tmp_path: Path, key: Path) -> None:
+    assert JOSE_DIR is not None
+    keys, batches = _rotated_batches(tmp_path, key)
+    (example,) = code_blocks(REPO / "docs" / "integrator.md", "javascript")
+    script = Path(JOSE_DIR) / f"verify-{os.getpid()}.mjs"  # beside node_modules, where import finds jose
+    script.write_text(example)
+    try:
+
+        def run(*args: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["node", str(script), *map(str, args)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+
+        done = run(*keys, batches)
+        assert done.returncode == 0, done.stderr
+        _check_output(done.stdout.splitlines())
+        assert run(keys[0], batches).returncode != 0
+        assert run(*keys, _tampered(batches)).returncode != 0
+    finally:
+        script.unlink()
