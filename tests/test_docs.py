@@ -13,7 +13,8 @@
 
 - Every ``citygw ...`` command line in a fenced ``sh``/``bash``/``console``/``shell`` block parses
   with the real CLI parser, and its subcommand's ``--help`` works; ``citygw decode`` lines run for
-  real (decoding is pure) and must succeed.
+  real (decoding is pure) and must succeed. A `citygw ...` in the prose names a real subcommand and
+  only options it has.
 - The integrator's Python verification example runs against batches the gateway produced, across a
   key rotation, a duplicate and a gap record, and refuses a tampered batch and an unknown key; so
   does the JavaScript one where node and jose are installed (``CITYGW_TEST_JOSE_DIR``, a directory
@@ -22,6 +23,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import re
@@ -288,6 +290,32 @@ def test_command_lines_cover_the_cli() -> None:
     used = {args[0] for _, args in _COMMANDS if args}
     wanted = {"run", "check", "keygen", "verify", "decode", "probe", "scan", "receive", "resend", "status"}
     assert wanted <= used, f"no documented command line for {wanted - used}"
+
+
+def _options_of(command: str) -> set[str] | None:
+    """The option strings of a subcommand of the real parser; None if there is no such subcommand."""
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub = action.choices.get(command)
+            return None if sub is None else set(sub._option_string_actions)
+    return None
+
+
+_INLINE = re.compile(r"`citygw (?P<rest>[^`]*)`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_inline_citygw_commands_name_real_subcommands_and_options(doc: Path) -> None:
+    """Commands in the prose (`citygw status -c FILE [--json]`) may hold placeholders, so they are
+    not parsed whole; their subcommand and every option they name must exist."""
+    for match in _INLINE.finditer(doc.read_text()):
+        words = match["rest"].replace("[", " ").replace("]", " ").split()
+        if not words or words[0].startswith("-"):
+            continue
+        options = _options_of(words[0])
+        assert options is not None, f"{doc.name}: `citygw {match['rest']}`: no subcommand {words[0]!r}"
+        named = {w.split("=")[0] for w in words[1:] if re.fullmatch(r"--?[a-z][\w-]*(=.*)?", w)}
+        assert named <= options, f"{doc.name}: `citygw {match['rest']}`: no option {named - options}"
 
 
 def test_the_command_finder_catches_a_wrong_option(capsys: pytest.CaptureFixture[str]) -> None:
