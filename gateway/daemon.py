@@ -14,7 +14,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from drivers import synthetic
@@ -22,8 +22,11 @@ from drivers.health import DeviceHealth
 from drivers.modbus import bus as modbus_bus
 from drivers.serial import transport as serial_transport
 from gateway.buffer import BatchLimits, Buffer
+from gateway.config.report import report_policies
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
+from gateway.reading import Reading
+from gateway.report import Reporter
 from gateway.sdnotify import Notifier
 from gateway.signing import Signer
 from gateway.store import Store
@@ -112,6 +115,9 @@ class Gateway:
             UPLINK_RUNNERS[uplink.type](name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
             for name, uplink in config.uplinks.items()
         ]
+        policies = report_policies(config.devices)
+        # edge processing (report: on_change / aggregate) sits between the drivers and the buffer
+        self.reporter = Reporter(policies, started=time.time()) if policies else None
         self.health: dict[str, DeviceHealth] = {}
         self._stop = asyncio.Event()
         self.ops = Operations(self)  # clock, watchdog, metrics
@@ -127,11 +133,28 @@ class Gateway:
             for name in devices:
                 self.health[name] = DeviceHealth(name)
             health = {name: self.health[name] for name in devices}
-            work[bus_name] = functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
+            sink = self.pipeline.put if self.reporter is None else self._report
+            work[bus_name] = functools.partial(runner, bus_name, bus, devices, sink, health)
         return work
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _report(self, readings: Iterable[Reading]) -> None:
+        """The drivers' sink when some device is not reported raw: process, then buffer."""
+        assert self.reporter is not None
+        out = self.reporter.process(readings)
+        if out:
+            await self.pipeline.put(out)
+
+    async def _close_windows(self) -> None:
+        """Aggregate windows end on the clock, whether or not a sample comes to close them."""
+        assert self.reporter is not None
+        while True:
+            await asyncio.sleep(1.0)
+            out = self.reporter.due(time.time())
+            if out:
+                await self.pipeline.put(out)
 
     def status_line(self) -> str:
         uplinks = ", ".join(
@@ -176,6 +199,10 @@ class Gateway:
                 ]
                 heartbeat = group.create_task(self._heartbeat(), name="heartbeat")
                 ops = group.create_task(supervise("ops", self.ops.run), name="ops")
+                others = [heartbeat, ops]
+                if self.reporter is not None:
+                    windows = supervise("windows", self._close_windows)
+                    others.append(group.create_task(windows, name="windows"))
                 log.info(
                     "gateway %s running: %d buses, %d uplinks, buffer %s",
                     self.config.gateway.id,
@@ -192,11 +219,13 @@ class Gateway:
                 for task in buses:
                     task.cancel()
                 await asyncio.gather(*buses, return_exceptions=True)
+                if self.reporter is not None:  # open windows leave flagged partial
+                    await self.pipeline.put(self.reporter.flush(time.time()))
                 self.pipeline.stop()
                 await asyncio.gather(writer, return_exceptions=True)
                 await self.pipeline.flush()
                 await self._drain(started + self.drain_timeout)
-                for task in [*uplinks, heartbeat, ops]:
+                for task in [*uplinks, *others]:
                     task.cancel()
             log.info(
                 "stopped in %.2f s: %s",

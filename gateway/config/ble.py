@@ -32,6 +32,7 @@ from pydantic_core import CoreSchema
 
 from drivers.ble.common import normalise_address
 from gateway.config.base import BusId, Int, Section, located, problem, within
+from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, describe, duration_within, format_duration
 
 _ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
@@ -206,6 +207,11 @@ class BleSensor(BleDevice):
     stale_after: Annotated[Duration, AfterValidator(duration_within(1, 86400))] = Field(
         default=600.0, description="silence after which the sensor is reported stale, 1s to 1d"
     )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
+    )
 
     @field_validator("bindkey")
     @classmethod
@@ -230,4 +236,9 @@ class PresenceCounter(BleDevice):
     )
     rssi_threshold: Annotated[Int, AfterValidator(within(-127, 20))] = Field(
         default=-80, description="adverts weaker than this (dBm) are not counted, -127 to 20"
+    )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
     )

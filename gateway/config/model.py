@@ -56,6 +56,7 @@ from gateway.config.base import (
     within,
 )
 from gateway.config.metrics import MetricsSettings
+from gateway.config.report import ReportSettings, check_reports
 from gateway.config.units import Duration, Size, describe, duration_within, format_duration, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
 
@@ -246,6 +247,11 @@ class SyntheticDevice(Section):
         default="wave",
         description="wave: plausible values; sequence: reading i has value i (tests and loss checks)",
     )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
+    )
 
 
 # --- type tables: one entry per type -----------------------------------------------------------
@@ -407,6 +413,11 @@ class Config(Section):
     @model_validator(mode="after")
     def _one_device_per_serial_bus(self) -> Config:
         one_device_per_bus(self.buses, self.devices)
+        return self
+
+    @model_validator(mode="after")
+    def _reports_fit_devices(self) -> Config:
+        check_reports(self.devices)
         return self
 
     def buffer_path(self, environ: Mapping[str, str] | None = None) -> Path:
