@@ -133,7 +133,18 @@ class _OnChangeState:
             if reading.time - sent.time > self.heartbeat:
                 out.append(held)  # the heartbeat: this sample would come too late for it
                 sent = self.sent = held
-        if reading.time - sent.time >= self.heartbeat or self.moved(reading.value, sent.value):
+        value, ref = reading.value, sent.value
+        if (value.__class__ is float or value.__class__ is int) and (
+            ref.__class__ is float or ref.__class__ is int
+        ):  # the common case, inline: |value - ref| > max(absolute, relative * |ref|)
+            delta = value - ref
+            band = self.absolute
+            if self.relative:
+                band = max(band, self.relative * (ref if ref >= 0 else -ref))
+            moved = delta > band or -delta > band
+        else:
+            moved = self.moved(value, ref)
+        if moved or reading.time - sent.time >= self.heartbeat:
             out.append(reading)
             self.sent = reading
         else:
@@ -298,11 +309,11 @@ class Reporter:
 
     def process(self, readings: Iterable[Reading]) -> list[Reading]:
         """The readings to store now, for ``readings`` (one poll of a device, in time order)."""
+        if not isinstance(readings, list):
+            readings = list(readings)
         out: list[Reading] = []
         states = self._states
-        count = 0
         for reading in readings:
-            count += 1
             key = (reading.device, reading.name)
             try:
                 state = states[key]
@@ -312,7 +323,7 @@ class Reporter:
                 out.append(reading)
             else:
                 state.feed(reading, out)
-        self.counters.samples += count
+        self.counters.samples += len(readings)
         self.counters.sent += len(out)
         return out
 
