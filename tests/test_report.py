@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.ngsi import entities
 from gateway.reading import Flag, Reading
 from gateway.report import (
     MAX_EMPTY_WINDOWS,
@@ -357,3 +358,15 @@ def test_records_stored_before_windows_existed_still_read_as_samples() -> None:
         "v": 21.5,
         "flags": ["clock-unsynced"],
     }
+
+
+def test_ngsi_keeps_aggregates_apart_from_the_live_attribute() -> None:
+    records = [
+        record_of(Reading("m", "voltage:l1/mean", 230.1, "V", T0, 0, 60.0)),
+        record_of(Reading("m", "voltage:l1", 230.4, "V", T0 + 61)),
+    ]
+    pack = build_pack("gw", [r for r in records if r is not None])
+    meter, mean = entities({"gateway": "gw", "senml": pack}, source="s", context=["c"])
+    assert meter["phaseVoltage"]["value"] == {"L1": 230.4}
+    assert mean["type"] == "DeviceMeasurement" and mean["controlledProperty"]["value"] == "voltage:l1/mean"
+    assert mean["numValue"]["value"] == 230.1

@@ -217,3 +217,19 @@ def test_check_exits_78_on_a_report_that_makes_no_sense(workdir: Path) -> None:
         "devices.g.report.on_change.heartbeat: the heartbeat (1s) is shorter than the device's interval (4s)"
         in (done.stderr + done.stdout)
     )
+
+
+def test_the_modbus_example_reports_as_its_comments_say(workdir: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    text = (repo / "config" / "examples" / "modbus.yaml").read_text()
+    path = workdir / "modbus.yaml"
+    path.write_text(text.replace("/etc/citygw/signing.key", str(workdir / "key.pem")))
+    policies = report_policies(load_config(path, environ={}).devices)
+    assert policies == {
+        "meter-1": DevicePolicy(
+            Aggregate(900.0, (Statistic.MEAN, Statistic.MIN, Statistic.MAX)),
+            {"frequency": OnChange(900.0, 0.05)},
+            frozenset({"activeEnergyImport", "activeEnergyExport"}),
+        ),
+        "climate-1": DevicePolicy(OnChange(600.0, 0.2)),
+    }
