@@ -7,8 +7,9 @@ A street box's worth of devices, polled once a second, ten readings per poll:
 - a third aggregated over 1-minute windows (mean, min, max, count; one reading a counter, summed),
   with one reading overridden to raw and one to on change.
 
-The readings are built before the clock starts; the time measured is :meth:`Reporter.process`
-over every poll, plus :meth:`Reporter.due` once per simulated second, as the daemon calls them.
+The readings are built (as the pipeline's stored records) before the clock starts; the time
+measured is :meth:`Reporter.process` over every poll, plus :meth:`Reporter.due` once per simulated
+second, as the pipeline and the daemon call them.
 Prints one JSON line:
 
   samples_per_s   samples processed per second, best of --repeat runs (target >= 500000)
@@ -28,8 +29,8 @@ import random
 import statistics
 import time
 
-from gateway.reading import Reading
 from gateway.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
+from gateway.senml import Record
 
 NAMES = (
     "voltage:l1",
@@ -61,12 +62,12 @@ def policies(devices: int) -> dict[str, DevicePolicy]:
     return out
 
 
-def polls(samples: int, devices: int, seed: int = 7) -> tuple[list[list[list[Reading]]], int]:
+def polls(samples: int, devices: int, seed: int = 7) -> tuple[list[list[list[Record]]], int]:
     """Polls by simulated second: ``[second][device] -> readings``."""
     rng = random.Random(seed)
     seconds = math.ceil(samples / (devices * len(NAMES)))
     energy = [0] * devices
-    out: list[list[list[Reading]]] = []
+    out: list[list[list[Record]]] = []
     for second in range(seconds):
         now = T0 + second
         cycle = []
@@ -76,11 +77,11 @@ def polls(samples: int, devices: int, seed: int = 7) -> tuple[list[list[list[Rea
             values = [230 + rng.gauss(0, 1.0) for _ in range(3)]
             values += [10 + rng.gauss(0, 0.3) for _ in range(3)]
             values += [7000 + rng.gauss(0, 50), 50 + rng.gauss(0, 0.01), 0.95 + rng.gauss(0, 0.005)]
-            poll = [
-                Reading(device, name, round(value, 2), "", now + index * 0.001)
+            poll: list[Record] = [
+                (device, name, "", round(value, 2), now + index * 0.001, 0)
                 for name, value in zip(NAMES[:-1], values, strict=True)
             ]
-            poll.append(Reading(device, NAMES[-1], energy[index], "Wh", now + index * 0.001))
+            poll.append((device, NAMES[-1], "Wh", energy[index], now + index * 0.001, 0))
             cycle.append(poll)
         out.append(cycle)
     return out, seconds * devices * len(NAMES)

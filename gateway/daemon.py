@@ -14,7 +14,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from drivers import synthetic
@@ -25,7 +25,6 @@ from gateway.buffer import BatchLimits, Buffer
 from gateway.config.report import report_policies
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
-from gateway.reading import Reading
 from gateway.report import Reporter
 from gateway.sdnotify import Notifier
 from gateway.signing import Signer
@@ -116,8 +115,10 @@ class Gateway:
             for name, uplink in config.uplinks.items()
         ]
         policies = report_policies(config.devices)
-        # edge processing (report: on_change / aggregate) sits between the drivers and the buffer
+        # edge processing (report: on_change / aggregate): in the pipeline, after the clock's stamp
         self.reporter = Reporter(policies, started=time.time()) if policies else None
+        if self.reporter is not None:
+            self.pipeline.process = self.reporter.process
         self.health: dict[str, DeviceHealth] = {}
         self._stop = asyncio.Event()
         self.ops = Operations(self)  # clock, watchdog, metrics
@@ -133,19 +134,11 @@ class Gateway:
             for name in devices:
                 self.health[name] = DeviceHealth(name)
             health = {name: self.health[name] for name in devices}
-            sink = self.pipeline.put if self.reporter is None else self._report
-            work[bus_name] = functools.partial(runner, bus_name, bus, devices, sink, health)
+            work[bus_name] = functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
         return work
 
     def stop(self) -> None:
         self._stop.set()
-
-    async def _report(self, readings: Iterable[Reading]) -> None:
-        """The drivers' sink when some device is not reported raw: process, then buffer."""
-        assert self.reporter is not None
-        out = self.reporter.process(readings)
-        if out:
-            await self.pipeline.put(out)
 
     async def _close_windows(self) -> None:
         """Aggregate windows end on the clock, whether or not a sample comes to close them."""
@@ -154,7 +147,7 @@ class Gateway:
             await asyncio.sleep(1.0)
             out = self.reporter.due(time.time())
             if out:
-                await self.pipeline.put(out)
+                await self.pipeline.put_records(out)
 
     def status_line(self) -> str:
         uplinks = ", ".join(
@@ -220,7 +213,7 @@ class Gateway:
                     task.cancel()
                 await asyncio.gather(*buses, return_exceptions=True)
                 if self.reporter is not None:  # open windows leave flagged partial
-                    await self.pipeline.put(self.reporter.flush(time.time()))
+                    await self.pipeline.put_records(self.reporter.flush(time.time()))
                 self.pipeline.stop()
                 await asyncio.gather(writer, return_exceptions=True)
                 await self.pipeline.flush()

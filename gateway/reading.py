@@ -35,8 +35,6 @@ class Reading:
 
     ``time`` is UTC seconds since the Unix epoch; ``unit`` is a SenML unit (RFC 8428 §12.1,
     RFC 8798) or ``""`` for unitless values; ``name`` comes from :mod:`gateway.vocabulary`.
-    ``window`` is 0 for a sample; for an aggregate (:mod:`gateway.report`) it is the length of
-    the window in seconds, and ``time`` is the window's start.
     """
 
     device: str
@@ -45,4 +43,3 @@ class Reading:
     unit: str
     time: float
     flags: int = 0
-    window: float = 0.0

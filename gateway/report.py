@@ -12,8 +12,9 @@ A device, and each reading name within it, is reported one of three ways (:class
 - **aggregate** (:class:`Aggregate`): one record per statistic per window. Windows are aligned to
   the clock (multiples of ``window`` seconds since the epoch: a 15-minute window starts at :00,
   :15, :30, :45). A record's time is its window's start and it carries the window length
-  (:attr:`Reading.window`); its name is ``{reading}/{statistic}`` (``pm25/mean``). A window that
-  saw no sample is reported as ``{reading}/count`` = 0, nothing else. A counter
+  (``window`` on the wire, :func:`gateway.senml.window_of`); its name is
+  ``{reading}/{statistic}`` (``pm25/mean``). A window that saw no sample is reported as
+  ``{reading}/count`` = 0, nothing else. A counter
   (``counter: true``) is aggregated as its increments between successive samples, so ``sum`` is
   how much it went up within the window and is always reported: successive windows never count
   the same increment twice. A sample flagged ``counter-rollover`` starts the counter again: the
@@ -24,19 +25,30 @@ The first window after start and the windows still open at shutdown (:meth:`Repo
 flagged :attr:`Flag.PARTIAL`: each holds only part of its window's samples, and together with the
 other part (before a restart, after it) they hold them all.
 
-:class:`Reporter` keeps one small state per (device, reading); it does no I/O and reads no
-clock: the caller passes the time to :meth:`Reporter.due` (windows that ended without a sample
-closing them) and :meth:`Reporter.flush`.
+:class:`Reporter` works on stored records (:data:`gateway.senml.Record`) as the pipeline holds
+them, after the clock's stamp: an aggregate carries the clock flags of its samples (so the times
+of windows sampled before the clock synchronised are corrected, or flagged, like theirs), and a
+change of timeline (the clock synchronised) ends the open window as partial instead of reporting
+the jump as empty windows. Values JSON cannot carry (NaN) never reach it. It keeps one small
+state per (device, reading), does no I/O and reads no clock: the caller passes the time to
+:meth:`Reporter.due` (windows that ended without a sample closing them) and :meth:`Reporter.flush`.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.reading import Flag, Reading, Value
+from gateway.reading import Flag, Value
+from gateway.senml import WINDOW_SHIFT, Record, window_flags
+
+# flags that say which timeline a time is on (gateway.clock: unsynced, and the boot); a change of
+# timeline ends a window and restarts on-change comparisons
+_TIMELINE = ((1 << WINDOW_SHIFT) - 1) & ~int(Flag.COUNTER_ROLLOVER | Flag.PARTIAL)
+_ROLLOVER = int(Flag.COUNTER_ROLLOVER)
+_PARTIAL = int(Flag.PARTIAL)
 
 MAX_EMPTY_WINDOWS = 1000
 """Empty windows reported at once at most: a clock that jumps by years must not flood the buffer."""
@@ -105,8 +117,8 @@ class _OnChangeState:
         self.heartbeat = policy.heartbeat
         self.absolute = policy.absolute or 0.0
         self.relative = policy.relative or 0.0
-        self.sent: Reading | None = None
-        self.held: Reading | None = None
+        self.sent: Record | None = None
+        self.held: Record | None = None
         self.counters = counters
 
     def moved(self, value: Value, ref: Value) -> bool:
@@ -121,19 +133,21 @@ class _OnChangeState:
             band = max(band, self.relative * abs(ref))  # type: ignore[arg-type]
         return bool(delta > band)
 
-    def feed(self, reading: Reading, out: list[Reading]) -> None:
+    def feed(self, record: Record, out: list[Record]) -> None:
         sent = self.sent
-        if sent is None:
-            out.append(reading)
-            self.sent = reading
+        if sent is None or (record[5] ^ sent[5]) & _TIMELINE:  # the first, or the clock changed
+            out.append(record)
+            self.sent, self.held = record, None
             return
+        gap = record[4] - sent[4]
         held = self.held
         if held is not None:
             self.held = None
-            if reading.time - sent.time > self.heartbeat:
+            if gap > self.heartbeat:
                 out.append(held)  # the heartbeat: this sample would come too late for it
                 sent = self.sent = held
-        value, ref = reading.value, sent.value
+                gap = record[4] - held[4]
+        value, ref = record[3], sent[3]
         if (value.__class__ is float or value.__class__ is int) and (
             ref.__class__ is float or ref.__class__ is int
         ):  # the common case, inline: |value - ref| > max(absolute, relative * |ref|)
@@ -144,11 +158,11 @@ class _OnChangeState:
             moved = delta > band or -delta > band
         else:
             moved = self.moved(value, ref)
-        if moved or reading.time - sent.time >= self.heartbeat:
-            out.append(reading)
-            self.sent = reading
+        if moved or gap >= self.heartbeat or gap < 0:  # gap < 0: the clock went back
+            out.append(record)
+            self.sent = record
         else:
-            self.held = reading
+            self.held = record
 
 
 class _WindowState:
@@ -172,17 +186,18 @@ class _WindowState:
         "previous",
         "start",
         "statistics",
+        "timeline",
         "total",
         "unit",
+        "window_bits",
     )
 
     def __init__(
-        self, reading: Reading, policy: Aggregate, *, counter: bool, started: float, counters: ReportCounters
+        self, record: Record, policy: Aggregate, *, counter: bool, started: float, counters: ReportCounters
     ) -> None:
-        self.device = reading.device
-        self.name = reading.name
-        self.unit = reading.unit
+        self.device, self.name, self.unit = record[0], record[1], record[2]
         self.length = policy.window
+        self.window_bits = window_flags(policy.window)
         self.statistics = policy.statistics
         if counter and Statistic.SUM not in self.statistics:
             self.statistics = (*self.statistics, Statistic.SUM)
@@ -190,7 +205,8 @@ class _WindowState:
         self.grace = min(LATE_GRACE, self.length)
         self.counters = counters
         self.previous: Value | None = None  # a counter's last cumulative value
-        self.start = math.floor(reading.time / self.length) * self.length
+        self.timeline = record[5] & _TIMELINE
+        self.start = math.floor(record[4] / self.length) * self.length
         self.end = self.start + self.length
         self.partial = started > self.start
         self._reset()
@@ -204,34 +220,40 @@ class _WindowState:
         self.last: Value | None = None
         self.flags = 0
 
-    def feed(self, reading: Reading, out: list[Reading]) -> None:
-        when = reading.time
-        if when >= self.end:
+    def _restart(self, when: float, out: list[Record]) -> None:
+        """Close the open window as partial and open the one holding ``when`` (no empty ones between)."""
+        self.close(out, partial=True)
+        self.start = math.floor(when / self.length) * self.length
+        self.end = self.start + self.length
+        self.partial = True
+        self._reset()
+
+    def feed(self, record: Record, out: list[Record]) -> None:
+        when, flags = record[4], record[5]
+        if (flags & _TIMELINE) != self.timeline:  # the clock was synchronised (or lost): a new timeline
+            self.timeline = flags & _TIMELINE
+            self.previous = None
+            self._restart(when, out)
+        elif when >= self.end:
             self.advance(when, out)
         elif when < self.start:
             if self.start - when > self.grace:  # the clock stepped back: start again there
-                self.close(out, partial=True)
-                self.start = math.floor(when / self.length) * self.length
-                self.end = self.start + self.length
-                self.partial = True
-                self._reset()
+                self._restart(when, out)
             else:
                 self.counters.late += 1
-        value = reading.value
+        value = record[3]
         self.count += 1
+        self.flags |= flags
         if self.counter:
             previous, self.previous = self.previous, value
-            if reading.flags & Flag.COUNTER_ROLLOVER:
-                self.flags |= Flag.COUNTER_ROLLOVER
-                return
-            if previous is None:
+            if flags & _ROLLOVER or previous is None:
                 return
             try:
                 value = value - previous  # type: ignore[operator]
             except TypeError:
                 return
             if value < 0:  # went down without the driver's flag: not an increment either
-                self.flags |= Flag.COUNTER_ROLLOVER
+                self.flags |= _ROLLOVER
                 return
         elif value.__class__ is str:
             self.last = value
@@ -251,7 +273,7 @@ class _WindowState:
         except TypeError:
             pass
 
-    def advance(self, when: float, out: list[Reading]) -> None:
+    def advance(self, when: float, out: list[Record]) -> None:
         """Close the open window and any empty ones up to the window holding ``when``."""
         self.close(out, partial=self.partial)
         self.partial = False
@@ -261,16 +283,16 @@ class _WindowState:
             self.counters.skipped_windows += empty
         elif empty > 0:
             for index in range(empty):
-                out.append(self._record(Statistic.COUNT, 0, self.end + index * self.length, 0))
+                out.append(self._record(Statistic.COUNT, 0, self.end + index * self.length, self.timeline))
         self.start, self.end = start, start + self.length
         self._reset()
 
-    def close(self, out: list[Reading], *, partial: bool) -> None:
+    def close(self, out: list[Record], *, partial: bool) -> None:
         """The records of the open window."""
-        flags = self.flags | (Flag.PARTIAL if partial else 0)
+        flags = self.flags | (_PARTIAL if partial else 0)
         start = self.start
         if not self.count:
-            out.append(self._record(Statistic.COUNT, 0, start, flags))
+            out.append(self._record(Statistic.COUNT, 0, start, flags | self.timeline))
             return
         numbers = self.numbers
         for statistic in self.statistics:
@@ -290,13 +312,15 @@ class _WindowState:
             else:
                 out.append(self._record(statistic, self.total, start, flags))
 
-    def _record(self, statistic: Statistic, value: Value, start: float, flags: int) -> Reading:
+    def _record(self, statistic: Statistic, value: Value, start: float, flags: int) -> Record:
         unit = COUNT_UNIT if statistic is Statistic.COUNT else self.unit
-        return Reading(self.device, f"{self.name}/{statistic}", value, unit, start, flags, self.length)
+        if not self.counter:
+            flags &= ~_ROLLOVER
+        return (self.device, f"{self.name}/{statistic}", unit, value, start, flags | self.window_bits)
 
 
 class Reporter:
-    """The processing stage: readings in, the readings and aggregates to store out."""
+    """The processing stage: stored records of samples in, the records to store out."""
 
     def __init__(self, policies: Mapping[str, DevicePolicy], *, started: float) -> None:
         """``policies`` by device (a device not named is raw); ``started`` is when sampling began
@@ -307,65 +331,61 @@ class Reporter:
         self._states: dict[tuple[str, str], _OnChangeState | _WindowState | None] = {}
         self._windows: list[_WindowState] = []
 
-    def process(self, readings: Iterable[Reading]) -> list[Reading]:
-        """The readings to store now, for ``readings`` (one poll of a device, in time order)."""
-        if not isinstance(readings, list):
-            readings = list(readings)
-        out: list[Reading] = []
+    def process(self, records: list[Record]) -> list[Record]:
+        """The records to store now, for ``records`` (one poll of a device, in time order)."""
+        out: list[Record] = []
         states = self._states
-        for reading in readings:
-            key = (reading.device, reading.name)
+        for record in records:
+            key = (record[0], record[1])
             try:
                 state = states[key]
             except KeyError:
-                state = states[key] = self._new_state(reading)
+                state = states[key] = self._new_state(record)
             if state is None:
-                out.append(reading)
+                out.append(record)
             else:
-                state.feed(reading, out)
-        self.counters.samples += len(readings)
+                state.feed(record, out)
+        self.counters.samples += len(records)
         self.counters.sent += len(out)
         return out
 
-    def _new_state(self, reading: Reading) -> _OnChangeState | _WindowState | None:
-        device = self.policies.get(reading.device)
+    def _new_state(self, record: Record) -> _OnChangeState | _WindowState | None:
+        device = self.policies.get(record[0])
         if device is None:
             return None
-        policy = device.policy_of(reading.name)
+        policy = device.policy_of(record[1])
         if policy is None:
             return None
         if isinstance(policy, OnChange):
             return _OnChangeState(policy, self.counters)
         state = _WindowState(
-            reading,
+            record,
             policy,
-            counter=reading.name in device.counters,
+            counter=record[1] in device.counters,
             started=self.started,
             counters=self.counters,
         )
         self._windows.append(state)
         return state
 
-    def due(self, now: float) -> list[Reading]:
+    def due(self, now: float) -> list[Record]:
         """The records of windows that ended (a grace period ago) without a later sample closing them."""
-        out: list[Reading] = []
+        out: list[Record] = []
         for state in self._windows:
             if now - state.grace >= state.end:
                 state.advance(now - state.grace, out)
         self.counters.sent += len(out)
         return out
 
-    def flush(self, now: float) -> list[Reading]:
+    def flush(self, now: float) -> list[Record]:
         """At shutdown: the records of every window that saw a sample, flagged partial unless the
         window is over; after this the reporter starts afresh."""
-        out: list[Reading] = []
+        out: list[Record] = []
         for state in self._windows:
             if now >= state.end:
                 state.advance(now, out)
             if state.count:  # a window just begun, with no sample yet, says nothing
                 state.close(out, partial=True)
-            state.count = 0
-            state.start = state.end = math.inf
         self._windows.clear()
         self._states.clear()
         self.counters.sent += len(out)

@@ -6,7 +6,7 @@ thousands of them in memory and on disk and the pack is built once per batch. Th
 ``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
 the value field that fits the type (``v``, ``vb``, ``vs``; §4.2).
 
-An aggregate's window length (:attr:`Reading.window`) travels in the record's flags, above bit
+An aggregate's window length (:mod:`gateway.report`) travels in the record's flags, above bit
 :data:`WINDOW_SHIFT`, in milliseconds: records stored before aggregates existed read as samples,
 the stored format is unchanged, and :mod:`gateway.clock`'s corrections (which keep every bit they
 do not own) carry it along. On the wire it is the ``window`` field, in seconds.
@@ -36,10 +36,12 @@ def record_of(reading: Reading) -> Record | None:
     value = reading.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    flags = reading.flags
-    if reading.window:
-        flags |= round(reading.window * 1000) << WINDOW_SHIFT
-    return (reading.device, reading.name, reading.unit, value, reading.time, flags)
+    return (reading.device, reading.name, reading.unit, value, reading.time, reading.flags)
+
+
+def window_flags(seconds: float) -> int:
+    """The bits that carry a window of ``seconds`` in a stored record's flags."""
+    return round(seconds * 1000) << WINDOW_SHIFT
 
 
 def window_of(flags: int) -> float:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.clock import ClockWatch
 from gateway.ngsi import entities
 from gateway.reading import Flag, Reading
 from gateway.report import (
@@ -26,11 +29,60 @@ from gateway.report import (
     Reporter,
     Statistic,
 )
-from gateway.senml import build_pack, record_of, window_of
+from gateway.senml import WINDOW_SHIFT, Record, build_pack, record_of, window_flags, window_of
 from gateway.verify import decode_pack
 
 T0 = 1_790_035_200.0  # a UTC midnight: every window starts here
 ALL = tuple(Statistic)
+
+
+@dataclass(frozen=True)
+class Out:
+    """A record the stage made (an aggregate), read back."""
+
+    device: str
+    name: str
+    value: Any
+    unit: str
+    time: float
+    flags: int  # without the window bits
+    window: float
+
+
+class Stage:
+    """The reporter as the pipeline drives it (stored records in and out), spoken to in readings:
+    a sample passed through comes back as the very reading handed in."""
+
+    def __init__(self, policies: Mapping[str, DevicePolicy], *, started: float) -> None:
+        self.reporter = Reporter(policies, started=started)
+        self.counters = self.reporter.counters
+        self._origin: dict[int, tuple[Record, Reading]] = {}
+
+    def _records(self, readings: Sequence[Reading]) -> list[Record]:
+        records = []
+        for reading in readings:
+            record = record_of(reading)
+            assert record is not None
+            self._origin[id(record)] = (record, reading)
+            records.append(record)
+        return records
+
+    def _readings(self, records: list[Record]) -> list[Any]:
+        return [
+            self._origin[id(r)][1]
+            if id(r) in self._origin
+            else Out(r[0], r[1], r[3], r[2], r[4], r[5] & ((1 << WINDOW_SHIFT) - 1), window_of(r[5]))
+            for r in records
+        ]
+
+    def process(self, readings: Sequence[Reading]) -> list[Any]:
+        return self._readings(self.reporter.process(self._records(readings)))
+
+    def due(self, now: float) -> list[Any]:
+        return self._readings(self.reporter.due(now))
+
+    def flush(self, now: float) -> list[Any]:
+        return self._readings(self.reporter.flush(now))
 
 
 def chunks(readings: Sequence[Reading], sizes: Sequence[int]) -> list[list[Reading]]:
@@ -47,17 +99,17 @@ def chunks(readings: Sequence[Reading], sizes: Sequence[int]) -> list[list[Readi
 
 
 def run(
-    reporter: Reporter, readings: Sequence[Reading], sizes: Sequence[int] = (3,), *, end: float
-) -> list[Reading]:
-    out: list[Reading] = []
+    reporter: Stage, readings: Sequence[Reading], sizes: Sequence[int] = (3,), *, end: float
+) -> list[Any]:
+    out: list[Any] = []
     for poll in chunks(readings, list(sizes) * (len(readings) + 1)):
         out.extend(reporter.process(poll))
     out.extend(reporter.flush(end))
     return out
 
 
-def by_window(records: list[Reading]) -> dict[float, dict[str, Reading]]:
-    windows: dict[float, dict[str, Reading]] = defaultdict(dict)
+def by_window(records: list[Out]) -> dict[float, dict[str, Out]]:
+    windows: dict[float, dict[str, Out]] = defaultdict(dict)
     for record in records:
         statistic = record.name.rpartition("/")[2]
         assert statistic not in windows[record.time], f"two {statistic} records for window {record.time}"
@@ -99,7 +151,7 @@ def test_aggregates_equal_the_statistics_computed_directly(
         times.append(now)
     readings = [Reading("d", "pm25", value, "ug/m3", t) for t, (_, value) in zip(times, samples, strict=True)]
     policy = DevicePolicy(Aggregate(window, tuple(statistics)))
-    reporter = Reporter({"d": policy}, started=start)
+    reporter = Stage({"d": policy}, started=start)
     out = run(reporter, readings, sizes, end=times[-1])
 
     expected: dict[float, list[float]] = defaultdict(list)
@@ -154,7 +206,7 @@ def test_counters_aggregate_as_increments_never_counted_twice(
         rise += increment if index else 0
         readings.append(Reading("m", "activeEnergyImport", value, "Wh", now))
     policy = DevicePolicy(Aggregate(window, (Statistic.COUNT,)), counters=frozenset({"activeEnergyImport"}))
-    out = run(Reporter({"m": policy}, started=T0), readings, end=now)
+    out = run(Stage({"m": policy}, started=T0), readings, end=now)
     sums = [r for r in out if r.name == "activeEnergyImport/sum"]
     assert sum(r.value for r in sums) == rise  # type: ignore[misc]
     assert sum(r.value for r in out if r.name.endswith("/count")) == len(readings)  # type: ignore[misc]
@@ -185,7 +237,7 @@ def test_on_change_sends_moves_and_heartbeats_only_and_never_leaves_a_gap(
         now += gap
         readings.append(Reading("d", "temperature", value, "Cel", now))
     policy = DevicePolicy(OnChange(heartbeat, absolute, relative))
-    out = run(Reporter({"d": policy}, started=T0), readings, sizes, end=now)
+    out = run(Stage({"d": policy}, started=T0), readings, sizes, end=now)
 
     assert out[0] is readings[0]
     assert all(r in readings for r in out)
@@ -220,7 +272,7 @@ def test_raw_is_the_default_and_readings_override_the_device() -> None:
         Aggregate(60.0),
         readings={"rssi": None, "batteryLevel": OnChange(3600.0, absolute=1.0)},
     )
-    reporter = Reporter({"s": policy}, started=T0)
+    reporter = Stage({"s": policy}, started=T0)
     polls = [
         [
             Reading("s", "temperature", 20.0 + i, "Cel", T0 + i),
@@ -243,7 +295,7 @@ def test_raw_is_the_default_and_readings_override_the_device() -> None:
 
 
 def test_a_silent_device_gets_count_zero_windows_from_the_clock_not_invented_values() -> None:
-    reporter = Reporter({"d": DevicePolicy(Aggregate(10.0, (Statistic.MEAN, Statistic.MAX)))}, started=T0)
+    reporter = Stage({"d": DevicePolicy(Aggregate(10.0, (Statistic.MEAN, Statistic.MAX)))}, started=T0)
     assert (
         reporter.process([Reading("d", "pm10", 5, "ug/m3", T0 + 1), Reading("d", "pm10", 7, "ug/m3", T0 + 2)])
         == []
@@ -262,14 +314,14 @@ def test_a_silent_device_gets_count_zero_windows_from_the_clock_not_invented_val
 
 def test_shutdown_flushes_open_windows_as_partial_and_restart_marks_its_first_window() -> None:
     policy = {"d": DevicePolicy(Aggregate(60.0, (Statistic.SUM, Statistic.COUNT)))}
-    before = Reporter(policy, started=T0)
+    before = Stage(policy, started=T0)
     before.process([Reading("d", "intensity", n, "count", T0 + n) for n in range(1, 21)])
     partial = before.flush(T0 + 20.5)
     assert [(r.name, r.value, r.flags) for r in partial] == [
         ("intensity/sum", 210, Flag.PARTIAL),
         ("intensity/count", 20, Flag.PARTIAL),
     ]
-    after = Reporter(policy, started=T0 + 30)  # restarted within the same window
+    after = Stage(policy, started=T0 + 30)  # restarted within the same window
     out = after.process([Reading("d", "intensity", n, "count", T0 + n) for n in range(31, 61)])
     out += after.flush(T0 + 61)
     assert [(r.name, r.value, r.time, r.flags) for r in out] == [
@@ -281,14 +333,14 @@ def test_shutdown_flushes_open_windows_as_partial_and_restart_marks_its_first_wi
 
 
 def test_text_values_have_last_and_count_only() -> None:
-    reporter = Reporter({"g": DevicePolicy(Aggregate(60.0, ALL))}, started=T0)
+    reporter = Stage({"g": DevicePolicy(Aggregate(60.0, ALL))}, started=T0)
     reporter.process([Reading("g", "fixQuality", q, "", T0 + i) for i, q in enumerate("aab")])
     out = reporter.flush(T0 + 60)
     assert [(r.name, r.value) for r in out] == [("fixQuality/last", "b"), ("fixQuality/count", 3)]
 
 
 def test_booleans_average_to_the_fraction_of_the_time_true() -> None:
-    reporter = Reporter({"p": DevicePolicy(Aggregate(60.0, (Statistic.MEAN, Statistic.MAX)))}, started=T0)
+    reporter = Stage({"p": DevicePolicy(Aggregate(60.0, (Statistic.MEAN, Statistic.MAX)))}, started=T0)
     reporter.process(
         [Reading("p", "occupancy", b, "", T0 + i) for i, b in enumerate([True, False, True, True])]
     )
@@ -299,13 +351,13 @@ def test_booleans_average_to_the_fraction_of_the_time_true() -> None:
 
 
 def test_on_change_text_sends_every_change() -> None:
-    reporter = Reporter({"d": DevicePolicy(OnChange(3600.0))}, started=T0)
+    reporter = Stage({"d": DevicePolicy(OnChange(3600.0))}, started=T0)
     out = reporter.process([Reading("d", "parkingStatus", s, "", T0 + i) for i, s in enumerate("ffoooff")])
     assert [(r.value, r.time - T0) for r in out] == [("f", 0), ("o", 2), ("f", 5)]
 
 
 def test_clock_jumps_neither_flood_nor_lose_samples() -> None:
-    reporter = Reporter({"d": DevicePolicy(Aggregate(1.0, (Statistic.COUNT,)))}, started=T0)
+    reporter = Stage({"d": DevicePolicy(Aggregate(1.0, (Statistic.COUNT,)))}, started=T0)
     reporter.process([Reading("d", "co2", 400, "ppm", T0)])
     jumped = reporter.process([Reading("d", "co2", 410, "ppm", T0 + 10 * MAX_EMPTY_WINDOWS)])
     assert [(r.name, r.value) for r in jumped] == [("co2/count", 1)]  # no thousands of empty windows
@@ -321,12 +373,11 @@ def test_clock_jumps_neither_flood_nor_lose_samples() -> None:
 
 
 def test_an_aggregate_is_a_signed_senml_record_with_its_window() -> None:
-    sample = Reading("air-1", "pm25", 12, "ug/m3", T0 + 3)
-    mean = Reading("air-1", "pm25/mean", 11.5, "ug/m3", T0, Flag.PARTIAL, 900.0)
-    tiny = Reading("air-1", "pm25/count", 0, "count", T0 + 900, 0, 0.5)
-    records = [record_of(r) for r in (sample, mean, tiny)]
-    assert all(r is not None for r in records)
-    stored = [r for r in records if r is not None]
+    sample = record_of(Reading("air-1", "pm25", 12, "ug/m3", T0 + 3))
+    assert sample is not None
+    mean = ("air-1", "pm25/mean", "ug/m3", 11.5, T0, Flag.PARTIAL | window_flags(900.0))
+    tiny = ("air-1", "pm25/count", "count", 0, T0 + 900, window_flags(0.5))
+    stored: list[Record] = [sample, mean, tiny]
     assert [window_of(r[5]) for r in stored] == [0.0, 900.0, 0.5]
     pack = build_pack("gw", stored)
     assert pack[0] == {
@@ -361,12 +412,61 @@ def test_records_stored_before_windows_existed_still_read_as_samples() -> None:
 
 
 def test_ngsi_keeps_aggregates_apart_from_the_live_attribute() -> None:
-    records = [
-        record_of(Reading("m", "voltage:l1/mean", 230.1, "V", T0, 0, 60.0)),
-        record_of(Reading("m", "voltage:l1", 230.4, "V", T0 + 61)),
+    records: list[Record] = [
+        ("m", "voltage:l1/mean", "V", 230.1, T0, window_flags(60.0)),
+        ("m", "voltage:l1", "V", 230.4, T0 + 61, 0),
     ]
-    pack = build_pack("gw", [r for r in records if r is not None])
+    pack = build_pack("gw", records)
     meter, mean = entities({"gateway": "gw", "senml": pack}, source="s", context=["c"])
     assert meter["phaseVoltage"]["value"] == {"L1": 230.4}
     assert mean["type"] == "DeviceMeasurement" and mean["controlledProperty"]["value"] == "voltage:l1/mean"
     assert mean["numValue"]["value"] == 230.1
+
+
+def test_windows_sampled_before_the_clock_synced_are_corrected_like_their_samples() -> None:
+    """Booted with an old saved time: windows open on that timeline; the sync ends the open one
+    (partial, no empty windows for the jump), and every aggregate made before the sync carries the
+    clock's flags, so the same fix that moves the samples moves it onto the true timeline."""
+    start = 1_599_999_960.0  # a multiple of 60: the saved time, a year behind
+    wall = [start]
+    mono = [100.0]
+    synced = [False]
+    watch = ClockWatch(lambda: synced[0], wall=lambda: wall[0], mono=lambda: mono[0], tag=0x77 << 16)
+    reporter = Reporter({"d": DevicePolicy(Aggregate(60.0, (Statistic.MEAN,)))}, started=wall[0])
+
+    def poll(value: float) -> list[Record]:
+        stamped = watch.stamp([("d", "pm25", "ug/m3", value, wall[0], 0)])
+        return reporter.process(stamped)
+
+    out: list[Record] = []
+    for second in range(90):  # a whole window and half the next, unsynced
+        out += poll(10.0 + (second >= 60))
+        wall[0] += 1
+        mono[0] += 1
+    assert [(r[1], r[3], r[4]) for r in out] == [("pm25/mean", 10.0, start)]
+    assert out[0][5] & ~window_flags(60.0) == int(Flag.CLOCK_UNSYNCED) | 0x77 << 16
+    step = 31_536_000.0 + 17.5  # NTP: a year and some seconds forward
+    wall[0] += step
+    synced[0] = True
+    fix = watch.check()
+    assert fix is not None
+    after = poll(20.0)  # the first sample on the true timeline
+    assert [(r[1], r[3], r[4], r[5] & 0xFFFF) for r in after] == [
+        ("pm25/mean", 11.0, start + 60, int(Flag.CLOCK_UNSYNCED | Flag.PARTIAL))
+    ]
+    assert reporter.counters.skipped_windows == 0  # the jump is no run of empty windows
+    corrected = [fix(r) for r in out + after]
+    assert [(r[4], r[5] & 0xFFFF) for r in corrected] == [
+        (start + step, 0),
+        (start + 60 + step, int(Flag.PARTIAL)),
+    ]
+    assert [window_of(r[5]) for r in corrected] == [60.0, 60.0]
+
+
+def test_on_change_sends_when_the_clock_changes_or_goes_back() -> None:
+    reporter = Reporter({"d": DevicePolicy(OnChange(600.0, absolute=5.0))}, started=T0)
+    first = ("d", "noiseLevel", "dB", 50.0, T0, int(Flag.CLOCK_UNSYNCED))
+    same = ("d", "noiseLevel", "dB", 50.5, T0 + 1, int(Flag.CLOCK_UNSYNCED))
+    synced = ("d", "noiseLevel", "dB", 51.0, T0 + 86400, 0)
+    back = ("d", "noiseLevel", "dB", 51.0, T0 + 86000, 0)
+    assert reporter.process([first, same, synced, back]) == [first, synced, back]
