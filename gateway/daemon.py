@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer
+from gateway.config.report import report_policies
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
+from gateway.report import Reporter
 from gateway.sdnotify import Notifier
 from gateway.signing import Signer
 from gateway.store import Store
@@ -113,6 +115,11 @@ class Gateway:
             UPLINK_RUNNERS[uplink.type](name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
             for name, uplink in config.uplinks.items()
         ]
+        policies = report_policies(config.devices)
+        # edge processing (report: on_change / aggregate): in the pipeline, after the clock's stamp
+        self.reporter = Reporter(policies, started=time.time()) if policies else None
+        if self.reporter is not None:
+            self.pipeline.process = self.reporter.process
         self.health: dict[str, DeviceHealth] = {}
         self._stop = asyncio.Event()
         self.ops = Operations(self)  # clock, watchdog, metrics
@@ -133,6 +140,15 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _close_windows(self) -> None:
+        """Aggregate windows end on the clock, whether or not a sample comes to close them."""
+        assert self.reporter is not None
+        while True:
+            await asyncio.sleep(1.0)
+            out = self.reporter.due(time.time())
+            if out:
+                await self.pipeline.put_records(out)
 
     def status_line(self) -> str:
         uplinks = ", ".join(
@@ -177,6 +193,10 @@ class Gateway:
                 ]
                 heartbeat = group.create_task(self._heartbeat(), name="heartbeat")
                 ops = group.create_task(supervise("ops", self.ops.run), name="ops")
+                others = [heartbeat, ops]
+                if self.reporter is not None:
+                    windows = supervise("windows", self._close_windows)
+                    others.append(group.create_task(windows, name="windows"))
                 log.info(
                     "gateway %s running: %d buses, %d uplinks, buffer %s",
                     self.config.gateway.id,
@@ -193,11 +213,13 @@ class Gateway:
                 for task in buses:
                     task.cancel()
                 await asyncio.gather(*buses, return_exceptions=True)
+                if self.reporter is not None:  # open windows leave flagged partial
+                    await self.pipeline.put_records(self.reporter.flush(time.time()))
                 self.pipeline.stop()
                 await asyncio.gather(writer, return_exceptions=True)
                 await self.pipeline.flush()
                 await self._drain(started + self.drain_timeout)
-                for task in [*uplinks, heartbeat, ops]:
+                for task in [*uplinks, *others]:
                     task.cancel()
             log.info(
                 "stopped in %.2f s: %s",

@@ -152,7 +152,8 @@ def samples(payload: Mapping[str, Any]) -> list[Sample]:
             device = str(record["bn"]).rstrip("/").rsplit("/", 1)[-1]
         base_time = float(record.get("bt", base_time))
         name = str(record["n"])
-        quantity, _, suffix = name.partition(":")
+        # an aggregate ("voltage:l1/mean", gateway.report) is a quantity of its own, unphased
+        quantity, _, suffix = name.partition(":") if "/" not in name else (name, "", "")
         value = record["v"] if "v" in record else record["vb"] if "vb" in record else record["vs"]
         phase = _PHASES.get(suffix.lower()) if suffix else None
         out.append(

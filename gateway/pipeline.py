@@ -1,9 +1,11 @@
 """From drivers to the durable buffer: a bounded intake and the group-committing writer.
 
-Drivers hand over lists of :class:`Reading` (one poll cycle each). The writer commits them
-in groups — when ``commit_rows`` are waiting or the oldest has waited ``commit_interval`` —
-on the buffer's own thread, seals what is due, and wakes the uplinks. When the intake is full
-(the card stalled) ``put`` waits: a driver's next poll is delayed, nothing is dropped.
+Drivers hand over lists of :class:`Reading` (one poll cycle each); the clock's ``stamp`` marks
+them and the edge processing stage (``process``, :mod:`gateway.report`) decides what of them is
+kept. The writer commits them in groups — when ``commit_rows`` are waiting or the oldest has
+waited ``commit_interval`` — on the buffer's own thread, seals what is due, and wakes the
+uplinks. When the intake is full (the card stalled) ``put`` waits: a driver's next poll is
+delayed, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Pipeline:
         self._stopping = False
         # gateway.clock's hook: flags (and keeps monotonic) the readings put while the clock is unsynced
         self.stamp: Callable[[list[Record]], list[Record]] | None = None
+        # gateway.report's hook: what of the stamped readings is stored (on change, aggregates)
+        self.process: Callable[[list[Record]], list[Record]] | None = None
 
     # -- the drivers' side -------------------------------------------------------------------
 
@@ -74,6 +78,20 @@ class Pipeline:
             return
         if self.stamp is not None:
             records = self.stamp(records)
+        if self.process is not None:
+            records = self.process(records)
+        self._admit(records)
+
+    async def put_records(self, records: list[Record]) -> None:
+        """Hand over records already stamped and processed (gateway.report's closed windows)."""
+        while len(self._pending) >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self._admit(records)
+
+    def _admit(self, records: list[Record]) -> None:
+        if not records:
+            return
         if not self._pending:
             self._first_pending = time.monotonic()
             self._wake.set()

@@ -5,6 +5,11 @@ thousands of them in memory and on disk and the pack is built once per batch. Th
 ``bn`` = ``"{gateway}/{device}/"`` (RFC 8428 §4.5.1: names resolve to
 ``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
 the value field that fits the type (``v``, ``vb``, ``vs``; §4.2).
+
+An aggregate's window length (:mod:`gateway.report`) travels in the record's flags, above bit
+:data:`WINDOW_SHIFT`, in milliseconds: records stored before aggregates existed read as samples,
+the stored format is unchanged, and :mod:`gateway.clock`'s corrections (which keep every bit they
+do not own) carry it along. On the wire it is the ``window`` field, in seconds.
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ from typing import Any
 
 from gateway.reading import Reading, flag_names
 
-# device, name, unit, value, time (UTC epoch seconds), flags
+# device, name, unit, value, time (UTC epoch seconds), flags (+ window << WINDOW_SHIFT)
 Record = tuple[str, str, str, float | int | bool | str, float, int]
+
+WINDOW_SHIFT = 32
+"""Bits of a stored record's flags below this are flags (public 0-15, gateway.clock's 16-30);
+the bits from here up hold an aggregate's window length in milliseconds."""
 
 _by_time = itemgetter(4)
 
@@ -28,6 +37,20 @@ def record_of(reading: Reading) -> Record | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return (reading.device, reading.name, reading.unit, value, reading.time, reading.flags)
+
+
+def window_flags(seconds: float) -> int:
+    """The bits that carry a window of ``seconds`` in a stored record's flags."""
+    return round(seconds * 1000) << WINDOW_SHIFT
+
+
+def window_of(flags: int) -> float:
+    """The window length (seconds) a stored record's flags carry; 0 for a sample."""
+    return (flags >> WINDOW_SHIFT) / 1000
+
+
+def _seconds(millis: int) -> int | float:
+    return millis // 1000 if millis % 1000 == 0 else millis / 1000
 
 
 def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
@@ -56,7 +79,11 @@ def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
         if offset:
             rec["t"] = offset
         if flags:
-            rec["flags"] = flag_names(flags)
+            names = flag_names(flags)
+            if names:
+                rec["flags"] = names
+            if flags >> WINDOW_SHIFT:
+                rec["window"] = _seconds(flags >> WINDOW_SHIFT)
         pack.append(rec)
     return pack
 

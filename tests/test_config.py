@@ -111,7 +111,7 @@ devcies: {}
             "FILE:6: buffer.batch.max_size: unknown key 'max_size'; "
             "allowed here: max_readings, max_bytes, max_age",
             "FILE:12: devices.d1.options: unknown key 'options'; "
-            "allowed here: bus, rate, count, quantities, values",
+            "allowed here: bus, rate, count, quantities, values, report",
             "FILE:14: devcies: unknown key 'devcies'; "
             "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
         ),

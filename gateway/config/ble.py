@@ -42,6 +42,7 @@ from gateway.config.base import (
     problem,
     within,
 )
+from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, describe, duration_within, format_duration
 
 _ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
@@ -210,6 +211,11 @@ class BleSensor(BleDevice):
     stale_after: Annotated[Duration, AfterValidator(duration_within(1, 86400))] = Field(
         default=600.0, description="silence after which the sensor is reported stale, 1s to 1d"
     )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
+    )
 
     @field_validator("bindkey")
     @classmethod
@@ -234,6 +240,11 @@ class PresenceCounter(BleDevice):
     )
     rssi_threshold: Annotated[Int, AfterValidator(within(-127, 20))] = Field(
         default=-80, description="adverts weaker than this (dBm) are not counted, -127 to 20"
+    )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
     )
 
 

@@ -45,6 +45,7 @@ from gateway.config.base import (
     problem,
     within,
 )
+from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within
 from gateway.vocabulary import unit_of
 
@@ -442,6 +443,11 @@ class ModbusDevice(Section):
     )
     backoff_max: Annotated[Duration, AfterValidator(duration_within(0.1, 86400))] = Field(
         default=60.0, description="longest wait between attempts to reach a silent device, 100ms to 1d"
+    )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
     )
     _fields: tuple[RegisterField, ...] = PrivateAttr(default=())
     _profile: Profile | None = PrivateAttr(default=None)

@@ -57,6 +57,7 @@ from gateway.config.base import (
     within,
 )
 from gateway.config.metrics import MetricsSettings
+from gateway.config.report import ReportSettings, check_reports
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
 
@@ -210,6 +211,11 @@ class SyntheticDevice(Section):
     values: Literal["wave", "sequence"] = Field(
         default="wave",
         description="wave: plausible values; sequence: reading i has value i (tests and loss checks)",
+    )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
     )
 
 
@@ -373,6 +379,11 @@ class Config(Section):
     def _devices_do_not_collide(self) -> Config:
         one_device_per_bus(self.buses, self.devices)
         one_sensor_per_address(self.devices)
+        return self
+
+    @model_validator(mode="after")
+    def _reports_fit_devices(self) -> Config:
+        check_reports(self.devices)
         return self
 
     def buffer_path(self, environ: Mapping[str, str] | None = None) -> Path:

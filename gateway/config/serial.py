@@ -17,6 +17,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_va
 
 from drivers.serial.lines import LineFormat
 from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
+from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within, format_duration
 from gateway.vocabulary import unit_of
 
@@ -136,6 +137,11 @@ class SerialDevice(Section):
     )
     fields: dict[str, LineField] | None = Field(
         default=None, description="lines only: source field -> {name, unit, scale, offset}"
+    )
+    report: ReportSettings = Field(
+        default=ReportSettings(),
+        description="what is sent: raw (every sample, the default), on_change or aggregate; "
+        "readings: overrides per reading name",
     )
 
     @field_validator("interval")
