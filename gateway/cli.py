@@ -198,10 +198,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.demo import Options, run_demo
 
-    _setup_logging(args.log_level or "warning")
-    return run_demo(duration=args.duration, rate=args.rate)
+    level = args.log_level or "warning"
+    _setup_logging(level)
+    if args.outage_for is not None and args.outage_at is None:
+        sys.stderr.write("citygw demo: --outage-for needs --outage-at (when the outage starts)\n")
+        return EXIT_USAGE
+    for name in ("duration", "rate", "outage_at", "outage_for"):
+        value = getattr(args, name)
+        if value is not None and (value < 0 or (name in ("duration", "rate", "outage_for") and value == 0)):
+            sys.stderr.write(f"citygw demo: --{name.replace('_', '-')} must be more than 0; got {value:g}\n")
+            return EXIT_USAGE
+    live = args.duration is None and sys.stdout.isatty() and not args.json
+    return run_demo(
+        Options(
+            duration=args.duration,
+            rate=args.rate,
+            outage_at=args.outage_at,
+            outage_for=args.outage_for if args.outage_for is not None else 10.0,
+            live=live,
+            as_json=args.json,
+            log_level=level,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,8 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("demo", help="the gateway on simulated devices into a local broker, verified live")
-    p.add_argument("--duration", type=float, default=None, help="stop after S seconds and print a summary")
-    p.add_argument("--rate", type=float, default=200.0, help="synthetic readings per second")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="run S seconds without the live view, then print a summary; exit 1 if a device "
+        "delivered nothing or anything was lost or failed verification",
+    )
+    p.add_argument("--rate", type=float, default=200.0, help="synthetic readings per second (200)")
+    p.add_argument("--outage-at", type=float, metavar="S", help="cut the uplink S seconds after the start")
+    p.add_argument("--outage-for", type=float, metavar="S", help="for S seconds (10), then restore it")
+    p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_demo)
     return parser

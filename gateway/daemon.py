@@ -92,10 +92,18 @@ class Gateway:
     """One running gateway: buffer, pipeline, drivers and uplinks of one config."""
 
     def __init__(
-        self, config: Config, *, notifier: Notifier | None = None, drain_timeout: float = 2.0
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        drain_timeout: float = 2.0,
+        handle_signals: bool = True,
     ) -> None:
+        """``handle_signals``: SIGTERM and SIGINT call :meth:`stop` (False: the embedding program
+        decides when to stop, e.g. ``citygw demo`` restores its uplink first)."""
         self.config = config
         self.drain_timeout = drain_timeout
+        self.handle_signals = handle_signals
         self.notifier = notifier or Notifier()
         signer = Signer.from_file(config.gateway.key_file)
         buf = config.buffer
@@ -177,7 +185,8 @@ class Gateway:
         """Run until :meth:`stop` (or a signal); then shut down in order and return."""
         await self.store.open()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ()
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
@@ -228,7 +237,7 @@ class Gateway:
                 extra={"event": "stopped"},
             )
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             self.ops.close()

@@ -81,6 +81,7 @@ class LocalBroker:
             [find_mosquitto(), "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=(self.workdir / "mosquitto.log").open("ab"),
+            start_new_session=True,  # a Ctrl-C at the terminal is for us, not the broker: we stop it
         )
         self.starts += 1
         deadline = time.monotonic() + timeout

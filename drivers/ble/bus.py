@@ -170,5 +170,11 @@ async def run_bus(
     *,
     factory: ScannerFactory = BleakScanner,
 ) -> None:
-    """All devices of one BLE bus, until cancelled (see :data:`gateway.daemon.BUS_RUNNERS`)."""
+    """All devices of one BLE bus, until cancelled (see :data:`gateway.daemon.BUS_RUNNERS`).
+
+    A bus with ``replay`` hears the adverts of that recording instead of its adapter."""
+    if bus.replay is not None:
+        from drivers.ble import replay
+
+        factory = replay.factory(bus.replay)
     await BleBusRunner(bus_name, bus, devices, sink, health, factory=factory).run()

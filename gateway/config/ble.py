@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,12 +32,15 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from drivers.ble import recording
 from drivers.ble.common import normalise_address
 from gateway.config.base import (
     BusId,
     ConfigPath,
     Int,
+    ReadableFile,
     Section,
+    load_context,
     located,
     not_below,
     problem,
@@ -137,6 +141,22 @@ class BleBus(Section):
         validate_default=True,
         description="the longest wait between restarts, backoff_initial to 1h",
     )
+    replay: ReadableFile | None = Field(
+        default=None,
+        description="a file of recorded adverts (JSON lines) to replay instead of listening to the "
+        "adapter: for benches and demos; a pole leaves it out",
+    )
+
+    @field_validator("replay")
+    @classmethod
+    def _recording(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        context = load_context(info)
+        if value is not None and context is not None and context.check_files:
+            try:
+                recording.load(value)
+            except recording.RecordingError as exc:
+                raise problem("ble_replay", str(exc)) from None
+        return value
 
 
 class BleDevice(Section):
