@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,3 +182,72 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def start_load(
+    tmp_path: Path,
+    key: Path,
+    port: int,
+    factory: Callable[[Path], Daemon],
+    *,
+    rate: int,
+    count: int,
+    device: str = "load-1",
+    **extra: Any,
+) -> Daemon:
+    """The daemon with one synthetic device whose reading i has value i."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        key=key,
+        port=port,
+        devices={device: {"bus": "gen", "rate": rate, "count": count, "values": "sequence"}},
+        **extra,
+    )
+    daemon = factory(config)
+    daemon.start()
+    return daemon
+
+
+@dataclass
+class BufferSnapshot:
+    """What a buffer file holds, read by plain sqlite3 (e.g. right after a kill -9)."""
+
+    integrity: str
+    values: dict[str, set[Any]] = field(default_factory=dict)  # device -> values, staged or sealed
+    hashes: dict[int, bytes] = field(default_factory=dict)  # seq -> SHA-256 of its JWS (data batches)
+    staged: int = 0  # readings in chunks, not yet sealed
+    cursors: dict[str, int] = field(default_factory=dict)
+    next_seq: int = 1
+
+
+def read_buffer(db_path: Path) -> BufferSnapshot:
+    """Every reading the buffer file holds (staged or sealed), with integrity_check's verdict."""
+    with sqlite3.connect(db_path) as db:
+        snap = BufferSnapshot(integrity=str(db.execute("PRAGMA integrity_check").fetchone()[0]))
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        skip = int(meta.get("stage_skip", 0))
+        assert skip >= 0
+        snap.next_seq = int(meta.get("next_seq", 1))
+        for (data,) in db.execute("SELECT data FROM chunks ORDER BY id"):
+            records = json.loads(zlib.decompress(data))
+            for device, _n, _u, value, _t, _f in records[skip:]:
+                snap.values.setdefault(device, set()).add(value)
+                snap.staged += 1
+            skip = max(0, skip - len(records))
+        for seq, payload, digest in db.execute("SELECT seq, payload, hash FROM batches WHERE kind = 0"):
+            snap.hashes[seq] = bytes(digest)
+            body = json.loads(zlib.decompress(payload))
+            device = ""
+            for record in body["senml"]:
+                if "bn" in record:
+                    device = record["bn"].split("/")[1]
+                snap.values.setdefault(device, set()).add(record["v"])
+        snap.cursors = {str(u): int(s) for u, s in db.execute("SELECT uplink, seq FROM cursors")}
+    return snap
+
+
+def committed_values(db_path: Path) -> dict[str, set[int]]:
+    """Every reading the buffer file holds (staged or sealed); its integrity check must pass."""
+    snap = read_buffer(db_path)
+    assert snap.integrity == "ok", snap.integrity
+    return snap.values
