@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,17 +153,19 @@ def write_config(
 
 
 class Daemon:
-    """``citygw run`` as a real subprocess."""
+    """``citygw run`` as a real subprocess; ``prefix`` runs it through e.g. ``ip netns exec NS``
+    (a command that execs it, so that signals reach the daemon itself)."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, prefix: Sequence[str] = ()) -> None:
         self.config = config
         self.log = log
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
             env=env,
