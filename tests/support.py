@@ -42,9 +42,14 @@ class Collector:
         self.topic = topic
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
+        # the broker holds the subscription (and keeps it across its restarts) from here on
+        if not subscribed.wait(10):
+            raise AssertionError(f"no SUBACK for {topic} within 10 s")
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self._lock:
