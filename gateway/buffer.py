@@ -9,6 +9,12 @@ card about once. Every uplink keeps a cursor; a batch is pruned when all cursors
 Retention caps (logical bytes, age) drop the oldest undelivered batches and put a signed
 gap record in their place.
 
+A full file system (SQLITE_FULL) is retention's emergency case: the buffer keeps a small
+reserve file beside the database; when a write fails for lack of space it deletes the reserve
+(so SQLite can checkpoint and delete), caps itself below its present size, drops the oldest
+undelivered batches behind a gap record and retries. The cap is lifted, and the reserve made
+again, once the file system has room; each episode is logged once, not per commit.
+
 All methods are synchronous and must be called from one thread (see :mod:`gateway.store`).
 """
 
@@ -38,6 +44,10 @@ KIND_DATA = 0
 KIND_GAP = 1
 _SIG_B64_LEN = 86  # an Ed25519 signature is 64 bytes, 86 base64url characters
 _ZLEVEL = 1  # cheap on a Pi; JSON of readings still shrinks 3-6x
+RESERVE_BYTES = 4 * 1024**2  # room set aside for the moment the file system is full (~ a full WAL)
+_FULL_KEEP = 0.8  # after SQLITE_FULL, keep the buffer under this share of the size it had
+_SPACE_CHECK = 5.0  # seconds between looks at the free space while capped
+_FULL_WAL_PAGES = 64  # while capped, checkpoint the WAL every 64 pages (not 1000): it stays small
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -130,6 +140,11 @@ class BufferStats:
     oldest_created: float | None
 
 
+def _is_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: the file system (not our max_disk) has no room for the write."""
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
@@ -195,6 +210,11 @@ class Buffer:
         self._sent: dict[str, int] = {}  # per uplink: the highest seq handed to it (maybe delivered)
         self._saved_cursors: dict[str, int] = {}
         self._last_age_check = 0.0
+        self.reserve_path = path.with_name(path.name + "-reserve")
+        self.full_cap: int | None = None  # set while the file system is full: the emergency cap
+        self.full_episodes = 0
+        self._full_dropped = [0, 0]  # gap records, readings dropped in the present episode
+        self._last_space_check = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -226,8 +246,9 @@ class Buffer:
         self._pruned_seq = int(meta.get("pruned_seq", 0))
         self._pruned_hash = meta.get("pruned_hash")
         self._skip = int(meta.get("stage_skip", 0))
-        with self._tx():
-            self._put_meta(schema=SCHEMA_VERSION, gateway=self.gateway)
+        if meta.get("schema") != SCHEMA_VERSION or owner != self.gateway:  # no write when nothing changed
+            with self._tx():
+                self._put_meta(schema=SCHEMA_VERSION, gateway=self.gateway)
         now = time.monotonic()
         for chunk_id, n, data in db.execute("SELECT id, n, data FROM chunks ORDER BY id"):
             raw = zlib.decompress(data)
@@ -244,6 +265,12 @@ class Buffer:
         self._saved_cursors = dict(self._cursors)
         if self._staged:
             log.info("buffer: %d readings staged from before the restart", len(self._staged))
+        if not self._make_reserve():
+            log.warning(
+                "buffer: no room for the %d-byte reserve beside %s; a full disk will cost more data",
+                RESERVE_BYTES,
+                self.path,
+            )
 
     def close(self) -> None:
         """Persist cursors and close; staged readings stay staged for the next start."""
@@ -263,8 +290,22 @@ class Buffer:
         """Accept ``records`` (one transaction) and seal what is due.
 
         On a write error nothing changes in memory or on disk and the error is raised: the
-        caller still holds the records and can try again.
+        caller still holds the records and can try again. A full file system first gets
+        emergency retention (see the module docstring) and one more try.
         """
+        try:
+            return self._commit(records, seal_all=seal_all)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            gaps = self._make_room()
+            if not gaps:
+                raise
+        result = self._commit(records, seal_all=seal_all)
+        result.gaps[:0] = gaps
+        return result
+
+    def _commit(self, records: list[Record], *, seal_all: bool) -> CommitResult:
         db = self._require_db()
         now = time.monotonic()
         staged = self._staged + records if records else self._staged
@@ -330,7 +371,8 @@ class Buffer:
         try:
             result.gaps = self._retention()
         except sqlite3.Error as exc:  # the readings are accepted; retention tries again next commit
-            log.error("retention failed: %s", exc)
+            if not _is_full(exc) or self.full_cap is None:
+                log.error("retention failed: %s", exc)
         return result
 
     def _plan(self, staged: list[Record], staged_bytes: int, age: float, *, seal_all: bool) -> list[_Sealed]:
@@ -505,10 +547,13 @@ class Buffer:
 
     def _retention(self) -> list[Gap]:
         gaps: list[Gap] = []
+        if self.full_cap is not None:
+            self._check_space()
+        cap = self.max_disk if self.full_cap is None else min(self.max_disk, self.full_cap)
         used = self.used_bytes()
-        if used > self.max_disk:
+        if used > cap:
             # drop down to 90% so that retention does not run again on every commit
-            gap = self._drop_oldest(used - int(self.max_disk * 0.9), "max_disk")
+            gap = self._drop_oldest(used - int(cap * 0.9), "max_disk")
             if gap:
                 gaps.append(gap)
         now = time.time()
@@ -518,6 +563,83 @@ class Buffer:
             if gap:
                 gaps.append(gap)
         return gaps
+
+    # -- a full file system ------------------------------------------------------------------
+
+    def _make_reserve(self) -> bool:
+        """Set :data:`RESERVE_BYTES` aside beside the database (allocated, not just sparse)."""
+        if self.reserve_path.exists() and self.reserve_path.stat().st_size >= RESERVE_BYTES:
+            return True
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            self.reserve_path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it (gives its space back); may fail if full."""
+        try:
+            self._require_db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("checkpoint on a full disk failed: %s", exc)
+
+    def _make_room(self) -> list[Gap]:
+        """A write failed with SQLITE_FULL: release the reserve, cap the buffer below its present
+        size and drop the oldest undelivered batches (gap records). Returns the gaps made."""
+        used = self.used_bytes()
+        cap = int(used * _FULL_KEEP)
+        first = self.full_cap is None
+        self.full_cap = cap if first else min(cap, self.full_cap or cap)
+        self._last_space_check = time.monotonic()
+        if first:
+            self.full_episodes += 1
+            self._full_dropped = [0, 0]
+            self._require_db().execute(f"PRAGMA wal_autocheckpoint={_FULL_WAL_PAGES}")
+            log.error(
+                "buffer: the file system holding %s is full (%d bytes buffered); dropping the oldest"
+                " undelivered batches (with gap records) to stay under %d bytes until space returns;"
+                " this is logged again when it ends",
+                self.path,
+                used,
+                self.full_cap,
+            )
+        self.reserve_path.unlink(missing_ok=True)
+        self._checkpoint()
+        try:
+            gap = self._drop_oldest(used - int(self.full_cap * 0.9), "max_disk")
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            return []
+        self._checkpoint()  # the deletion's pages are now free inside the file: commits reuse them
+        return [gap] if gap else []
+
+    def _check_space(self) -> None:
+        """While capped: once the file system has room again, make the reserve and lift the cap."""
+        now = time.monotonic()
+        if now - self._last_space_check < _SPACE_CHECK:
+            return
+        self._last_space_check = now
+        stat = os.statvfs(self.path.parent)
+        free = stat.f_bavail * stat.f_frsize
+        if free < 2 * RESERVE_BYTES or not self._make_reserve():  # the reserve and a full WAL
+            return
+        self._require_db().execute("PRAGMA wal_autocheckpoint=1000")
+        gaps, readings = self._full_dropped
+        log.warning(
+            "buffer: the file system holding %s has room again (%d bytes free); emergency cap lifted"
+            " after dropping %d readings behind %d gap records",
+            self.path,
+            free - RESERVE_BYTES,
+            readings,
+            gaps,
+        )
+        self.full_cap = None
 
     def _in_flight(self, seq: int) -> bool:
         """Whether some uplink may hold ``seq`` without having acknowledged it yet."""
@@ -621,6 +743,10 @@ class Buffer:
                     last_hash,
                 ),
             )
+        if self.full_cap is not None:  # a full disk: one line when it starts, one when it ends
+            self._full_dropped[0] += 1
+            self._full_dropped[1] += readings
+            return gap
         log.warning(
             "retention (%s): dropped batches %d..%d (%d readings) before delivery; a gap record says so",
             reason,

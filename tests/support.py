@@ -7,11 +7,13 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,14 @@ class Collector:
         self.topic = topic
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
+        # the broker holds the subscription (and keeps it across its restarts) from here on
+        if not subscribed.wait(10):
+            raise AssertionError(f"no SUBACK for {topic} within 10 s")
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self._lock:
@@ -151,17 +158,19 @@ def write_config(
 
 
 class Daemon:
-    """``citygw run`` as a real subprocess."""
+    """``citygw run`` as a real subprocess; ``prefix`` runs it through e.g. ``ip netns exec NS``
+    (a command that execs it, so that signals reach the daemon itself)."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, prefix: Sequence[str] = ()) -> None:
         self.config = config
         self.log = log
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
             env=env,
@@ -180,3 +189,72 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def start_load(
+    tmp_path: Path,
+    key: Path,
+    port: int,
+    factory: Callable[[Path], Daemon],
+    *,
+    rate: int,
+    count: int,
+    device: str = "load-1",
+    **extra: Any,
+) -> Daemon:
+    """The daemon with one synthetic device whose reading i has value i."""
+    config = write_config(
+        tmp_path / "config.yaml",
+        key=key,
+        port=port,
+        devices={device: {"bus": "gen", "rate": rate, "count": count, "values": "sequence"}},
+        **extra,
+    )
+    daemon = factory(config)
+    daemon.start()
+    return daemon
+
+
+@dataclass
+class BufferSnapshot:
+    """What a buffer file holds, read by plain sqlite3 (e.g. right after a kill -9)."""
+
+    integrity: str
+    values: dict[str, set[Any]] = field(default_factory=dict)  # device -> values, staged or sealed
+    hashes: dict[int, bytes] = field(default_factory=dict)  # seq -> SHA-256 of its JWS (data batches)
+    staged: int = 0  # readings in chunks, not yet sealed
+    cursors: dict[str, int] = field(default_factory=dict)
+    next_seq: int = 1
+
+
+def read_buffer(db_path: Path) -> BufferSnapshot:
+    """Every reading the buffer file holds (staged or sealed), with integrity_check's verdict."""
+    with sqlite3.connect(db_path) as db:
+        snap = BufferSnapshot(integrity=str(db.execute("PRAGMA integrity_check").fetchone()[0]))
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        skip = int(meta.get("stage_skip", 0))
+        assert skip >= 0
+        snap.next_seq = int(meta.get("next_seq", 1))
+        for (data,) in db.execute("SELECT data FROM chunks ORDER BY id"):
+            records = json.loads(zlib.decompress(data))
+            for device, _n, _u, value, _t, _f in records[skip:]:
+                snap.values.setdefault(device, set()).add(value)
+                snap.staged += 1
+            skip = max(0, skip - len(records))
+        for seq, payload, digest in db.execute("SELECT seq, payload, hash FROM batches WHERE kind = 0"):
+            snap.hashes[seq] = bytes(digest)
+            body = json.loads(zlib.decompress(payload))
+            device = ""
+            for record in body["senml"]:
+                if "bn" in record:
+                    device = record["bn"].split("/")[1]
+                snap.values.setdefault(device, set()).add(record["v"])
+        snap.cursors = {str(u): int(s) for u, s in db.execute("SELECT uplink, seq FROM cursors")}
+    return snap
+
+
+def committed_values(db_path: Path) -> dict[str, set[int]]:
+    """Every reading the buffer file holds (staged or sealed); its integrity check must pass."""
+    snap = read_buffer(db_path)
+    assert snap.integrity == "ok", snap.integrity
+    return snap.values

@@ -7,64 +7,18 @@ reading by reading.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 from gateway.localbroker import LocalBroker
 
-from .support import Collector, Daemon, verify_all, write_config
+from .support import Collector, Daemon, committed_values, start_load, verify_all
 
 
 def pub(key: Path) -> Path:
     return key.with_name(key.name + ".pub")
-
-
-def committed_values(db_path: Path) -> dict[str, set[int]]:
-    """Every reading the buffer file holds (staged or sealed), read after a kill -9."""
-    out: dict[str, set[int]] = {}
-    with sqlite3.connect(db_path) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        for (data,) in db.execute("SELECT data FROM chunks"):
-            for device, _n, _u, value, _t, _f in json.loads(zlib.decompress(data)):
-                out.setdefault(device, set()).add(value)
-        skip = db.execute("SELECT value FROM meta WHERE key = 'stage_skip'").fetchone()
-        assert skip is None or skip[0] >= 0
-        for (payload,) in db.execute("SELECT payload FROM batches WHERE kind = 0"):
-            body = json.loads(zlib.decompress(payload))
-            device = ""
-            for record in body["senml"]:
-                if "bn" in record:
-                    device = record["bn"].split("/")[1]
-                out.setdefault(device, set()).add(record["v"])
-    return out
-
-
-def start_load(
-    tmp_path: Path,
-    key: Path,
-    port: int,
-    factory: Callable[[Path], Daemon],
-    *,
-    rate: int,
-    count: int,
-    device: str = "load-1",
-    **extra: object,
-) -> Daemon:
-    """The daemon with one synthetic device whose reading i has value i."""
-    config = write_config(
-        tmp_path / "config.yaml",
-        key=key,
-        port=port,
-        devices={device: {"bus": "gen", "rate": rate, "count": count, "values": "sequence"}},
-        **extra,
-    )
-    daemon = factory(config)
-    daemon.start()
-    return daemon
 
 
 def test_100k_readings_arrive_verified_contiguous_and_chained(

@@ -44,6 +44,7 @@ SECRET_FILES: Mapping[str, str] = {
 _ID_SECTIONS = ("uplinks", "buses", "devices")
 _VARIABLE = re.compile(r"\$\$\{|\$\{(?P<name>[^}]*)(?P<close>\}?)")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_VALUES = 100_000  # values a config may stand for once anchors and aliases are expanded
 _MAPPING = "a mapping (indented key: value lines)"
 _EXPECTED = {
     "string_type": "text",
@@ -129,6 +130,17 @@ def _parse(text: str, problems: _Problems) -> CommentedMap | None:
     try:
         node = yaml.compose(text)
         root = yaml.load(text)
+        if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+            problems.add(
+                None,
+                "",
+                f"the file expands to more than {MAX_VALUES:,} values through anchors and aliases"
+                " (&name, *name); a config needs far fewer: write the values out, or alias less",
+            )
+            return None
+    except RecursionError:
+        problems.add(None, "", "nested too deeply for a config; a config needs a few levels of indentation")
+        return None
     except MarkedYAMLError as exc:
         where = exc.problem_mark or exc.context_mark
         started = (
@@ -154,6 +166,22 @@ def _parse(text: str, problems: _Problems) -> CommentedMap | None:
         )
         return None
     return root
+
+
+def _expanded_size(node: Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (a YAML bomb is small
+    on disk and huge in memory)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a node that contains itself counts once
+    size = 1
+    if isinstance(node, MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, SequenceNode):
+        size += sum(_expanded_size(item, memo) for item in node.value)
+    memo[id(node)] = size
+    return size
 
 
 def _find_duplicates(node: Node, path: Loc, problems: _Problems, seen: set[int]) -> None:

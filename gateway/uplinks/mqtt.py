@@ -76,8 +76,10 @@ class MqttUplink:
         async for attempt in self._backoff.retrying():
             with attempt:
                 self.status.state = UplinkState.CONNECTING
+                connected = False
                 try:
                     async with self._client() as client:
+                        connected = True
                         self._backoff.reset()
                         self.status.state = UplinkState.CONNECTED
                         self.status.connects += 1
@@ -86,6 +88,8 @@ class MqttUplink:
                         )
                         await self._session(client)
                 except Exception as exc:
+                    if connected:  # the broker went away: the whole fleet is about to reconnect
+                        self._backoff.session_lost()
                     self._note_failure(exc)
                     raise
 
