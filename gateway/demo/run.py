@@ -74,6 +74,11 @@ def _keys() -> Iterator[int | None]:
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     tty.setcbreak(fd)
+    # Ctrl-C must not flush the terminal's output queue: a flush while the view's writer waits for
+    # room in a full queue can leave that writer asleep for good (seen on Linux ptys)
+    mode = termios.tcgetattr(fd)
+    mode[3] |= termios.NOFLSH
+    termios.tcsetattr(fd, termios.TCSANOW, mode)
     try:
         yield fd
     finally:
