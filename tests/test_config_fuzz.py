@@ -110,6 +110,11 @@ def test_deep_nesting_is_a_config_error_not_a_recursion_error() -> None:
     assert "nested too deeply" in problems_of(b"a: " + b"[" * 1200 + b"]" * 1200)
 
 
+def test_a_yaml_1_0_directive_is_a_config_error_not_an_assertion_error() -> None:
+    """Found by bench/fuzz.py (atheris): ruamel.yaml asserts on ``%YAML 1.0``."""
+    assert "not valid YAML: version minor part" in problems_of(b"%YAML 1.0\n---\ngateway: {id: b}\n")
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     lines = draw(st.sampled_from(SEEDS)).split(b"\n")

@@ -141,6 +141,9 @@ def _parse(text: str, problems: _Problems) -> CommentedMap | None:
     except RecursionError:
         problems.add(None, "", "nested too deeply for a config; a config needs a few levels of indentation")
         return None
+    except AssertionError as exc:  # ruamel.yaml asserts on some directives, e.g. %YAML 1.0
+        problems.add(None, "", f"not valid YAML: {exc}; remove the %YAML line or write %YAML 1.2")
+        return None
     except MarkedYAMLError as exc:
         where = exc.problem_mark or exc.context_mark
         started = (
