@@ -235,7 +235,7 @@ async def test_dead_unit_among_five_the_others_keep_their_interval() -> None:
             times = sink.poll_times()
             for u in (1, 2, 4, 5):
                 gaps = [b - a for a, b in zip(times[f"climate-{u}"], times[f"climate-{u}"][1:], strict=False)]
-                assert statistics.mean(gaps) == pytest.approx(interval, rel=0.15), (u, gaps)  # a loaded CI box
+                assert statistics.mean(gaps) == pytest.approx(interval, rel=0.15), (u, gaps)
                 assert max(gaps) < interval + timeout + 0.06, (u, max(gaps))
                 assert health[f"climate-{u}"].state is DeviceState.OK
             # it comes back by itself
