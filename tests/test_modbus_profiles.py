@@ -313,7 +313,7 @@ def test_each_bus_type_keeps_its_model(tmp_path: Path, key: Path) -> None:
 
 def test_a_wheel_ships_the_profiles_where_an_installed_citygw_finds_them(tmp_path: Path) -> None:
     """`pip install` of the source (what scripts/install.sh does on a Pi) is not editable: the
-    profiles must travel inside the wheel, to <prefix>/share/citygw/profiles."""
+    profiles and the demo must travel inside the wheel, to <prefix>/share/citygw (gateway/shipped.py)."""
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
         capture_output=True,
@@ -331,3 +331,8 @@ def test_a_wheel_ships_the_profiles_where_an_installed_citygw_finds_them(tmp_pat
             if "/data/share/citygw/profiles/" in n and n.endswith(".yaml")
         }
     assert shipped and inside == shipped
+    with zipfile.ZipFile(wheel) as archive:  # and the demo, whose config names its recording beside it
+        demo = {
+            n.split("/data/share/citygw/", 1)[1] for n in archive.namelist() if "/data/share/citygw/demo" in n
+        }
+    assert demo == {"demo.yaml", "demo-adverts.jsonl"}

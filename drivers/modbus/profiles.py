@@ -11,24 +11,15 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from gateway.config.modbus import PROFILE_NAME_RE, Profile
 from gateway.errors import CitygwError
+from gateway.shipped import shipped
 
-
-def _shipped_dir() -> Path:
-    """``config/profiles/`` of a source checkout (or an editable install); in an installed wheel,
-    the same files under ``<prefix>/share/citygw/profiles`` (pyproject.toml's data-files)."""
-    source = Path(__file__).resolve().parents[2] / "config" / "profiles"
-    installed = Path(sys.prefix) / "share" / "citygw" / "profiles"
-    return source if source.is_dir() or not installed.is_dir() else installed
-
-
-SHIPPED_DIR = _shipped_dir()
+SHIPPED_DIR = shipped("profiles")
 """The profiles shipped with citygw."""
 
 

@@ -42,12 +42,13 @@ from gateway.errors import CitygwError
 from gateway.localbroker import LocalBroker, free_port
 from gateway.logging_setup import setup as setup_logging
 from gateway.metrics import GatewayCollector
+from gateway.shipped import shipped
 from gateway.signing import generate_key
 from gateway.uplinks.base import UplinkState
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "demo.yaml"
+DEMO_CONFIG = shipped("demo.yaml")
 RECONNECT_WAIT = 15.0  # seconds the gateway has, at the end, to reconnect after an outage
 DRAIN_TIMEOUT = 15.0  # seconds it has to deliver what it holds once its drivers stopped
 ARRIVAL_WAIT = 10.0  # seconds the platform has to receive what was acknowledged
