@@ -45,6 +45,15 @@ class UplinkStatus:
     parked: int = 0
     last_error: str = ""
 
+    def disconnected(self, exc: BaseException) -> None:
+        """The connection failed: say why in the log, once per distinct reason (a dead broker must
+        not write a line per retry for days)."""
+        self.state = UplinkState.DISCONNECTED
+        text = str(exc) or type(exc).__name__
+        if text != self.last_error:
+            log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
+        self.last_error = text
+
 
 class Rejected(CitygwError):
     """The destination refused a batch for good; retrying the same bytes cannot help."""

@@ -119,15 +119,8 @@ class _HttpBase:
                             self.name, self.pipeline, send, window=self.config.window, status=self.status
                         ).run()
                     except Exception as exc:
-                        self._note_failure(exc)
+                        self.status.disconnected(exc)
                         raise
-
-    def _note_failure(self, exc: BaseException) -> None:
-        self.status.state = UplinkState.DISCONNECTED
-        text = str(exc) or type(exc).__name__
-        if text != self.status.last_error:
-            log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
-        self.status.last_error = text
 
 
 class HttpUplink(_HttpBase):

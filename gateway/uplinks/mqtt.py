@@ -90,15 +90,8 @@ class MqttUplink:
                 except Exception as exc:
                     if connected:  # the broker went away: the whole fleet is about to reconnect
                         self._backoff.session_lost()
-                    self._note_failure(exc)
+                    self.status.disconnected(exc)
                     raise
-
-    def _note_failure(self, exc: BaseException) -> None:
-        self.status.state = UplinkState.DISCONNECTED
-        text = str(exc) or type(exc).__name__
-        if text != self.status.last_error:
-            log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
-        self.status.last_error = text
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Publish until the connection fails; raises to reconnect."""
