@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from drivers.ble import bthome, pvvx, ruuvi
 from drivers.ble.common import DecodeError, Measurement, Reason
 
+from .mutation import mutated
+
 SHORT = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LONG = settings(max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -55,26 +57,6 @@ DECODERS: dict[str, tuple[Callable[[bytes], list[Measurement]], bytes]] = {
     "pvvx": (_pvvx, SEEDS["pvvx"]),
     "atc": (_pvvx, SEEDS["atc"]),
 }
-
-
-@st.composite
-def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
-    """``seed`` with a few bytes replaced, flipped, inserted or deleted, or cut short."""
-    frame = bytearray(seed)
-    for _ in range(draw(st.integers(1, 4))):
-        where = draw(st.integers(0, max(len(frame) - 1, 0)))
-        action = draw(st.sampled_from(["set", "flip", "insert", "delete", "cut"]))
-        if action == "set" and frame:
-            frame[where] = draw(st.integers(0, 255))
-        elif action == "flip" and frame:
-            frame[where] ^= 1 << draw(st.integers(0, 7))
-        elif action == "insert":
-            frame.insert(where, draw(st.integers(0, 255)))
-        elif action == "delete" and frame:
-            del frame[where]
-        elif action == "cut":
-            del frame[where:]
-    return bytes(frame)
 
 
 def anything(seed: bytes) -> st.SearchStrategy[bytes]:

@@ -35,6 +35,7 @@ from drivers.serial import (
 )
 from drivers.serial.decoders import MHZ19, PMS5003, SDS011, FixedFormat, nmea_checksum
 
+from .mutation import mutated
 from .test_serial_decoders import GGA, MHZ, PMS, RMC, SDS, VTG
 
 SHORT = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,26 +46,6 @@ Decode = Callable[[bytes], list[Measurement]]
 
 
 # --- strategies ----------------------------------------------------------------------------------
-
-
-@st.composite
-def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
-    """``seed`` with a few bytes replaced, inserted or deleted, or cut short."""
-    frame = bytearray(seed)
-    for _ in range(draw(st.integers(1, 4))):
-        where = draw(st.integers(0, max(len(frame) - 1, 0)))
-        action = draw(st.sampled_from(["set", "insert", "delete", "cut", "flip"]))
-        if action == "set" and frame:
-            frame[where] = draw(st.integers(0, 255))
-        elif action == "flip" and frame:
-            frame[where] ^= 1 << draw(st.integers(0, 7))
-        elif action == "insert":
-            frame.insert(where, draw(st.integers(0, 255)))
-        elif action == "delete" and frame:
-            del frame[where]
-        elif action == "cut":
-            del frame[where:]
-    return bytes(frame)
 
 
 def frames_of(seed: bytes, size: int) -> st.SearchStrategy[bytes]:
