@@ -34,7 +34,6 @@ import base64
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from running import start_daemon
 
-from gateway.clock import TEST_CLOCK_FILE
 from gateway.localbroker import LocalBroker
 from gateway.signing import generate_key
 
@@ -177,21 +176,7 @@ def main() -> None:
         generate_key(work / "signing.key")
         path = config(work, broker, port, args)
         subscriber = Subscriber(broker.port)
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(work / "notify.sock"))
-        env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify.sock"), MALLOC_ARENA_MAX="2")
-        # a pole's clock is NTP-synchronised; a VM's may say it is not, which would flag every
-        # reading clock-unsynced (about 36 more bytes per reading on the wire): measure the normal case
-        (work / "clock").write_text("synced\n")
-        env[TEST_CLOCK_FILE] = str(work / "clock")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(path), "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-        )
-        notify.settimeout(30)
-        while b"READY=1" not in notify.recv(4096):
-            pass
+        daemon = start_daemon(path, work)
         at_ready = proc_stat(daemon.pid)
         time.sleep(args.warmup)
         start, values_start = proc_stat(daemon.pid), subscriber.snapshot()

@@ -20,9 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from running import start_daemon
 
-from gateway.clock import TEST_CLOCK_FILE
 from gateway.localbroker import LocalBroker
 from gateway.signing import generate_key
 
@@ -105,30 +102,7 @@ def main() -> None:
         (work / "config.yaml").write_text(json.dumps(config))
         counter = Counter(broker.port)
         counter.target = args.readings
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(work / "notify.sock"))
-        # the environment systemd/citygw.service gives the daemon
-        env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify.sock"), MALLOC_ARENA_MAX="2")
-        # a pole's clock is NTP-synchronised; a VM's may say it is not, which would flag every
-        # reading clock-unsynced (about 36 more bytes per reading on the wire): measure the normal case
-        (work / "clock").write_text("synced\n")
-        env[TEST_CLOCK_FILE] = str(work / "clock")
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "run",
-                "-c",
-                str(work / "config.yaml"),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
-        notify.settimeout(30)
-        while b"READY=1" not in notify.recv(4096):
-            pass
+        daemon = start_daemon(work / "config.yaml", work)
         at_ready = proc_stat(daemon.pid)
         started = time.monotonic()
         if not counter.done.wait(600):

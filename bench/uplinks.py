@@ -16,13 +16,9 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +27,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiohttp import web
+from running import start_daemon
 
 from gateway.buffer import BatchLimits, Buffer
 from gateway.localbroker import LocalBroker, free_port
@@ -129,25 +126,7 @@ def drain(work: Path, key: Path, backlog: Path, kind: str, last_seq: int, readin
         "devices": {},
     }
     (run_dir / "config.yaml").write_text(json.dumps(config))
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(run_dir / "notify.sock"))
-    notify.settimeout(60)
-    env = dict(os.environ, NOTIFY_SOCKET=str(run_dir / "notify.sock"), MALLOC_ARENA_MAX="2")
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "run",
-            "-c",
-            str(run_dir / "config.yaml"),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    while b"READY=1" not in notify.recv(4096):
-        pass
+    daemon = start_daemon(run_dir / "config.yaml", run_dir, ready_within=60.0)
     started = time.monotonic()
     samples: list[float] = []
     cursor = 0
