@@ -110,6 +110,12 @@ def test_deep_nesting_is_a_config_error_not_a_recursion_error() -> None:
     assert "nested too deeply" in problems_of(b"a: " + b"[" * 1200 + b"]" * 1200)
 
 
+@pytest.mark.parametrize("text", [b"._", b"+_", b"gateway: {id: +_}\n"])
+def test_a_plain_value_that_only_looks_like_a_number_is_a_config_error(text: bytes) -> None:
+    """Found by hypothesis: ruamel.yaml resolves these as a float or an int, then cannot build one."""
+    assert "not valid YAML: a value looks like a number but is not one" in problems_of(text)
+
+
 def test_a_yaml_1_0_directive_is_a_config_error_not_an_assertion_error() -> None:
     """Found by bench/fuzz.py (atheris): ruamel.yaml asserts on ``%YAML 1.0``."""
     assert "not valid YAML: version minor part" in problems_of(b"%YAML 1.0\n---\ngateway: {id: b}\n")

@@ -144,6 +144,11 @@ def _parse(text: str, problems: _Problems) -> CommentedMap | None:
     except AssertionError as exc:  # ruamel.yaml asserts on some directives, e.g. %YAML 1.0
         problems.add(None, "", f"not valid YAML: {exc}; remove the %YAML line or write %YAML 1.2")
         return None
+    except (ValueError, IndexError) as exc:  # ruamel.yaml resolves "._" or "+_" as a number, then fails
+        problems.add(
+            None, "", f"not valid YAML: a value looks like a number but is not one ({exc}); put it in quotes"
+        )
+        return None
     except MarkedYAMLError as exc:
         where = exc.problem_mark or exc.context_mark
         started = (
