@@ -1,13 +1,21 @@
 """HTTP(S) uplinks: the JWS POSTed as it is (``http``), or as NGSI-LD entities (``ngsi-ld``).
 
 The only module that imports aiohttp's client. Status codes decide a batch's fate:
-2xx delivered; 408, 429 (honouring Retry-After), 5xx, timeouts and connection errors retry with
-jittered backoff; any other 4xx rejects the batch for good: it is parked (kept, counted,
+2xx to the POST that carried it: delivered; 408, 425, 429 and 5xx (honouring Retry-After),
+timeouts and connection errors retry with jittered backoff; a redirect (3xx) is never followed
+(a batch must not be delivered as a body-less GET, nor moved to a host nobody configured): it is
+logged once with its ``Location`` and retried with backoff, the batch kept, until the url is
+corrected; any other 4xx rejects the batch for good: it is parked (kept, counted,
 ``citygw resend``-able) and the queue behind it goes on.
+
+An answer's body is never read whole: a 2xx's not at all, another's only its first
+:data:`EXCERPT_BYTES` (for the log), and every request, body included, ends within the uplink's
+``timeout``. Urls and server text pass through :mod:`gateway.redact` before anyone sees them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import gzip
@@ -17,11 +25,13 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from gateway import ngsi
+from gateway import ngsi, redact
 from gateway.backoff import Backoff
 from gateway.errors import DeliveryError
 from gateway.uplinks.base import Delivery, Rejected, RetryLater, UplinkState, UplinkStatus
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 425, 429})
+EXCERPT_BYTES = 2048  # of an answer's body, read for the log; the rest is never read
+EXCERPT_WAIT = 2.0  # seconds to wait for that excerpt; the status alone decides the outcome
 
 
 def _retryable(exc: Exception) -> bool:
@@ -59,11 +71,44 @@ def outcome(status: int, text: str, headers: Mapping[str, str] | None = None) ->
     """Raise what an HTTP status means for a batch; return for 2xx."""
     if 200 <= status < 300:
         return
-    excerpt = " ".join(text.split())[:200]
+    excerpt = redact.text(" ".join(text.split())[:200])
+    if 300 <= status < 400:
+        where = headers.get("Location") if headers is not None else None
+        raise DeliveryError(
+            f"HTTP {status} redirect to {redact.url(where) if where else '(no Location)'} not followed:"
+            " a batch counts as delivered only on a 2xx to the url it was POSTed to; set the uplink's"
+            " url to the new address"
+        )
     if status in RETRY_STATUSES or status >= 500:
         hint = retry_after(headers.get("Retry-After") if headers is not None else None)
         raise RetryLater(f"HTTP {status} {excerpt}".strip(), retry_after=hint)
     raise Rejected(f"HTTP {status} {excerpt}".strip(), status=status)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the server said to one POST: the status, its headers, and an excerpt of its body."""
+
+    status: int
+    headers: Mapping[str, str]
+    excerpt: str
+
+
+async def _excerpt(response: aiohttp.ClientResponse) -> str:
+    """At most :data:`EXCERPT_BYTES` of the body, waiting at most :data:`EXCERPT_WAIT` for them."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(EXCERPT_WAIT):
+            while size < EXCERPT_BYTES:
+                chunk = await response.content.read(EXCERPT_BYTES - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientPayloadError):
+        pass  # the status decides; the excerpt is only for the log
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 class _HttpBase:
@@ -78,13 +123,25 @@ class _HttpBase:
         self.pipeline = pipeline
         self.status = UplinkStatus(name=name)
         self._backoff = Backoff(config.backoff_initial, config.backoff_max, retry_on=_retryable)
-        self._headers: dict[str, str] = {}
+        # identity: a compressed answer could inflate without bound while its excerpt is read
+        self._headers: dict[str, str] = {"Accept-Encoding": "identity"}
         if config.bearer_token is not None:
             self._headers["Authorization"] = f"Bearer {config.bearer_token.get_secret_value()}"
         self._auth = (
-            aiohttp.BasicAuth(config.username, config.password.get_secret_value() if config.password else "")
+            aiohttp.BasicAuth(
+                config.username,
+                config.password.get_secret_value() if config.password else "",
+                encoding="utf-8",  # RFC 7617 §2.1: any password, not only Latin-1 ones
+            )
             if config.username
             else None
+        )
+        redact.remember(
+            [
+                *redact.secrets_of(config.url),
+                config.bearer_token.get_secret_value() if config.bearer_token else None,
+                config.password.get_secret_value() if config.password else None,
+            ]
         )
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -98,6 +155,24 @@ class _HttpBase:
     async def deliver(self, session: aiohttp.ClientSession, batch: Outgoing) -> None:
         raise NotImplementedError
 
+    async def post(
+        self, session: aiohttp.ClientSession, url: str, *, data: bytes, headers: Mapping[str, str]
+    ) -> Answer:
+        """POST ``data`` once, within the uplink's ``timeout``: redirects not followed, and of the
+        body only an excerpt read (none of a 2xx's but a 207's), the rest left unread."""
+        try:
+            async with (
+                asyncio.timeout(self.config.timeout),
+                session.post(url, data=data, headers=headers, allow_redirects=False) as response,
+            ):
+                wanted = response.status == 207 or not 200 <= response.status < 300
+                answer = Answer(response.status, response.headers, await _excerpt(response) if wanted else "")
+                response.close()  # the connection goes with whatever body is left
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            detail = redact.text(f"{type(exc).__name__} {exc}".strip())
+            raise DeliveryError(f"POST {redact.url(url)}: {detail}") from exc
+        return answer
+
     async def run(self) -> None:
         """Deliver forever; on a retryable failure back off (Retry-After honoured) and resume."""
         async for attempt in self._backoff.retrying():
@@ -105,7 +180,11 @@ class _HttpBase:
                 connector = aiohttp.TCPConnector(ssl=self._tls() or True, limit=self.config.window)
                 timeout = aiohttp.ClientTimeout(total=self.config.timeout)
                 async with aiohttp.ClientSession(
-                    connector=connector, timeout=timeout, headers=self._headers, auth=self._auth
+                    connector=connector,
+                    timeout=timeout,
+                    headers=self._headers,
+                    auth=self._auth,
+                    auto_decompress=False,
                 ) as session:
                     self.status.state = UplinkState.CONNECTED
                     self.status.connects += 1
@@ -137,11 +216,8 @@ class HttpUplink(_HttpBase):
         if self.config.gzip:
             body = gzip.compress(body, 6)
             headers["Content-Encoding"] = "gzip"
-        try:
-            async with session.post(self.config.url, data=body, headers=headers) as response:
-                outcome(response.status, await response.text(errors="replace"), response.headers)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise DeliveryError(f"POST {self.config.url}: {type(exc).__name__} {exc}".strip()) from exc
+        answer = await self.post(session, self.config.url, data=body, headers=headers)
+        outcome(answer.status, answer.excerpt, answer.headers)
 
 
 class NgsiLdUplink(_HttpBase):
@@ -151,7 +227,7 @@ class NgsiLdUplink(_HttpBase):
 
     def __init__(self, name: str, config: NgsiLdUplinkConfig, *, gateway: str, pipeline: Pipeline) -> None:
         super().__init__(name, config, gateway=gateway, pipeline=pipeline)
-        self.endpoint = config.url.rstrip("/") + "/ngsi-ld/v1/entityOperations/upsert?options=update"
+        self.endpoint = upsert_endpoint(config.url)
         self.naming = {
             device: ngsi.EntityNaming(type=m.type, id=m.id) for device, m in config.entities.items()
         }
@@ -171,15 +247,21 @@ class NgsiLdUplink(_HttpBase):
         entities = self.entities(batch)
         if not entities:
             return
-        try:
-            async with session.post(
-                self.endpoint,
-                data=json.dumps(entities, separators=(",", ":")),
-                headers={"Content-Type": "application/ld+json"},
-            ) as response:
-                text = await response.text(errors="replace")
-                if response.status == 207:  # some entities refused: the batch cannot be partly redone
-                    raise Rejected(f"HTTP 207 partial failure {' '.join(text.split())[:200]}", status=207)
-                outcome(response.status, text, response.headers)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise DeliveryError(f"POST {self.endpoint}: {type(exc).__name__} {exc}".strip()) from exc
+        answer = await self.post(
+            session,
+            self.endpoint,
+            data=json.dumps(entities, separators=(",", ":")).encode(),
+            headers={"Content-Type": "application/ld+json"},
+        )
+        if answer.status == 207:  # some entities refused: the batch cannot be partly redone
+            excerpt = redact.text(" ".join(answer.excerpt.split())[:200])
+            raise Rejected(f"HTTP 207 partial failure {excerpt}", status=207)
+        outcome(answer.status, answer.excerpt, answer.headers)
+
+
+def upsert_endpoint(url: str) -> str:
+    """The batch upsert endpoint below a broker's ``url``, keeping the url's query (an api key)."""
+    parts = urlsplit(url)
+    query = "&".join(q for q in ("options=update", parts.query) if q)
+    path = parts.path.rstrip("/") + "/ngsi-ld/v1/entityOperations/upsert"
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
