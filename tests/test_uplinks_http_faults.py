@@ -5,6 +5,7 @@ aiohttp server on loopback; what counts is what the buffer file and the server s
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
@@ -179,3 +180,63 @@ def test_an_endless_answer_body_is_not_read_and_the_attempt_ends_within_the_dead
     assert "uplink platform: HTTP 503 upstream overloaded, upstream overloaded," in line
     excerpt = line.split("HTTP 503 ", 1)[1].split(" (retrying with backoff)")[0]
     assert len(excerpt) <= 200
+
+
+def test_retry_after_of_a_batch_behind_the_first_in_the_window_is_honoured_and_logged(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
+) -> None:
+    """Two batches in flight: the second is answered 429 with Retry-After: 3, then the first 503
+    without one. Nothing may be sent again before those 3 s (the backoff alone would retry within
+    300 ms), the wait is logged with its batch, and everything arrives afterwards."""
+    wait = 3
+    delivered: dict[int, str] = {}
+    answers: list[tuple[float, int, int]] = []  # monotonic time, seq, status
+    requests: list[tuple[float, int]] = []
+    second_answered: list[asyncio.Event] = []  # made on the server's loop
+    done = False
+
+    async def handler(request: web.Request, body: bytes) -> web.StreamResponse:
+        nonlocal done
+        seq = _seq(request)
+        requests.append((time.monotonic(), seq))
+        second = second_answered[0] if second_answered else asyncio.Event()
+        second_answered[:] = [second]
+        if not done and seq == 2:
+            answers.append((time.monotonic(), seq, 429))
+            second.set()
+            return web.Response(status=429, headers={"Retry-After": str(wait)}, text="slow down")
+        if not done and seq == 1:
+            try:
+                await asyncio.wait_for(second.wait(), 1.0)
+            except TimeoutError:  # batch 2 was not sealed yet when this session began
+                return web.Response(status=503, text="not yet")
+            done = True
+            answers.append((time.monotonic(), seq, 503))
+            return web.Response(status=503, text="busy")
+        delivered[seq] = body.decode()
+        return web.Response(status=200)
+
+    server = ScriptedServer(handler)
+    try:
+        config = _http_config(
+            tmp_path,
+            key,
+            f"http://127.0.0.1:{server.port}/ingest",
+            400,
+            window=4,
+            backoff_initial="100ms",
+            backoff_max="300ms",
+        )
+        daemon = daemon_factory(config)
+        daemon.start()
+        _wait("all delivered", _all_arrived(delivered, Path(f"{key}.pub"), 400))
+        assert daemon.terminate() == 0
+    finally:
+        server.close()
+    asked = next(t for t, seq, status in answers if status == 429)
+    after = [(t, seq) for t, seq in requests if t > max(t for t, _, _ in answers)]
+    assert after, requests
+    assert after[0][0] - asked >= wait, f"resent {after[0][0] - asked:.2f} s after Retry-After: {wait}"
+    log = (tmp_path / "daemon.log").read_text()
+    assert f"uplink platform: batch 2 asked to wait {wait} s (Retry-After)" in log
+    assert verify_all(list(delivered.values()), Path(f"{key}.pub")).values["d1"] == list(range(400))

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway import redact
 from gateway.errors import CitygwError, DeliveryError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class UplinkStatus:
         """The connection failed: say why in the log, once per distinct reason (a dead broker must
         not write a line per retry for days)."""
         self.state = UplinkState.DISCONNECTED
-        text = str(exc) or type(exc).__name__
+        text = redact.text(str(exc) or type(exc).__name__)  # a url in it may carry a secret
         if text != self.last_error:
             log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
         self.last_error = text
@@ -120,46 +121,90 @@ class Delivery:
             log.info("uplink %s: parked batch %d resent and accepted", self.name, batch.seq)
 
     async def run(self, watcher: asyncio.Future[None] | None = None) -> None:
-        """Deliver until a retryable error (raised) or until ``watcher`` ends (connection lost)."""
+        """Deliver until a retryable error (raised) or until ``watcher`` ends (connection lost).
+
+        A destination may ask a batch to wait (HTTP ``Retry-After``), whichever place it holds in
+        the window: the session then ends with a :class:`RetryLater` carrying the longest wait any
+        answered batch asked for, so that no batch is sent again before its time (logged).
+        """
+        inflight: deque[tuple[Outgoing, asyncio.Task[None]]] = deque()
+        asked: dict[int, float] = {}  # seq -> seconds its destination asked it to wait
+        try:
+            await self._deliver(inflight, asked, watcher)
+        except DeliveryError as exc:
+            await self._stop(inflight, asked)
+            if not asked:
+                raise
+            seq, wait = max(asked.items(), key=lambda item: item[1])
+            log.warning(
+                "uplink %s: batch %d asked to wait %g s (Retry-After); nothing is resent before then",
+                self.name,
+                seq,
+                wait,
+                extra={"uplink": self.name, "seq": seq, "event": "retry_after"},
+            )
+            if isinstance(exc, RetryLater) and (exc.retry_after or 0.0) >= wait:
+                raise
+            raise RetryLater(str(exc), retry_after=wait) from exc
+        finally:
+            await self._stop(inflight, asked)
+
+    @staticmethod
+    async def _stop(inflight: deque[tuple[Outgoing, asyncio.Task[None]]], asked: dict[int, float]) -> None:
+        """Cancel what is still in flight; note the waits asked by those already answered."""
+        for _, task in inflight:
+            task.cancel()
+        while inflight:
+            batch, task = inflight.popleft()
+            with contextlib.suppress(BaseException):
+                await task
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                if isinstance(exc, RetryLater) and exc.retry_after:
+                    asked[batch.seq] = max(asked.get(batch.seq, 0.0), exc.retry_after)
+
+    async def _deliver(
+        self,
+        inflight: deque[tuple[Outgoing, asyncio.Task[None]]],
+        asked: dict[int, float],
+        watcher: asyncio.Future[None] | None,
+    ) -> None:
         store = self.pipeline.store
         acked = store.buffer.cursor(self.name)
         after = acked
-        inflight: deque[tuple[Outgoing, asyncio.Task[None]]] = deque()
         await self._resend_parked()
-        try:
-            while True:
-                if len(inflight) < self.window:
-                    for batch in await store.call(
-                        store.buffer.fetch, after, self.window - len(inflight), self.name
-                    ):
-                        inflight.append((batch, asyncio.ensure_future(self.deliver(batch))))
-                        after = batch.seq
-                waits: set[asyncio.Future[None]] = {watcher} if watcher is not None else set()
-                if inflight:
-                    await asyncio.wait({inflight[0][1], *waits}, return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    sealed = asyncio.ensure_future(self.pipeline.wait_sealed(after))
-                    try:
-                        done, _ = await asyncio.wait(
-                            {sealed, *waits}, timeout=RESEND_CHECK, return_when=asyncio.FIRST_COMPLETED
-                        )
-                    finally:
-                        sealed.cancel()
-                    if not done:
-                        await self._resend_parked()
-                if watcher is not None and watcher.done():
-                    watcher.result()
-                    raise DeliveryError("connection closed")
-                while inflight and inflight[0][1].done():
-                    batch, task = inflight.popleft()
+        while True:
+            if len(inflight) < self.window:
+                for batch in await store.call(
+                    store.buffer.fetch, after, self.window - len(inflight), self.name
+                ):
+                    inflight.append((batch, asyncio.ensure_future(self.deliver(batch))))
+                    after = batch.seq
+            waits: set[asyncio.Future[None]] = {watcher} if watcher is not None else set()
+            if inflight:
+                await asyncio.wait({inflight[0][1], *waits}, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                sealed = asyncio.ensure_future(self.pipeline.wait_sealed(after))
+                try:
+                    done, _ = await asyncio.wait(
+                        {sealed, *waits}, timeout=RESEND_CHECK, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    sealed.cancel()
+                if not done:
+                    await self._resend_parked()
+            if watcher is not None and watcher.done():
+                watcher.result()
+                raise DeliveryError("connection closed")
+            while inflight and inflight[0][1].done():
+                batch, task = inflight.popleft()
+                try:
                     await self._finish(batch, task)  # raises a retryable error: reconnect, resend
-                    acked = batch.seq
-                if acked != self.status.acked_seq:
-                    self.status.acked_seq = acked
-                    self.pipeline.acked(self.name, acked)
-        finally:
-            for _, task in inflight:
-                task.cancel()
-            for _, task in inflight:
-                with contextlib.suppress(BaseException):
-                    await task
+                except RetryLater as exc:
+                    if exc.retry_after:
+                        asked[batch.seq] = exc.retry_after
+                    raise
+                acked = batch.seq
+            if acked != self.status.acked_seq:
+                self.status.acked_seq = acked
+                self.pipeline.acked(self.name, acked)
