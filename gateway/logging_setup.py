@@ -18,6 +18,8 @@ import sys
 import time
 from typing import TextIO
 
+from gateway.redact import SecretFilter
+
 FIELDS = ("event", "device", "bus", "uplink", "seq", "path", "reason")
 """Structured fields a log call may pass in ``extra``, printed in this order after ``logger``."""
 
@@ -66,6 +68,7 @@ def setup(level: str = "info", *, stream: TextIO | None = None) -> None:
     """Send every log record at ``level`` or above to stderr (or ``stream``), one line each."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter(journald=bool(os.environ.get("JOURNAL_STREAM"))))
+    handler.addFilter(SecretFilter())  # no url query value, token or password in any line
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

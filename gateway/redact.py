@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+# a url ends before white space, a quote or a bracket, and before a trailing full stop, colon, ...
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*[^\s'\"<>`.,:;!?)\]]")
 _MIN_SECRET = 4  # shorter values (a 1, a yes) would mask ordinary words; their url context is masked anyway
 
 _lock = threading.Lock()
@@ -49,6 +50,8 @@ def _mask_pair(pair: str) -> str:
 
 def _mask_loose(value: str) -> str:
     scheme, _, rest = value.partition("://")
+    if not any(mark in rest for mark in "@?#"):
+        return value  # malformed, but nothing in it to hide
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split("?", 1)[0]
     return f"{scheme}://{MASK}@{host}/{MASK}" if "@" in rest or "?" in rest else f"{scheme}://{host}/{MASK}"
 

@@ -6,15 +6,24 @@ aiohttp server on loopback; what counts is what the buffer file and the server s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
+from gateway.localbroker import free_port
+
 from .support import Daemon, verify_all
-from .test_uplinks_http import ScriptedServer, _http_config
+from .test_uplinks_http import REPO, ScriptedServer, _http_config
 
 SECRET = "Zq9x-api-key-NEVER-SHOWN-4c1d"
 TOKEN = "tok-NEVER-SHOWN-77e1"
@@ -234,9 +243,134 @@ def test_retry_after_of_a_batch_behind_the_first_in_the_window_is_honoured_and_l
     finally:
         server.close()
     asked = next(t for t, seq, status in answers if status == 429)
-    after = [(t, seq) for t, seq in requests if t > max(t for t, _, _ in answers)]
+    # the resend starts at the cursor: batch 1 (batches 3 and 4 may still arrive from the old session)
+    after = [(t, seq) for t, seq in requests if t > max(t for t, _, _ in answers) and seq == 1]
     assert after, requests
     assert after[0][0] - asked >= wait, f"resent {after[0][0] - asked:.2f} s after Retry-After: {wait}"
     log = (tmp_path / "daemon.log").read_text()
     assert f"uplink platform: batch 2 asked to wait {wait} s (Retry-After)" in log
     assert verify_all(list(delivered.values()), Path(f"{key}.pub")).values["d1"] == list(range(400))
+
+
+def citygw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def test_a_secret_in_an_uplink_url_appears_in_no_log_status_or_metric(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`?api_key=${API_KEY}` on an http and an ngsi-ld uplink: the key is sent (the platform needs
+    it), but the daemon's log, `citygw status`, `check` and the metrics show it as ***, even where
+    the server echoes it (an error page, a Location, a timeout's message)."""
+    monkeypatch.setenv("API_KEY", SECRET)
+    script = ["echo", "timeout", "redirect"]  # the first three requests to each uplink
+    scripts = {"/ingest": list(script), "/ngsi-ld/v1/entityOperations/upsert": list(script)}
+    keys: list[str | None] = []
+    delivered: dict[int, str] = {}
+
+    async def handler(request: web.Request, body: bytes) -> web.StreamResponse:
+        keys.append(request.query.get("api_key"))
+        steps = scripts[request.path]
+        if steps:
+            step = steps.pop(0)
+            if step == "echo":
+                return web.Response(status=503, text=f"no capacity for {request.url} (api_key={SECRET})")
+            if step == "timeout":
+                await asyncio.sleep(3)  # the uplinks' timeout is 1 s
+                return web.Response(status=200)
+            return web.Response(status=307, headers={"Location": f"{request.url}&moved=1"})
+        if request.path == "/ingest":
+            delivered[_seq(request)] = body.decode()
+        return web.Response(status=204 if request.path != "/ingest" else 200)
+
+    server = ScriptedServer(handler)
+    metrics = free_port()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        config = _http_config(tmp_path, key, base + "/ingest?api_key=${API_KEY}", 300)
+        data = json.loads(config.read_text())
+        data["uplinks"]["cb"] = {
+            "type": "ngsi-ld",
+            "url": base + "/?api_key=${API_KEY}",
+            "timeout": "1s",
+            "window": 1,
+            "backoff_initial": "100ms",
+            "backoff_max": "300ms",
+        }
+        data["metrics"] = {"listen": f"127.0.0.1:{metrics}"}
+        data["log"] = {"level": "debug"}
+        config.write_text(json.dumps(data))
+        outputs: dict[str, str] = {}
+        done = citygw("check", "-c", str(config))
+        assert done.returncode == 0, done.stderr
+        outputs["check"] = done.stdout + done.stderr
+        daemon = daemon_factory(config)
+        daemon.start()
+        _wait("all delivered", _all_arrived(delivered, Path(f"{key}.pub"), 300))
+        with contextlib.suppress(AssertionError):  # asserted below, after what matters most
+            _wait("both scripts played", lambda: not any(scripts.values()), timeout=15)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as response:
+            outputs["metrics"] = response.read().decode()
+        for args in (("--json",), ()):
+            done = citygw("status", "-c", str(config), *args)
+            assert done.returncode == 0, done.stderr
+            outputs[f"status {args}"] = done.stdout + done.stderr
+        assert daemon.terminate() == 0
+        outputs["run (debug log)"] = (tmp_path / "daemon.log").read_text()
+    finally:
+        server.close()
+    for what, text in outputs.items():
+        assert SECRET not in text, f"the api key appears in {what}"
+    assert not any(scripts.values()), scripts
+    assert keys and all(k == SECRET for k in keys), "every request carries the key"
+    log = outputs["run (debug log)"]
+    assert f"uplink platform: POST {base}/ingest?api_key=***: TimeoutError" in log
+    assert f"uplink cb: POST {base}/ngsi-ld/v1/entityOperations/upsert?options=***&api_key=***: " in log
+    assert f"HTTP 307 redirect to {base}/ngsi-ld/v1/entityOperations/upsert?options=***&api_key=***" in log
+    assert "HTTP 503 no capacity for" in log
+
+
+def test_check_refuses_a_token_or_user_that_cannot_be_a_header_value(tmp_path: Path, key: Path) -> None:
+    """A bearer_token_file of two lines passed `check`, then the uplink crash-looped on a header
+    error: `check` refuses it at the file key's line, without showing the token."""
+    config = _http_config(tmp_path, key, "http://127.0.0.1:1/ingest", 10)
+    data = json.loads(config.read_text())
+    token_file = tmp_path / "token"
+    data["uplinks"]["platform"]["bearer_token_file"] = str(token_file)
+    config.write_text(json.dumps(data, indent=2))
+    line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "bearer_token_file" in text)
+
+    token_file.write_text(f"{TOKEN}\n")  # one line and its newline: fine
+    done = citygw("check", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+
+    for content, reason in (
+        (f"{TOKEN}\nsecond-line\n", "the token has 2 lines"),
+        (f"Bearer {TOKEN}\n", "the token holds a space at position 7"),
+        (f"{TOKEN}\u00e9\n", "the token holds the character U+00E9"),
+    ):
+        token_file.write_text(content)
+        for command in ("check", "run"):
+            done = citygw(command, "-c", str(config))
+            assert done.returncode == 78, (command, done.stderr)
+            assert f"{config}:{line}: uplinks.platform.bearer_token_file: {reason}" in done.stderr
+            assert "one line of visible ASCII characters" in done.stderr
+            assert TOKEN not in done.stderr + done.stdout
+
+    data["uplinks"]["platform"].pop("bearer_token_file")
+    data["uplinks"]["platform"].update(username="gw:7", password="pw-NEVER-SHOWN")
+    data["uplinks"]["extra"] = {"type": "http", "url": f"ftp://h/in?api_key={SECRET}"}
+    config.write_text(json.dumps(data, indent=2))
+    done = citygw("check", "-c", str(config))
+    assert done.returncode == 78
+    assert "uplinks.platform.username: the user name holds a ':'" in done.stderr
+    assert "'ftp://h/in?api_key=***' is not an http:// or https:// url" in done.stderr
+    assert SECRET not in done.stderr and "NEVER-SHOWN" not in done.stderr

@@ -39,6 +39,7 @@ from pydantic_core import (
 )
 from pydantic_core.core_schema import ErrorType
 
+from gateway import redact
 from gateway.config.units import describe, format_duration
 from gateway.vocabulary import QUANTITIES
 
@@ -186,7 +187,7 @@ def tls_only(scheme: str) -> Callable[[Path | None, ValidationInfo], Path | None
         if value is not None and url is not None and urlsplit(url).scheme != scheme:
             raise problem(
                 "tls_setting",
-                f"{info.field_name} is for TLS connections but the url is {url!r}; "
+                f"{info.field_name} is for TLS connections but the url is {redact.url(url)!r}; "
                 f"use {scheme}:// or remove {info.field_name}",
             )
         return value
@@ -287,10 +288,11 @@ PrivateKeyFile = Annotated[ConfigPath, AfterValidator(_private_key)]
 
 def _mqtt_url(value: str) -> str:
     parts = urlsplit(value)
+    shown = redact.url(value)  # a password in the url is not echoed
     if parts.scheme not in ("mqtt", "mqtts"):
         raise problem(
             "url_scheme",
-            f"{value!r} is not an MQTT broker url; the scheme must be mqtt:// or mqtts:// (TLS), "
+            f"{shown!r} is not an MQTT broker url; the scheme must be mqtt:// or mqtts:// (TLS), "
             f"{_URL_EXAMPLE}",
         )
     try:
@@ -298,18 +300,18 @@ def _mqtt_url(value: str) -> str:
     except ValueError:
         port = 0
     if not parts.hostname:
-        raise problem("url_host", f"{value!r} names no broker host; write {_URL_EXAMPLE}")
+        raise problem("url_host", f"{shown!r} names no broker host; write {_URL_EXAMPLE}")
     if port == 0:
-        raise problem("url_port", f"{value!r} has an invalid port; a port is a number from 1 to 65535")
+        raise problem("url_port", f"{shown!r} has an invalid port; a port is a number from 1 to 65535")
     if parts.username is not None or parts.password is not None:
         raise problem(
             "url_credentials",
-            f"{value!r} holds credentials; put them in username and password_file, not in the url",
+            f"{shown!r} holds credentials; put them in username and password_file, not in the url",
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise problem(
             "url_path",
-            f"{value!r} has a path, query or fragment; a broker url is mqtt[s]://host[:port] "
+            f"{shown!r} has a path, query or fragment; a broker url is mqtt[s]://host[:port] "
             "and the topic goes in topic",
         )
     return value

@@ -111,7 +111,8 @@ def load(path: str | os.PathLike[str], *, environ: Mapping[str, str]) -> Config:
     except ValidationError as exc:
         for error in exc.errors():
             if not problems.covers(error["loc"]):
-                key, line = _locate(root, error["loc"], at_key=error["type"] in _AT_KEY)
+                loc = _secret_source(root, error["loc"])
+                key, line = _locate(root, loc, at_key=error["type"] in _AT_KEY)
                 problems.add(line, key, _message(error))
     if config is None or problems.found:
         raise ConfigError(sorted(problems.found, key=lambda p: (p.line or 0, p.key)))
@@ -298,6 +299,22 @@ def _read_secrets(node: Any, data: Any, base_dir: Path, problems: _Problems, pat
             data[value_key] = secret
     for key, value in _children(node):
         _read_secrets(value, data[key], base_dir, problems, (*path, key))
+
+
+def _secret_source(root: CommentedMap, loc: Loc) -> Loc:
+    """Where a problem with a secret read from a file is reported: at its ``*_file`` key."""
+    if not loc or loc[-1] not in SECRET_FILES.values():
+        return loc
+    node: Any = root
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return loc
+    file_key = next(f for f, v in SECRET_FILES.items() if v == loc[-1])
+    if isinstance(node, CommentedMap) and loc[-1] not in node and file_key in node:
+        return (*loc[:-1], file_key)
+    return loc
 
 
 def _read_secret(path: Path) -> tuple[str | None, str | None]:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from gateway import redact
 from gateway.config.base import (
     ConfigPath,
     DeviceId,
@@ -32,18 +33,32 @@ SMART_DATA_MODELS_CONTEXT = (
 
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
+    shown = redact.url(value)  # a secret in the url is not echoed
     if parts.scheme not in ("http", "https"):
-        raise problem("url_scheme", f"{value!r} is not an http:// or https:// url; {_HTTP_EXAMPLE}")
+        raise problem("url_scheme", f"{shown!r} is not an http:// or https:// url; {_HTTP_EXAMPLE}")
     if not parts.hostname:
-        raise problem("url_host", f"{value!r} names no host; {_HTTP_EXAMPLE}")
+        raise problem("url_host", f"{shown!r} names no host; {_HTTP_EXAMPLE}")
     if parts.username is not None or parts.password is not None:
         raise problem(
-            "url_credentials", f"{value!r} holds credentials; put them in username and password_file instead"
+            "url_credentials", f"{shown!r} holds credentials; put them in username and password_file instead"
         )
     return value
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def header_fault(value: str) -> str | None:
+    """What keeps ``value`` from being a bearer token in an HTTP header (RFC 6750 §2.1, RFC 9110
+    §5.5: one line of visible ASCII), or None. Never quotes the value: it may be a secret."""
+    lines = value.splitlines()
+    if len(lines) > 1:
+        return f"has {len(lines)} lines"
+    for index, char in enumerate(value, 1):
+        if not "\x21" <= char <= "\x7e":
+            what = "a space" if char == " " else f"the character U+{ord(char):04X}"
+            return f"holds {what} at position {index} of {len(value)}"
+    return None
 
 
 class _HttpClient(Section):
@@ -86,6 +101,33 @@ class _HttpClient(Section):
     ] = Field(
         default=300.0, validate_default=True, description="the longest retry delay, backoff_initial to 1d"
     )
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse at load what aiohttp would refuse at every request (a crash loop): the token is
+        sent as one header line, ``Authorization: Bearer <token>`` (RFC 6750 §2.1)."""
+        if value is not None:
+            fault = header_fault(value.get_secret_value())
+            if fault:
+                raise problem(
+                    "bearer_token",
+                    f"the token {fault}; it is sent as one HTTP header line (Authorization: Bearer "
+                    "<token>), so it must be one line of visible ASCII characters without spaces: "
+                    "keep only the token in the file (a trailing newline is fine)",
+                )
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _basic_user(cls, value: str | None) -> str | None:
+        if value is not None and (":" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)):
+            raise problem(
+                "basic_auth",
+                "the user name holds a ':' or a control character (a line break?); HTTP basic "
+                "auth needs one line without ':' (RFC 7617 §2)",
+            )
+        return value
 
     @field_validator("password")
     @classmethod
