@@ -63,30 +63,46 @@ def _all_arrived(tokens: dict[int, str], public_key: Path, count: int) -> Callab
 
 
 REDIRECTS = [301, 301, 302, 302, 303, 303, 307, 307, 308, 308]
+UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+
+
+def _cursor(tmp_path: Path, uplink: str) -> tuple[int, int]:
+    """An uplink's cursor and the last seq sealed, as the buffer file says."""
+    db = tmp_path / "state" / "buffer.db"
+    if not db.exists():
+        return 0, 0
+    with sqlite3.connect(db) as conn:
+        try:
+            row = conn.execute("SELECT seq FROM cursors WHERE uplink = ?", (uplink,)).fetchone()
+            last = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            return 0, 0
+    return (int(row[0]) if row else 0), (int(last[0]) - 1 if last else 0)
 
 
 def test_a_redirect_is_never_a_delivery_nor_followed_and_the_batch_waits_for_the_right_url(
     tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
 ) -> None:
-    """Each of 301, 302, 303, 307 and 308 (twice each, to the same server's /moved, which would
-    answer 200 to anything): no request ever reaches /moved (neither aiohttp's body-less GET for
-    301-303 nor its re-POST for 307/308), nothing is acked or pruned while redirected, each code is
-    logged once with its Location (query values masked), and everything arrives once the url answers."""
-    script = list(REDIRECTS)
-    answered: list[int] = []
+    """An http and an ngsi-ld uplink, each answered 301, 302, 303, 307 and 308 (twice each) to the
+    same server's /moved, which would answer 200 to anything: no request ever reaches /moved
+    (neither aiohttp's body-less GET for 301-303 nor its re-POST for 307/308), nothing is acked
+    or pruned while redirected, each code is logged once per uplink with its Location (query
+    values masked), and everything arrives once the url answers."""
+    scripts = {"/ingest": list(REDIRECTS), UPSERT: list(REDIRECTS)}
     delivered: dict[int, str] = {}  # seq -> the JWS of the POST that got the 2xx
     seen: list[tuple[str, str]] = []  # (method, path) of every request
 
     async def handler(request: web.Request, body: bytes) -> web.StreamResponse:
         seen.append((request.method, request.path))
-        if request.path != "/ingest":
+        if request.path not in scripts:
             return web.Response(status=200, text="the redirect target: anything lands here")
-        if script:
-            status = script.pop(0)
-            answered.append(status)
+        assert request.method == "POST" and body
+        if scripts[request.path]:
+            status = scripts[request.path].pop(0)
             location = f"http://127.0.0.1:{request.url.port}/moved?token=hunter2-{status}"
             return web.Response(status=status, headers={"Location": location}, text="moved")
-        assert request.method == "POST" and body
+        if request.path == UPSERT:
+            return web.Response(status=204)
         delivered[_seq(request)] = body.decode()
         return web.Response(status=200)
 
@@ -100,28 +116,37 @@ def test_a_redirect_is_never_a_delivery_nor_followed_and_the_batch_waits_for_the
             backoff_initial="100ms",
             backoff_max="300ms",
         )
+        data = json.loads(config.read_text())
+        data["uplinks"]["cb"] = {**data["uplinks"]["platform"], "type": "ngsi-ld"}
+        data["uplinks"]["cb"]["url"] = f"http://127.0.0.1:{server.port}"
+        config.write_text(json.dumps(data))
         daemon = daemon_factory(config)
         daemon.start()
         _wait(
             "every redirect answered (or one followed)",
-            lambda: len(answered) == len(REDIRECTS) or any(path != "/ingest" for _, path in seen),
+            lambda: not any(scripts.values()) or any(path != "/ingest" for _, path in seen),
         )
-        assert set(seen) == {("POST", "/ingest")}, f"a redirect was followed: {seen}"
-        # the batch at the cursor was redirected ten times: not acked, nothing pruned
-        cursor, last, held = _buffer(tmp_path)
-        assert cursor == 0 and held >= 1 and last >= 1
+        assert set(seen) == {("POST", "/ingest"), ("POST", UPSERT)}, f"a redirect was followed: {seen}"
+        # the batch at each cursor was redirected ten times: not acked, nothing pruned
+        assert _cursor(tmp_path, "platform")[0] == 0 and _cursor(tmp_path, "cb")[0] == 0
+        assert _buffer(tmp_path)[2] >= 1
         assert not delivered
         _wait("all delivered after the redirects", _all_arrived(delivered, Path(f"{key}.pub"), 300))
+        _wait("the broker has all", lambda: _cursor(tmp_path, "cb") == _cursor(tmp_path, "platform"))
         assert daemon.terminate() == 0
     finally:
         server.close()
     # /moved never saw anything: no body-less GET taken for a delivery, no re-POST to another place
-    assert set(seen) == {("POST", "/ingest")}, seen
+    assert set(seen) == {("POST", "/ingest"), ("POST", UPSERT)}, seen
     assert verify_all(list(delivered.values()), Path(f"{key}.pub")).values["d1"] == list(range(300))
     log = (tmp_path / "daemon.log").read_text()
-    for status in (301, 302, 303, 307, 308):
-        line = f"HTTP {status} redirect to http://127.0.0.1:{server.port}/moved?token=*** not followed"
-        assert log.count(line) == 1, f"{status}: {log.count(line)} lines\n{log}"
+    for uplink in ("platform", "cb"):
+        for status in (301, 302, 303, 307, 308):
+            line = (
+                f"uplink {uplink}: HTTP {status} redirect to "
+                f"http://127.0.0.1:{server.port}/moved?token=*** not followed"
+            )
+            assert log.count(line) == 1, f"{status}: {log.count(line)} lines\n{log}"
     assert "hunter2" not in log
 
 
