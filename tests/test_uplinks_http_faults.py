@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from gateway import redact
 from gateway.localbroker import free_port
 
 from .support import Daemon, verify_all
@@ -399,3 +400,24 @@ def test_check_refuses_a_token_or_user_that_cannot_be_a_header_value(tmp_path: P
     assert "uplinks.platform.username: the user name holds a ':'" in done.stderr
     assert "'ftp://h/in?api_key=***' is not an http:// or https:// url" in done.stderr
     assert SECRET not in done.stderr and "NEVER-SHOWN" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("https://p.example/in?api_key=s3cret&flag", "https://p.example/in?api_key=***&flag"),
+        ("https://u:pw@p.example:8443/in#frag", "https://***@p.example:8443/in"),
+        ("/moved?token=abc", "/moved?token=***"),
+        ("mqtt://localhost:99999", "mqtt://localhost:99999"),  # malformed, nothing to hide
+        ("mqtt://u:pw@localhost:99999", "mqtt://***@localhost:99999/***"),
+        ("https://p.example/in", "https://p.example/in"),
+    ],
+)
+def test_redact_url_keeps_what_tells_uplinks_apart_and_masks_the_rest(given: str, shown: str) -> None:
+    assert redact.url(given) == shown
+
+
+def test_redact_text_masks_urls_and_remembered_secrets_keeping_punctuation() -> None:
+    redact.remember(["pa55/word+1", None, "no"])
+    text = "POST https://h/in?k=v1: refused (k=v1), token pa55%2Fword%2B1 and pa55/word+1; no."
+    assert redact.text(text) == "POST https://h/in?k=***: refused (k=v1), token *** and ***; no."
