@@ -74,8 +74,9 @@ def outcome(status: int, text: str, headers: Mapping[str, str] | None = None) ->
     excerpt = redact.text(" ".join(text.split())[:200])
     if 300 <= status < 400:
         where = headers.get("Location") if headers is not None else None
+        shown = redact.url(" ".join(where.split()))[:300] if where else "(no Location)"
         raise DeliveryError(
-            f"HTTP {status} redirect to {redact.url(where) if where else '(no Location)'} not followed:"
+            f"HTTP {status} redirect to {shown} not followed:"
             " a batch counts as delivered only on a 2xx to the url it was POSTed to; set the uplink's"
             " url to the new address"
         )
@@ -106,7 +107,7 @@ async def _excerpt(response: aiohttp.ClientResponse) -> str:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-    except (TimeoutError, aiohttp.ClientPayloadError):
+    except (TimeoutError, aiohttp.ClientError):
         pass  # the status decides; the excerpt is only for the log
     return b"".join(chunks).decode("utf-8", errors="replace")
 
