@@ -27,7 +27,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 import zlib
 from collections import deque
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from gateway import wal
 from gateway.errors import BufferError, BufferOwnerError
 from gateway.senml import PAYLOAD_VERSION, Record, encode_payload
 
@@ -285,6 +288,8 @@ class Buffer:
     def _open_file(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            damage = wal.scan(Path(f"{self.path}-wal")) if self.path.exists() else None
+            before = self._read_damaged_wal(damage) if damage is not None else None
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
@@ -299,6 +304,8 @@ class Buffer:
         except BaseException:
             self._abandon()
             raise
+        if damage is not None and before is not None:
+            self._account_wal_loss(damage, *before)
         if self._staged:
             log.info("buffer: %d readings staged from before the restart", len(self._staged))
         if not self._make_reserve():
@@ -391,6 +398,112 @@ class Buffer:
         for name in self._uplinks:
             self._cursors[name] = max(int(saved.get(name, floor)), floor)
         self._saved_cursors = dict(self._cursors)
+
+    def _read_damaged_wal(self, damage: wal.WalDamage) -> tuple[Path, dict[str, object] | None]:
+        """Keep a copy of the damaged WAL; read the meta table of what its lost transactions held."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.name}-wal.damaged-{stamp}")
+        shutil.copyfile(f"{self.path}-wal", kept)
+        with tempfile.TemporaryDirectory(prefix=".wal-check-", dir=self.path.parent) as scratch:
+            copy = wal.repaired_copy(self.path, damage, Path(scratch) / self.path.name)
+            try:
+                db = sqlite3.connect(copy, isolation_level=None)
+                try:
+                    return kept, dict(db.execute("SELECT key, value FROM meta").fetchall())
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:  # the damaged frame was the meta table's last image
+                log.debug("the repaired copy of the WAL cannot be read: %s", exc)
+                return kept, None
+
+    def _account_wal_loss(self, damage: wal.WalDamage, kept: Path, held: dict[str, object] | None) -> None:
+        """Recovery dropped committed transactions: a signed gap record stands for what they held."""
+        first, prev = self._next_seq, self._last_hash
+        lost: int | None = None
+        to, last = first, prev
+        if held is not None:
+            try:
+                lost = max(0, int(str(held.get("accepted", 0))) - self._accepted_total)
+                held_next = int(str(held.get("next_seq", 1)))
+                if held_next > first:  # batches were sealed in the lost transactions: never reuse their seqs
+                    to, last = held_next - 1, _opt_str(held.get("last_hash"))
+                self._accepted_total += lost
+            except (TypeError, ValueError):
+                lost = None
+        if lost == 0 and to == first and last == prev:
+            log.warning(
+                "buffer: the WAL of %s was damaged (frame %d of %d); the transactions recovery dropped"
+                " held no readings; the damaged WAL is kept as %s",
+                self.path,
+                damage.bad,
+                damage.frames,
+                kept,
+                extra={"event": "wal_damaged"},
+            )
+            return
+        if last is None or not re.fullmatch(r"[0-9a-f]{64}", last):
+            last = hashlib.sha256(f"{self.chain}/{to}".encode()).hexdigest()  # a link for the next batch
+        readings = lost or 0
+        body = {
+            "v": PAYLOAD_VERSION,
+            "gateway": self.gateway,
+            "chain": self.chain,
+            "gap": {
+                "from": first,
+                "to": to,
+                "batches": to - first + 1,
+                "readings": readings,
+                "reason": "corrupt",
+            },
+            "prev": prev,
+            "last": last,
+            "created": round(time.time(), 3),
+        }
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        jws = self._signer.sign(payload)
+        record = {
+            "readings": readings if lost is not None else None,
+            "from": first,
+            "to": to,
+            "kept": kept.name,
+        }
+        with self._tx():
+            self._require_db().execute(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    to,
+                    KIND_GAP,
+                    time.time(),
+                    0,
+                    len(jws),
+                    jws.partition(".")[0],
+                    zlib.compress(payload, _ZLEVEL),
+                    _unb64(jws[-_SIG_B64_LEN:]),
+                    bytes.fromhex(last),
+                    self._held_now(),
+                ),
+            )
+            self._put_meta(
+                next_seq=to + 1,
+                last_hash=last,
+                accepted=self._accepted_total,
+                wal_lost=json.dumps({**record, "at": round(time.time(), 3)}),
+            )
+        self._next_seq, self._last_hash = to + 1, last
+        self.wal_lost_readings = readings
+        log.error(
+            "buffer: the WAL of %s was damaged (frame %d of %d): SQLite's recovery dropped committed"
+            " transactions holding %s accepted readings; a signed gap record (seq %d..%d, reason"
+            " corrupt) accounts for them; the damaged WAL is kept as %s",
+            self.path,
+            damage.bad,
+            damage.frames,
+            "an unknown number of" if lost is None else lost,
+            first,
+            to,
+            kept,
+            extra={"event": "wal_damaged"},
+        )
 
     def _abandon(self) -> None:
         """Close the connection and forget what was read (the file is not used)."""

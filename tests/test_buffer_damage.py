@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -23,8 +25,9 @@ from gateway.buffer import KIND_GAP, BatchLimits, Buffer
 from gateway.localbroker import LocalBroker, free_port
 from gateway.senml import Record
 from gateway.signing import Signer
+from gateway.wal import scan as wal_scan
 
-from .support import REPO, Collector, Daemon, payload_of, verify_all, write_config
+from .support import REPO, Collector, Daemon, payload_of, read_buffer, verify_all, write_config
 from .test_ops_status import sample, scrape
 
 CHAIN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -326,3 +329,133 @@ def test_a_damaged_batch_is_quarantined_behind_a_gap_record_and_the_rest_is_deli
     expected = [v for seq in sorted(stored) if seq != 3 for v in stored[seq]] + [0]
     assert verified.values["d1"] == expected
     assert sample(samples, "citygw_buffer_corrupt_batches_total") == 1
+
+
+# -- a damaged WAL (issue 15 item 8) ---------------------------------------------------------------
+
+
+def _wal_frames(wal: Path) -> tuple[int, list[int]]:
+    """The frame size and the commit frames of the WAL's present generation."""
+    data = wal.read_bytes()
+    _magic, _v, page_size, _c, salt1, salt2 = struct.unpack(">6I", data[:24])
+    size = 24 + page_size
+    commits = []
+    for i in range((len(data) - 32) // size):
+        _page, commit, s1, s2 = struct.unpack(">4I", data[32 + i * size : 32 + i * size + 16])
+        if (s1, s2) != (salt1, salt2):
+            break
+        if commit:
+            commits.append(i)
+    return size, commits
+
+
+def test_a_damaged_wal_is_found_at_start_and_its_lost_readings_are_accounted_for(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    state = tmp_path / "state"
+    path = state / "buffer.db"
+    down = write_config(
+        tmp_path / "down.yaml",
+        key=key,
+        port=free_port(),  # the uplink is down: everything stays in the buffer
+        devices={"d1": {"bus": "gen", "rate": 300, "values": "sequence"}},
+        buffer={"batch": {"max_readings": 100, "max_age": "300ms"}},
+    )
+    daemon = daemon_factory(down)
+    daemon.start()
+    wal = Path(f"{path}-wal")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if wal.exists() and len(_wal_frames(wal)[1]) >= 12:
+            break
+        time.sleep(0.1)
+    daemon.kill9()  # the WAL is left as it is, not checkpointed
+    truth_dir = tmp_path / "truth"
+    truth_dir.mkdir()
+    shutil.copyfile(path, truth_dir / "buffer.db")
+    shutil.copyfile(wal, truth_dir / "buffer.db-wal")
+    truth = read_buffer(truth_dir / "buffer.db").values["d1"]  # every reading accepted before the kill
+
+    # damage one frame of a transaction two thirds of the way in: recovery drops it and all after it
+    size, commits = _wal_frames(wal)
+    assert len(commits) >= 12, commits
+    frame = commits[2 * len(commits) // 3] + 1
+    data = bytearray(wal.read_bytes())
+    middle = 32 + frame * size + 24 + size // 2
+    for i in range(middle, middle + 8):
+        data[i] ^= 0xFF
+    wal.write_bytes(bytes(data))
+    assert wal_scan(wal) is not None
+
+    up = write_config(
+        tmp_path / "up.yaml",
+        key=key,
+        port=broker.port,
+        devices={"d2": {"bus": "gen", "rate": 10, "count": 1, "values": "sequence"}},
+        buffer={"batch": {"max_readings": 100, "max_age": "300ms"}},
+    )
+    daemon = daemon_factory(up)
+    daemon.start()
+
+    def settled(c: Collector) -> bool:
+        seqs: set[int] = set()
+        for token in c.snapshot():
+            body = payload_of(token)
+            seqs.update(range(body["gap"]["from"], body["gap"]["to"] + 1) if "gap" in body else [body["seq"]])
+        has_gap = any("gap" in payload_of(t) for t in c.snapshot())
+        has_d2 = any("d2" in json.dumps(payload_of(t).get("senml", [])) for t in c.snapshot())
+        return has_gap and has_d2 and seqs == set(range(1, max(seqs) + 1))
+
+    collector.wait(settled, 30, "the gap record, the staged readings and d2's reading")
+    assert daemon.terminate() == 0
+
+    verified = verify_all(collector.snapshot(), key.with_name(key.name + ".pub"))
+    assert len(verified.gaps) == 1
+    gap = verified.gaps[0]["gap"]
+    assert gap["reason"] == "corrupt"
+    delivered = verified.values.get("d1", [])
+    assert len(delivered) == len(set(delivered)) and set(delivered) <= truth
+    lost = len(truth) - len(delivered)
+    assert lost > 0 and gap["readings"] == lost
+    log = daemon.log.read_text()
+    lines = [line for line in log.splitlines() if "WAL of" in line]
+    assert len(lines) == 1 and f"holding {lost} accepted readings" in lines[0], log
+    assert "Traceback" not in log
+    assert list(state.glob("buffer.db-wal.damaged-*"))  # the evidence is kept
+    status = status_json(up)
+    assert status["buffer"]["wal_lost"]["readings"] == lost
+
+
+def test_a_power_cut_on_a_healthy_wal_is_no_alarm(tmp_path: Path, key: Path) -> None:
+    """A torn tail (the last transaction half written) is what a power cut leaves: no gap record."""
+    path = tmp_path / "b.db"
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from gateway.buffer import BatchLimits, Buffer\n"
+        "from gateway.signing import Signer\n"
+        f"b = Buffer(Path({str(path)!r}), gateway='gw-test', signer=Signer.from_file(Path({str(key)!r})),"
+        " uplinks=['local'], limits=BatchLimits(max_readings=100, max_age=3600))\n"
+        "b.open()\n"
+        "for i in range(30):\n"
+        "    b.commit([('d', 't', 'Cel', j, 1.79e9 + j, 0) for j in range(i * 37, (i + 1) * 37)])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+    wal = Path(f"{path}-wal")
+    size, commits = _wal_frames(wal)
+    # the power cut: the last transaction's commit frame never reached the card, the one before is torn
+    data = wal.read_bytes()[: 32 + commits[-1] * size]
+    torn = bytearray(data)
+    for i in range(len(torn) - size // 2, len(torn)):
+        torn[i] = 0
+    wal.write_bytes(bytes(torn))
+    assert wal_scan(wal) is None
+    buf = make(path, key)
+    assert buf.wal_lost_readings == 0
+    assert not [b for b in buf.fetch(0, 1000) if b.kind == KIND_GAP]
+    assert not list(tmp_path.glob("b.db-wal.damaged-*"))
