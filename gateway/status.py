@@ -372,7 +372,8 @@ def render(data: dict[str, Any]) -> None:
         table.add_row("replaced", f"a damaged buffer, kept as {aside.get('file')}: {aside.get('why')}")
     wal = buffer.get("wal_lost")
     if wal:
-        table.add_row("WAL lost", f"{wal.get('readings')} accepted readings (a gap record says so)")
+        lost = "an unknown number of" if wal.get("readings") is None else wal.get("readings")
+        table.add_row("WAL lost", f"{lost} accepted readings at a start (a gap record says so)")
     console.print(table)
 
     table = Table(title="uplinks", title_justify="left")
