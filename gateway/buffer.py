@@ -21,11 +21,15 @@ All methods are synchronous and must be called from one thread (see :mod:`gatewa
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import sqlite3
+import tempfile
 import time
 import zlib
 from collections import deque
@@ -34,12 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from gateway.errors import BufferError
-from gateway.senml import Record, encode_payload
+from gateway import wal
+from gateway.errors import BufferError, BufferOwnerError
+from gateway.senml import PAYLOAD_VERSION, Record, encode_payload
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: batches.held (the buffer clock at sealing), meta.chain
 KIND_DATA = 0
 KIND_GAP = 1
 _SIG_B64_LEN = 86  # an Ed25519 signature is 64 bytes, 86 base64url characters
@@ -59,13 +64,14 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
     kind INTEGER NOT NULL,        -- 0 data, 1 gap record
-    created REAL NOT NULL,        -- UTC epoch seconds
+    created REAL NOT NULL,        -- UTC epoch seconds (shown to people; never used for age)
     readings INTEGER NOT NULL,
     size INTEGER NOT NULL,        -- length of the compact JWS on the wire
     header TEXT NOT NULL,         -- base64url protected header
     payload BLOB NOT NULL,        -- zlib(payload JSON)
     sig BLOB NOT NULL,            -- raw signature
-    hash BLOB NOT NULL            -- SHA-256 of the JWS: the chain link to the next batch
+    hash BLOB NOT NULL,           -- SHA-256 of the JWS: the chain link to the next batch
+    held REAL                     -- the buffer clock when sealed: what max_age measures
 );
 CREATE TABLE IF NOT EXISTS cursors (uplink TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parked (        -- batches an uplink's destination refused for good
@@ -145,6 +151,42 @@ def _is_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
+_CHAIN_RE = re.compile(r"[A-Za-z0-9_-]{22}")
+_DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_CLOCK_STEP = 1.0  # seconds: a jump of the wall clock against the monotonic one larger than this is a step
+
+
+class _Damaged(Exception):
+    """The file's content cannot be read: it is moved aside (internal to :meth:`Buffer.open`)."""
+
+
+def new_chain_id() -> str:
+    """A chain id: 16 random bytes, base64url without padding (22 characters)."""
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file is damaged (not busy, full, or unreadable)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DAMAGE_CODES
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _record(item: object) -> Record:
+    """A stored record as JSON gave it back; TypeError/ValueError when it is not one."""
+    if not isinstance(item, list) or len(item) != 6:
+        raise TypeError(f"not a stored reading: {item!r:.80}")
+    device, name, unit, value, when, flags = item
+    if not (isinstance(device, str) and isinstance(name, str) and isinstance(unit, str)):
+        raise TypeError(f"not a stored reading: {item!r:.80}")
+    if not isinstance(value, int | float | bool | str) or not isinstance(flags, int):
+        raise TypeError(f"not a stored reading: {item!r:.80}")
+    return (device, name, unit, value, float(when), flags)
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
@@ -215,44 +257,137 @@ class Buffer:
         self.full_episodes = 0
         self._full_dropped = [0, 0]  # gap records, readings dropped in the present episode
         self._last_space_check = 0.0
+        self.chain = ""  # this buffer's stream id (set by open)
+        self._reset: dict[str, object] | None = None  # on a new chain's first batch: the chain it replaces
+        self._old_meta: dict[str, object] = {}
+        self._pending_meta: dict[str, object] = {}  # written into a fresh file's meta
+        self.moved_aside: str | None = None  # JSON: the damaged file this buffer replaced (meta)
+        self.moved_aside_now: Path | None = None  # the file moved aside by this process's open
+        self.corrupt_batches = 0  # stored batches found damaged and replaced by gap records
+        # the buffer clock: seconds this buffer has been open over its life (a wall-clock step
+        # cannot move it); batches are aged on it
+        self._clock_base = 0.0
+        self._clock_mono = time.monotonic()
+        self._wall_offset = time.time() - self._clock_mono
+        self._accepted_total = 0
+        self.clock_steps = 0
+        self.wal_lost_readings = 0  # accepted readings a damaged WAL lost (found by open)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Open (or create) the file. A damaged file is moved aside and a fresh buffer, on a new
+        chain, takes its place (see :meth:`_move_aside`); one of another gateway is refused."""
+        try:
+            self._open_file()
+        except _Damaged as damage:
+            self._abandon()
+            self._move_aside(str(damage))
+            self._open_file()
+
+    def _open_file(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            damage = wal.scan(Path(f"{self.path}-wal")) if self.path.exists() else None
+            before = self._read_damaged_wal(damage) if damage is not None else None
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._sync}")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.execute("PRAGMA journal_size_limit=4194304")
-            # the buffer writes far more than it reads back: a small page cache spares a Pi's RAM
-            db.execute("PRAGMA cache_size=-512")
-            db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
         self._db = db
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        try:
+            self._load(db)
+        except sqlite3.Error as exc:
+            if _is_damage(exc):
+                raise _Damaged(str(exc)) from exc
+            self._abandon()
+            raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
+        except BaseException:
+            self._abandon()
+            raise
+        if damage is not None and before is not None:
+            self._account_wal_loss(damage, *before)
+        if self._staged:
+            log.info("buffer: %d readings staged from before the restart", len(self._staged))
+        if not self._make_reserve():
+            log.warning(
+                "buffer: no room for the %d-byte reserve beside %s; a full disk will cost more data",
+                RESERVE_BYTES,
+                self.path,
+            )
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        """Read what the file holds into memory; raises _Damaged for content that cannot be read."""
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._sync}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_size_limit=4194304")
+        # the buffer writes far more than it reads back: a small page cache spares a Pi's RAM
+        db.execute("PRAGMA cache_size=-512")
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        meta: dict[str, object] = {}
+        if "meta" in tables:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        self._old_meta = meta
         version = meta.get("schema", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version not in (1, SCHEMA_VERSION):
             raise BufferError(f"buffer {self.path} has schema {version}, this citygw reads {SCHEMA_VERSION}")
         owner = meta.get("gateway")
         if owner is not None and owner != self.gateway:
-            log.warning(
-                "buffer %s was written by gateway %r; continuing as %r", self.path, owner, self.gateway
+            raise BufferOwnerError(
+                f"buffer {self.path} was written by gateway {owner!r}, this config is gateway"
+                f" {self.gateway!r}: it is not adopted. Set gateway.id back to {owner!r}, or move the"
+                f" file away (its undelivered batches stay in it) to start a new buffer as {self.gateway!r}"
             )
-        self._next_seq = int(meta.get("next_seq", 1))
-        self._last_hash = meta.get("last_hash")
-        self._pruned_seq = int(meta.get("pruned_seq", 0))
-        self._pruned_hash = meta.get("pruned_hash")
-        self._skip = int(meta.get("stage_skip", 0))
-        if meta.get("schema") != SCHEMA_VERSION or owner != self.gateway:  # no write when nothing changed
+        db.executescript(_SCHEMA)
+        if version == 1 and "batches" in tables:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
+            if "held" not in columns:
+                db.execute("ALTER TABLE batches ADD COLUMN held REAL")
+        try:
+            self._next_seq = int(str(meta.get("next_seq", 1)))
+            self._last_hash = _opt_str(meta.get("last_hash"))
+            self._pruned_seq = int(str(meta.get("pruned_seq", 0)))
+            self._pruned_hash = _opt_str(meta.get("pruned_hash"))
+            self._skip = int(str(meta.get("stage_skip", 0)))
+            self._clock_base = float(str(meta.get("clock", 0.0)))
+            self._clock_mono = time.monotonic()
+            self._accepted_total = int(str(meta.get("accepted", 0)))
+            reset = meta.get("reset")
+            self._reset = json.loads(str(reset)) if reset is not None else None
+        except (TypeError, ValueError) as exc:
+            raise _Damaged(f"its meta table is damaged ({exc})") from exc
+        chain = meta.get("chain")
+        fresh: dict[str, object] = dict(self._pending_meta)
+        self._pending_meta = {}
+        if "reset" in fresh:
+            self._reset = json.loads(str(fresh["reset"]))
+        if not isinstance(chain, str) or not _CHAIN_RE.fullmatch(chain):
+            chain = new_chain_id()
+            fresh["chain"] = chain
+            if self._next_seq > 1:  # made by a citygw before chains: the chain starts here, seqs go on
+                log.info(
+                    "buffer: %s gets chain id %s; its seq numbering goes on at %d",
+                    self.path,
+                    chain,
+                    self._next_seq,
+                )
+        self.chain = chain
+        if meta.get("schema") != SCHEMA_VERSION or owner != self.gateway or fresh:  # no write when unchanged
             with self._tx():
-                self._put_meta(schema=SCHEMA_VERSION, gateway=self.gateway)
+                self._put_meta(schema=SCHEMA_VERSION, gateway=self.gateway, **fresh)
+                # batches sealed before the buffer clock existed: aged by the wall clock, once
+                db.execute(
+                    "UPDATE batches SET held = ? - max(0.0, ? - created) WHERE held IS NULL",
+                    (self._held_now(), time.time()),
+                )
+        self.moved_aside = _opt_str(fresh.get("moved_aside", meta.get("moved_aside")))
         now = time.monotonic()
         for chunk_id, n, data in db.execute("SELECT id, n, data FROM chunks ORDER BY id"):
-            raw = zlib.decompress(data)
-            records = [tuple(r) for r in json.loads(raw)]
+            try:
+                raw = zlib.decompress(data)
+                records = [_record(r) for r in json.loads(raw)]
+            except (zlib.error, ValueError, TypeError) as exc:
+                raise _Damaged(f"staged chunk {chunk_id} cannot be read ({exc})") from exc
             self._chunks.append(_Chunk(chunk_id, n, now))
             self._staged.extend(records)
             self._staged_bytes += len(raw)
@@ -263,14 +398,166 @@ class Buffer:
         for name in self._uplinks:
             self._cursors[name] = max(int(saved.get(name, floor)), floor)
         self._saved_cursors = dict(self._cursors)
-        if self._staged:
-            log.info("buffer: %d readings staged from before the restart", len(self._staged))
-        if not self._make_reserve():
+
+    def _read_damaged_wal(self, damage: wal.WalDamage) -> tuple[Path, dict[str, object] | None]:
+        """Keep a copy of the damaged WAL; read the meta table of what its lost transactions held."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.name}-wal.damaged-{stamp}")
+        shutil.copyfile(f"{self.path}-wal", kept)
+        with tempfile.TemporaryDirectory(prefix=".wal-check-", dir=self.path.parent) as scratch:
+            copy = wal.repaired_copy(self.path, damage, Path(scratch) / self.path.name)
+            try:
+                db = sqlite3.connect(copy, isolation_level=None)
+                try:
+                    return kept, dict(db.execute("SELECT key, value FROM meta").fetchall())
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:  # the damaged frame was the meta table's last image
+                log.debug("the repaired copy of the WAL cannot be read: %s", exc)
+                return kept, None
+
+    def _account_wal_loss(self, damage: wal.WalDamage, kept: Path, held: dict[str, object] | None) -> None:
+        """Recovery dropped committed transactions: a signed gap record stands for what they held."""
+        first, prev = self._next_seq, self._last_hash
+        lost: int | None = None
+        to, last = first, prev
+        if held is not None:
+            try:
+                lost = max(0, int(str(held.get("accepted", 0))) - self._accepted_total)
+                held_next = int(str(held.get("next_seq", 1)))
+                if held_next > first:  # batches were sealed in the lost transactions: never reuse their seqs
+                    to, last = held_next - 1, _opt_str(held.get("last_hash"))
+                self._accepted_total += lost
+            except (TypeError, ValueError):
+                lost = None
+        if lost == 0 and to == first and last == prev:
             log.warning(
-                "buffer: no room for the %d-byte reserve beside %s; a full disk will cost more data",
-                RESERVE_BYTES,
+                "buffer: the WAL of %s was damaged (frame %d of %d); the transactions recovery dropped"
+                " held no readings; the damaged WAL is kept as %s",
                 self.path,
+                damage.bad,
+                damage.frames,
+                kept,
+                extra={"event": "wal_damaged"},
             )
+            return
+        if last is None or not re.fullmatch(r"[0-9a-f]{64}", last):
+            last = hashlib.sha256(f"{self.chain}/{to}".encode()).hexdigest()  # a link for the next batch
+        readings = lost or 0
+        body = {
+            "v": PAYLOAD_VERSION,
+            "gateway": self.gateway,
+            "chain": self.chain,
+            "gap": {
+                "from": first,
+                "to": to,
+                "batches": to - first + 1,
+                "readings": readings,
+                "reason": "corrupt",
+            },
+            "prev": prev,
+            "last": last,
+            "created": round(time.time(), 3),
+        }
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        jws = self._signer.sign(payload)
+        record = {
+            "readings": readings if lost is not None else None,
+            "from": first,
+            "to": to,
+            "kept": kept.name,
+        }
+        with self._tx():
+            self._require_db().execute(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    to,
+                    KIND_GAP,
+                    time.time(),
+                    0,
+                    len(jws),
+                    jws.partition(".")[0],
+                    zlib.compress(payload, _ZLEVEL),
+                    _unb64(jws[-_SIG_B64_LEN:]),
+                    bytes.fromhex(last),
+                    self._held_now(),
+                ),
+            )
+            self._put_meta(
+                next_seq=to + 1,
+                last_hash=last,
+                accepted=self._accepted_total,
+                wal_lost=json.dumps({**record, "at": round(time.time(), 3)}),
+            )
+        self._next_seq, self._last_hash = to + 1, last
+        self.wal_lost_readings = readings
+        log.error(
+            "buffer: the WAL of %s was damaged (frame %d of %d): SQLite's recovery dropped committed"
+            " transactions holding %s accepted readings; a signed gap record (seq %d..%d, reason"
+            " corrupt) accounts for them; the damaged WAL is kept as %s",
+            self.path,
+            damage.bad,
+            damage.frames,
+            "an unknown number of" if lost is None else lost,
+            first,
+            to,
+            kept,
+            extra={"event": "wal_damaged"},
+        )
+
+    def _abandon(self) -> None:
+        """Close the connection and forget what was read (the file is not used)."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        self._staged, self._staged_bytes, self._chunks, self._skip = [], 0, deque(), 0
+        self._cursors, self._saved_cursors = {}, {}
+
+    def _move_aside(self, why: str) -> None:
+        """Keep the damaged file (and its WAL) under a new name and note it for the fresh buffer."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for n in range(1, 100):  # never over an earlier one
+            if not aside.exists():
+                break
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                try:
+                    source.rename(f"{aside}{suffix}")
+                except OSError as exc:
+                    raise BufferError(
+                        f"buffer {self.path} is damaged ({why}) and cannot be moved aside: {exc}"
+                    ) from exc
+        meta = self._old_meta
+        old_chain = meta.get("chain")
+        reset = None
+        try:
+            if isinstance(old_chain, str) and _CHAIN_RE.fullmatch(old_chain):
+                reset = {
+                    "chain": old_chain,
+                    "seq": int(str(meta.get("next_seq", 1))) - 1,
+                    "reason": "corrupt",
+                }
+        except ValueError:
+            reset = None
+        self._pending_meta = {
+            "moved_aside": json.dumps({"file": aside.name, "why": why, "at": round(time.time(), 3)}),
+            **({"reset": json.dumps(reset)} if reset is not None else {}),
+        }
+        self.moved_aside_now = aside
+        log.error(
+            "buffer: %s is damaged (%s); moved aside to %s (kept) and started a fresh buffer%s",
+            self.path,
+            why,
+            aside,
+            f" whose first batch says it replaces chain {reset['chain']} up to seq {reset['seq']}"
+            if reset
+            else "",
+            extra={"event": "buffer_moved_aside"},
+        )
 
     def close(self) -> None:
         """Persist cursors and close; staged readings stay staged for the next start."""
@@ -320,6 +607,8 @@ class Buffer:
         if durable:  # a sealed batch may leave the box at once: its seq must survive a power cut
             db.execute("PRAGMA synchronous=FULL")
         pruned = self._pruned_seq, self._pruned_hash
+        held = self._held_now()
+        accepted_total = self._accepted_total + len(records)
         try:
             with self._tx():
                 new_chunk: _Chunk | None = None
@@ -343,14 +632,21 @@ class Buffer:
                         zlib.compress(b.payload, _ZLEVEL),
                         _unb64(b.jws[-_SIG_B64_LEN:]),
                         bytes.fromhex(b.digest),
+                        held,
                     )
                     for b in plan
                 ]
                 if rows:
-                    db.executemany("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                    db.executemany("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
                 chunks, skip = self._consume_chunks(min(sealed_count, old_count))
                 seq, prev = (plan[-1].seq + 1, plan[-1].digest) if plan else (self._next_seq, self._last_hash)
-                self._put_meta(next_seq=seq, last_hash=prev, stage_skip=skip)
+                self._put_meta(
+                    next_seq=seq,
+                    last_hash=prev,
+                    stage_skip=skip,
+                    clock=round(held, 3),
+                    accepted=accepted_total,
+                )
                 self._save_cursors()
                 self._prune()
         except BaseException:
@@ -368,6 +664,7 @@ class Buffer:
         self._staged = staged[sealed_count:]
         self._staged_bytes = staged_bytes * len(self._staged) // len(staged) if staged and self._staged else 0
         self._next_seq, self._last_hash = seq, prev
+        self._accepted_total = accepted_total
         try:
             result.gaps = self._retention()
         except sqlite3.Error as exc:  # the readings are accepted; retention tries again next commit
@@ -395,7 +692,15 @@ class Buffer:
                 break
             n = min(left, limits.max_readings)
             while True:
-                payload = encode_payload(self.gateway, seq, prev, created, staged[start : start + n])
+                payload = encode_payload(
+                    self.gateway,
+                    seq,
+                    prev,
+                    created,
+                    staged[start : start + n],
+                    chain=self.chain,
+                    reset=self._reset if seq == 1 else None,
+                )
                 size = self._jws_size(len(payload))
                 if size <= limits.max_bytes or n == 1:
                     break
@@ -429,29 +734,55 @@ class Buffer:
         """Up to ``limit`` batches with seq > ``after``, in seq order, as compact JWS.
 
         With ``uplink``, what is returned counts as possibly delivered to it until acknowledged:
-        retention does not drop it (a gap record must never claim a batch the platform has)."""
-        rows = (
-            self._require_db()
-            .execute(
-                "SELECT seq, kind, created, readings, header, payload, sig FROM batches"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
+        retention does not drop it (a gap record must never claim a batch the platform has).
+        A stored batch whose JWS no longer hashes to its chain link (damaged on the card) is
+        quarantined: replaced by a signed gap record (reason ``corrupt``) and counted."""
+        while True:
+            rows = (
+                self._require_db()
+                .execute(
+                    "SELECT seq, kind, created, readings, CAST(header AS BLOB), payload, sig, hash"
+                    " FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, limit),
+                )
+                .fetchall()
             )
-            .fetchall()
-        )
-        out = [
-            Outgoing(
-                seq,
-                b".".join((header.encode(), _b64(zlib.decompress(payload)), _b64(sig))),
-                readings,
-                kind,
-                created,
-            )
-            for seq, kind, created, readings, header, payload, sig in rows
-        ]
+            out: list[Outgoing] = []
+            damaged: tuple[int, int, int, str] | None = None
+            for seq, kind, created, readings, header, payload, sig, digest in rows:
+                try:
+                    data = b".".join((bytes(header), _b64(zlib.decompress(payload)), _b64(sig)))
+                    # a data batch's hash is its chain link; a gap record's is the link it carries on
+                    linked = kind != KIND_DATA or hashlib.sha256(data).digest() == bytes(digest)
+                    intact = linked and data.isascii()
+                    why = "its JWS does not match its stored hash"
+                except zlib.error as exc:
+                    intact, why = False, f"its payload cannot be decompressed ({exc})"
+                if not intact:
+                    damaged = seq, kind, int(readings), why
+                    break
+                out.append(Outgoing(seq, data, readings, kind, created))
+            if damaged is None:
+                break
+            self._quarantine(*damaged)
         if uplink is not None and out:
             self._sent[uplink] = max(self._sent.get(uplink, 0), out[-1].seq)
         return out
+
+    def _quarantine(self, seq: int, kind: int, readings: int, why: str) -> None:
+        """Replace the damaged batch ``seq`` by a signed gap record (reason ``corrupt``)."""
+        self.corrupt_batches += 1
+        log.error(
+            "buffer: batch %d (%d readings) is damaged on disk (%s); replaced by a signed gap record"
+            " (reason corrupt), delivery goes on",
+            seq,
+            readings,
+            why,
+            extra={"event": "batch_corrupt"},
+        )
+        if kind == KIND_GAP:  # a damaged gap record: sign it again for its own seq
+            readings = 0
+        self._replace_with_gap([(seq, readings)], "corrupt", quiet=True)
 
     def ack(self, uplink: str, seq: int) -> None:
         """Record that ``uplink`` holds every batch up to ``seq`` (persisted with the next commit)."""
@@ -483,6 +814,16 @@ class Buffer:
 
     def cursor(self, uplink: str) -> int:
         return self._cursors.get(uplink, self._pruned_seq)
+
+    @property
+    def moved_aside_file(self) -> str | None:
+        """The name of the damaged file this buffer replaced (kept beside it), if any."""
+        if self.moved_aside is None:
+            return None
+        try:
+            return str(json.loads(self.moved_aside)["file"])
+        except (ValueError, KeyError, TypeError):
+            return self.moved_aside
 
     @property
     def last_seq(self) -> int:
@@ -556,13 +897,33 @@ class Buffer:
             gap = self._drop_oldest(used - int(cap * 0.9), "max_disk")
             if gap:
                 gaps.append(gap)
-        now = time.time()
-        if now - self._last_age_check >= 60.0:
+        self._watch_wall_clock()
+        now = time.monotonic()
+        if now - self._last_age_check >= min(60.0, max(1.0, self.max_age / 60)):
             self._last_age_check = now
-            gap = self._drop_older_than(now - self.max_age)
+            gap = self._drop_older_than(self._held_now() - self.max_age)
             if gap:
                 gaps.append(gap)
         return gaps
+
+    def _held_now(self) -> float:
+        """The buffer clock: seconds this buffer has been open over its life (monotonic)."""
+        return self._clock_base + time.monotonic() - self._clock_mono
+
+    def _watch_wall_clock(self) -> None:
+        """Say so once when the wall clock steps (NTP after a boot without RTC): ages do not move."""
+        offset = time.time() - time.monotonic()
+        step = offset - self._wall_offset
+        if abs(step) <= _CLOCK_STEP:
+            return
+        self._wall_offset = offset
+        self.clock_steps += 1
+        log.warning(
+            "buffer: the wall clock stepped by %+.0f s; batch ages for max_age are measured on the"
+            " buffer's monotonic clock, so the step drops nothing",
+            step,
+            extra={"event": "buffer_clock_step"},
+        )
 
     # -- a full file system ------------------------------------------------------------------
 
@@ -678,7 +1039,7 @@ class Buffer:
         rows = (
             self._require_db()
             .execute(
-                "SELECT seq, readings FROM batches WHERE kind = ? AND created < ?"
+                "SELECT seq, readings FROM batches WHERE kind = ? AND held < ?"
                 " AND seq NOT IN (SELECT seq FROM parked) ORDER BY seq",
                 (KIND_DATA, cutoff),
             )
@@ -703,7 +1064,7 @@ class Buffer:
             return self._pruned_hash
         return None
 
-    def _replace_with_gap(self, picked: list[tuple[int, int]], reason: str) -> Gap:
+    def _replace_with_gap(self, picked: list[tuple[int, int]], reason: str, *, quiet: bool = False) -> Gap:
         """Delete the batches ``picked`` and store a signed gap record at the last one's seq."""
         db = self._require_db()
         first, last = picked[0][0], picked[-1][0]
@@ -711,7 +1072,9 @@ class Buffer:
         gap = Gap(first, last, len(picked), readings, reason)
         last_hash = bytes(db.execute("SELECT hash FROM batches WHERE seq = ?", (last,)).fetchone()[0])
         body = {
+            "v": PAYLOAD_VERSION,
             "gateway": self.gateway,
+            "chain": self.chain,
             "gap": {
                 "from": first,
                 "to": last,
@@ -730,7 +1093,7 @@ class Buffer:
         with self._tx():
             db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?", (first, last))
             db.execute(
-                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     last,
                     KIND_GAP,
@@ -741,8 +1104,11 @@ class Buffer:
                     zlib.compress(payload, _ZLEVEL),
                     sig,
                     last_hash,
+                    self._held_now(),
                 ),
             )
+        if quiet:
+            return gap
         if self.full_cap is not None:  # a full disk: one line when it starts, one when it ends
             self._full_dropped[0] += 1
             self._full_dropped[1] += readings

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.errors import CitygwError, ConfigError, KeyFileError
+from gateway.errors import BufferOwnerError, CitygwError, ConfigError, KeyFileError
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -85,6 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         asyncio.run(gateway.run())
+    except BufferOwnerError as exc:  # another gateway's buffer: a config matter, not a restart's
+        log.error("%s: %s", path, exc)
+        return EXIT_CONFIG
     except CitygwError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

@@ -45,3 +45,7 @@ class DeliveryError(CitygwError):
 
 class VerificationError(CitygwError):
     """A signed batch failed verification: bad signature, broken chain or malformed pack."""
+
+
+class BufferOwnerError(BufferError):
+    """The buffer file was written by another gateway id: it is not adopted (exit 78)."""

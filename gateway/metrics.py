@@ -19,6 +19,10 @@ Metric names, for dashboards and alerts (docs/operations.md suggests alert rules
 ``citygw_readings_invalid_total``               readings refused (a value JSON cannot carry)
 ``citygw_buffer_*``                             staged readings, batches held, bytes, oldest batch age
 ``citygw_retention_dropped_*_total``            readings/gaps retention dropped before delivery
+``citygw_buffer_corrupt_batches_total``         stored batches found damaged, sent as gap records
+``citygw_buffer_moved_aside{file}``             1: a damaged buffer file was moved aside for this one
+``citygw_buffer_wal_lost_readings``             accepted readings a damaged WAL lost (at the last start)
+``citygw_buffer_clock_steps_total``             wall-clock steps seen (ages are monotonic: none drops)
 ``citygw_uplink_state{uplink,state}``           1 for the uplink's state
 ``citygw_uplink_lag_batches{uplink}``           batches (and gap records) not acknowledged yet
 ``citygw_uplink_oldest_undelivered_age_seconds`` age of the oldest of them (0 when none)
@@ -163,6 +167,29 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("citygw_buffer_last_seq", "The last sealed seq.", value=buffer.last_seq)
         yield GaugeMetricFamily(
             "citygw_buffer_max_bytes", "The buffer's disk cap (buffer.max_disk).", value=buffer.max_disk
+        )
+        yield CounterMetricFamily(
+            "citygw_buffer_corrupt_batches",
+            "Stored batches found damaged and replaced by gap records (reason corrupt).",
+            value=buffer.corrupt_batches,
+        )
+        yield CounterMetricFamily(
+            "citygw_buffer_clock_steps",
+            "Wall-clock steps seen; batch ages are measured on a monotonic clock.",
+            value=buffer.clock_steps,
+        )
+        aside = GaugeMetricFamily(
+            "citygw_buffer_moved_aside",
+            "1: this buffer replaced a damaged file, kept under the name in the label.",
+            labels=["file"],
+        )
+        if buffer.moved_aside_file is not None:
+            aside.add_metric([buffer.moved_aside_file], 1)
+        yield aside
+        yield GaugeMetricFamily(
+            "citygw_buffer_wal_lost_readings",
+            "Accepted readings a damaged WAL lost, found at the last start (a gap record says so).",
+            value=buffer.wal_lost_readings,
         )
         report = self.ops.report
         if report is None:

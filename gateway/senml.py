@@ -88,13 +88,34 @@ def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
     return pack
 
 
-def encode_payload(gateway: str, seq: int, prev: str | None, created: float, records: list[Record]) -> bytes:
-    """The JSON payload of a data batch (the wire contract, see docs/integrator.md)."""
-    body = {
+PAYLOAD_VERSION = 2
+"""The wire contract's version (``"v"``): 2 since each buffer's stream carries its own ``chain``."""
+
+
+def encode_payload(
+    gateway: str,
+    seq: int,
+    prev: str | None,
+    created: float,
+    records: list[Record],
+    *,
+    chain: str,
+    reset: dict[str, Any] | None = None,
+) -> bytes:
+    """The JSON payload of a data batch (the wire contract, see docs/integrator.md).
+
+    ``chain`` is the buffer's stream id; ``reset`` (only on a new chain's first batch) names the
+    chain it replaces. Field order is fixed: v, gateway, chain, seq, prev, created, [reset], senml.
+    """
+    body: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
         "gateway": gateway,
+        "chain": chain,
         "seq": seq,
         "prev": prev,
         "created": round(created, 3),
-        "senml": build_pack(gateway, records),
     }
+    if reset is not None:
+        body["reset"] = reset
+    body["senml"] = build_pack(gateway, records)
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()

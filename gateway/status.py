@@ -62,6 +62,9 @@ class BufferReport:
     file_bytes: int = 0  # the file and its WAL on disk
     uplinks: tuple[UplinkLag, ...] = ()
     read_at: float = 0.0  # UTC epoch seconds
+    chain: str | None = None  # the buffer's stream id on the wire
+    moved_aside: dict[str, Any] | None = None  # the damaged file this buffer replaced: file, why, at
+    wal_lost: dict[str, Any] | None = None  # readings a damaged WAL lost: readings, at
 
 
 def _uri(path: Path) -> str:
@@ -143,7 +146,20 @@ def _report(db: sqlite3.Connection, path: Path, uplinks: Sequence[str] | None) -
         file_bytes=sum(p.stat().st_size for p in files if p.exists()),
         uplinks=tuple(lags),
         read_at=time.time(),
+        chain=meta.get("chain"),
+        moved_aside=_json_meta(meta.get("moved_aside")),
+        wal_lost=_json_meta(meta.get("wal_lost")),
     )
+
+
+def _json_meta(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(str(value))
+    except ValueError:
+        return {"note": str(value)}
+    return parsed if isinstance(parsed, dict) else {"note": str(value)}
 
 
 # --- the daemon's side: its metrics endpoint ---------------------------------------------------
@@ -268,6 +284,9 @@ def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
             "path": report.path,
             "exists": report.exists,
             "written_by": report.gateway,
+            "chain": report.chain,
+            "moved_aside": report.moved_aside,
+            "wal_lost": report.wal_lost,
             "last_seq": report.last_seq,
             "staged_readings": report.staged,
             "batches": report.batches,
@@ -348,6 +367,13 @@ def render(data: dict[str, Any]) -> None:
         else "none"
     )
     table.add_row("dropped", dropped)
+    aside = buffer.get("moved_aside")
+    if aside:
+        table.add_row("replaced", f"a damaged buffer, kept as {aside.get('file')}: {aside.get('why')}")
+    wal = buffer.get("wal_lost")
+    if wal:
+        lost = "an unknown number of" if wal.get("readings") is None else wal.get("readings")
+        table.add_row("WAL lost", f"{lost} accepted readings at a start (a gap record says so)")
     console.print(table)
 
     table = Table(title="uplinks", title_justify="left")

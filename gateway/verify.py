@@ -29,15 +29,16 @@ from gateway.signing import ALG, chain_hash, load_public_keys
 Decoded = tuple[str, Value, str, float]
 """One resolved SenML record: name (bn + n), value, unit (``""`` if none), time (UTC epoch s)."""
 
-GAP_REASONS = frozenset({"max_disk", "max_age"})
+GAP_REASONS = frozenset({"max_disk", "max_age", "corrupt"})
 MAX_PAYLOAD = 16 * 1024 * 1024  # base64url characters; joserfc's default (128 kB) is below our batches
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")  # RFC 8428 §4.5.1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _RECORD_FIELDS = frozenset({"bn", "bt", "n", "u", "v", "vb", "vs", "t", "flags", "window"})
 _VALUE_FIELDS = ("v", "vb", "vs")
-_BATCH_FIELDS = frozenset({"gateway", "seq", "prev", "created", "senml"})
-_GAP_FIELDS = frozenset({"gateway", "gap", "prev", "last", "created"})
+# v 2 (chain, reset): read here, checked by the receiver's side of the contract
+_BATCH_FIELDS = frozenset({"v", "gateway", "chain", "seq", "prev", "created", "reset", "senml"})
+_GAP_FIELDS = frozenset({"v", "gateway", "chain", "gap", "prev", "last", "created"})
 _GAP_RANGE_FIELDS = frozenset({"from", "to", "batches", "readings", "reason"})
 
 

@@ -223,7 +223,7 @@ def test_a_batch_after_a_gap_must_link_to_its_last(verifier: ChainVerifier, sign
     ("change", "reason"),
     [
         ({"batches": 3}, "gap.batches is 3 but 3..4 holds 2"),
-        ({"reason": "full"}, "gap.reason: 'full' is not one of max_age, max_disk"),
+        ({"reason": "full"}, "gap.reason: 'full' is not one of corrupt, max_age, max_disk"),
         ({"to": 2}, "gap.to: 2 is below 3"),
     ],
 )
