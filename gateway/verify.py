@@ -34,7 +34,7 @@ MAX_PAYLOAD = 16 * 1024 * 1024  # base64url characters; joserfc's default (128 k
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")  # RFC 8428 §4.5.1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RECORD_FIELDS = frozenset({"bn", "bt", "n", "u", "v", "vb", "vs", "t", "flags", "window"})
+_RECORD_FIELDS = frozenset({"bver", "bn", "bt", "n", "u", "v", "vb", "vs", "t", "flags", "window"})
 _VALUE_FIELDS = ("v", "vb", "vs")
 _BATCH_FIELDS = frozenset({"gateway", "seq", "prev", "created", "senml"})
 _GAP_FIELDS = frozenset({"gateway", "gap", "prev", "last", "created"})
@@ -48,7 +48,7 @@ def decode_pack(pack: object) -> list[Decoded]:
     """Validate an RFC 8428 SenML pack strictly and resolve it into ``(name, value, unit, time)``.
 
     ``bn``/``bt`` apply to the records that follow until changed (§4.5.2); ``t`` is relative to
-    ``bt``. A record has only known fields (``bn bt n u v vb vs t flags window``) of the right types and
+    ``bt``. A record has only known fields (``bver bn bt n u v vb vs t flags window``) of the right types and
     exactly one value field; names match §4.5.1; times never go back. Raises
     :class:`VerificationError` naming the first offending record.
     """
@@ -87,8 +87,8 @@ def decode_pack(pack: object) -> list[Decoded]:
         last_time = when
         if "flags" in record:
             flags = record["flags"]
-            if not isinstance(flags, list) or not all(isinstance(f, str) and f for f in flags):
-                raise VerificationError(f"{where}.flags: not a list of non-empty strings")
+            if not isinstance(flags, str) or not all(flags.split(",")):  # RFC 8428 §11: a string
+                raise VerificationError(f"{where}.flags: not flag names joined by ','")
         if "window" in record and _number(record["window"], f"{where}.window") <= 0:
             raise VerificationError(f"{where}.window: not a positive number of seconds")
         out.append((name, value, unit, when))

@@ -347,7 +347,7 @@ def test_what_is_not_a_compact_jws(verifier: ChainVerifier, junk: str) -> None:
         ([{"bt": T0, "n": "x", "vs": 1}], "senml[0].vs: not a string"),
         ([{"bt": "now", "n": "x", "v": 1}], "senml[0].bt: not a number"),
         ([{"bt": T0, "n": "x", "v": 1, "ut": 60}], "senml[0]: unknown field(s) ut"),
-        ([{"bt": T0, "n": "x", "v": 1, "flags": "partial"}], "senml[0].flags: not a list"),
+        ([{"bt": T0, "n": "x", "v": 1, "flags": ["partial"]}], "senml[0].flags: not flag names"),
         (["x"], "senml[0]: not a JSON object"),
     ],
 )
@@ -395,7 +395,7 @@ def test_decode_pack_resolves_base_name_and_time() -> None:
     senml = [
         {"bn": "gw-1/load-1/", "bt": 1700000000.0, "n": "voltage", "u": "V", "v": 230.1},
         {"n": "current", "u": "A", "v": 1, "t": 0.5},
-        {"bn": "gw-1/door-1/", "n": "open", "vb": True, "t": 1, "flags": ["clock-unsynced"]},
+        {"bn": "gw-1/door-1/", "n": "open", "vb": True, "t": 1, "flags": "clock-unsynced"},
         {"n": "state", "vs": "ok", "t": 1},
         {"bt": 1700000010, "n": "count", "v": 7},
     ]

@@ -15,6 +15,7 @@ one quantity tells them apart with ``channel``, and the reading is named ``quant
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Self
@@ -65,6 +66,12 @@ _CONVERSIONS = {  # (unit written, vocabulary unit) -> scale
     ("kV", "V"): 1000,
     ("hPa", "Pa"): 100,
     ("kPa", "Pa"): 1000,
+    # units SenML does not have or does not recommend, to the registered unit of the quantity
+    ("ppb", "ppm"): 0.001,
+    ("deg", "rad"): math.pi / 180,
+    ("%", "/"): 0.01,
+    ("l", "m3"): 0.001,
+    ("l/s", "m3/s"): 0.001,
 }
 
 
