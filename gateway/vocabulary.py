@@ -136,21 +136,25 @@ def unit_of(name: str) -> str:
     return QUANTITIES[name].unit
 
 
+def _units(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
 # The SenML Units registry (RFC 8428 §12.1 and the primary units of RFC 8798 §2), as IANA holds it
 # (iana.org/assignments/senml, "SenML Units"), without the units it marks NOT RECOMMENDED (with *):
 # g, l, l/s, %, 1/min, beat/min, beats, Bspl, deg. A consumer must still understand those.
-PRIMARY_UNITS: frozenset[str] = frozenset(
+PRIMARY_UNITS = _units(
     "m kg s A K cd mol Hz rad sr N Pa J W C V F Ohm S Wb T H Cel lm lx Bq Gy Sv kat m2 m3 m/s m/s2 "
     "m3/s W/m2 cd/m2 bit bit/s lat lon pH dB dBW count / %RH %EL EL 1/s S/m "  # RFC 8428
-    "B VA VAs var vars J/m kg/m3 NTU".split()  # RFC 8798 §2; NTU: expert review (ISO 7027-1)
+    "B VA VAs var vars J/m kg/m3 NTU"  # RFC 8798 §2; NTU: by expert review (ISO 7027-1)
 )
-NOT_RECOMMENDED_UNITS: frozenset[str] = frozenset("g l l/s % 1/min beat/min beats Bspl deg".split())
+NOT_RECOMMENDED_UNITS = _units("g l l/s % 1/min beat/min beats Bspl deg")
 
 # The Secondary Units registry (RFC 8798 §3): linear transformations of primary units. A pack may
 # use them only when it says so: bver with the "Secondary Units" feature (RFC 9100 §4).
-SECONDARY_UNITS: frozenset[str] = frozenset(
+SECONDARY_UNITS = _units(
     "ms min h MHz kW kVA kvar Ah Wh kWh varh kvarh kVAh Wh/km KiB GB Mbit/s B/s MB/s mV mA dBm "
-    "ug/m3 mm/h m/h ppm /100 /1000 hPa mm cm km km/h".split()
+    "ug/m3 mm/h m/h ppm /100 /1000 hPa mm cm km km/h"
 )
 
 SECONDARY_UNITS_VERSION = 10 | 1 << 4

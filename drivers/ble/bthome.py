@@ -4,8 +4,8 @@ The service data (without its UUID, as bleak hands it over) is one device inform
 (bit 0 encryption, bit 2 trigger based, bits 5-7 the version, which must be 2) and then objects,
 each an object id and its little-endian value. :data:`OBJECTS` is the spec's object list as data:
 id -> quantity name, SenML unit, size, signedness and scale. Values are converted to the canonical
-unit of the quantity in :mod:`gateway.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, l -> m3, deg -> rad, m/s ->
-km/h for ``speed``), so a reading means the same whatever object id carried it.
+unit of the quantity in :mod:`gateway.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, l -> m3,
+deg -> rad, m/s -> km/h for ``speed``), so a reading means the same whatever object id carried it.
 
 Objects with no quantity (packet id, timestamp, device information) are read for their length and
 not reported; the packet id is returned for de-duplication (:class:`Decoded.key`). An object id not
