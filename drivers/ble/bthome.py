@@ -186,7 +186,7 @@ BUTTON_EVENTS: dict[int, str] = {
 }
 
 # the table as tuples, in the order the hot loop reads them
-_FAST: dict[int, tuple[str, str, int, bool, int, int, Kind]] = {
+_FAST: dict[int, tuple[str, str, int, bool, int, float, Kind]] = {
     oid: (o.name, o.unit, o.size, o.signed, o.div, o.mul, o.kind) for oid, o in OBJECTS.items()
 }
 

@@ -46,6 +46,7 @@ from gateway.config.base import (
     problem,
     within,
 )
+from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within
 from gateway.vocabulary import unit_of
@@ -456,6 +457,7 @@ class ModbusDevice(Section):
         description="what is sent: raw (every sample, the default), on_change or aggregate; "
         "readings: overrides per reading name",
     )
+    location: Location | None = Field(default=None, description=DEVICE_LOCATION)
     _fields: tuple[RegisterField, ...] = PrivateAttr(default=())
     _profile: Profile | None = PrivateAttr(default=None)
 

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_va
 
 from drivers.serial.lines import LineFormat
 from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
+from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within, format_duration
 from gateway.vocabulary import is_senml_unit, unit_of
@@ -153,6 +154,7 @@ class SerialDevice(Section):
         description="what is sent: raw (every sample, the default), on_change or aggregate; "
         "readings: overrides per reading name",
     )
+    location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
     @field_validator("interval")
     @classmethod
