@@ -106,7 +106,7 @@ class Gateway:
         self.drain_timeout = drain_timeout
         self.handle_signals = handle_signals
         self.notifier = notifier or Notifier()
-        signer = Signer.from_file(config.gateway.key_file)
+        signer = Signer.from_file(config.gateway.key_file, alg=config.gateway.jws_alg)
         buf = config.buffer
         self.buffer = Buffer(
             config.buffer_path(),

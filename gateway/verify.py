@@ -24,7 +24,7 @@ from joserfc.jwk import OKPKey
 
 from gateway.errors import KeyFileError, VerificationError
 from gateway.reading import Value
-from gateway.signing import ALG, chain_hash, load_public_keys
+from gateway.signing import ALGORITHMS, chain_hash, load_public_keys
 
 Decoded = tuple[str, Value, str, float]
 """One resolved SenML record: name (bn + n), value, unit (``""`` if none), time (UTC epoch s)."""
@@ -340,19 +340,20 @@ class ChainVerifier:
     """Verifies a stream of compact JWS, keeping each gateway's hash chain.
 
     An item is bad for a bad signature (or unknown ``kid``), a header other than exactly
-    ``{"alg":"EdDSA","kid":...}``, a malformed payload or pack, or a broken chain: a seq that skips
-    or goes back, a ``prev`` that is not the hash of the item before, the same seq with other
-    content. A well-signed, well-formed item that breaks the chain still becomes the chain's head,
-    so one lost batch is one error, not a cascade. The first item seen of a gateway starts its
-    chain wherever it is (a file may begin mid-chain). ``history`` bounds how many seqs per
-    gateway are remembered to recognise duplicates (None: all).
+    ``{"alg":"EdDSA","kid":...}`` (or ``"Ed25519"``, RFC 9864), a malformed payload or pack, or a
+    broken chain: a seq that skips or goes back, a ``prev`` that is not the hash of the item
+    before, the same seq with other content. A well-signed, well-formed item that breaks the
+    chain still becomes the chain's head, so one lost batch is one error, not a cascade. The
+    first item seen of a gateway starts its chain wherever it is (a file may begin mid-chain).
+    ``history`` bounds how many seqs per gateway are remembered to recognise duplicates (None:
+    all).
     """
 
     def __init__(self, keys: Mapping[str, OKPKey], *, history: int | None = None) -> None:
         self._keys = dict(keys)
         self._history = history
         self._chains: dict[str, _Chain] = {}
-        self._registry = jws.JWSRegistry(algorithms=[ALG])
+        self._registry = jws.JWSRegistry(algorithms=list(ALGORITHMS))  # RFC 8037 and RFC 9864 names
         self._registry.max_payload_length = MAX_PAYLOAD
         self.totals = Totals()
 
@@ -399,8 +400,8 @@ class ChainVerifier:
             return ItemResult(Outcome.BAD, reason, gateway, seq, gap)
 
         header = obj.headers()
-        if header.get("alg") != ALG:
-            return bad(f"alg {header.get('alg')!r} is not {ALG}")
+        if header.get("alg") not in ALGORITHMS:
+            return bad(f"alg {header.get('alg')!r} is not {' or '.join(ALGORITHMS)}")
         kid = header.get("kid")
         if not isinstance(kid, str):
             return bad("no kid in the protected header")

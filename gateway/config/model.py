@@ -75,6 +75,11 @@ class GatewaySettings(Section):
     key_file: PrivateKeyFile = Field(
         description="the path of the Ed25519 private key (PEM) written by `citygw keygen`"
     )
+    jws_alg: Literal["EdDSA", "Ed25519"] = Field(
+        default="EdDSA",
+        description="the JWS alg of every batch: EdDSA (RFC 8037, what every JOSE library verifies) or "
+        "Ed25519 (RFC 9864's name for the same signature; see docs/integrator.md before switching)",
+    )
     location: Location | None = Field(
         default=None,
         description="where the box stands: {latitude, longitude} in decimal degrees (WGS 84); "
