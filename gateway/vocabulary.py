@@ -37,7 +37,7 @@ _TABLE: tuple[tuple[Domain, str, str], ...] = (
     (Domain.ENVIRONMENT, "pm25", "ug/m3"),
     (Domain.ENVIRONMENT, "pm10", "ug/m3"),
     (Domain.ENVIRONMENT, "co2", "ppm"),
-    (Domain.ENVIRONMENT, "tvoc", "ppm"),  # ppb is not a SenML unit: a sensor's ppb / 1000
+    (Domain.ENVIRONMENT, "tvoc", "ppm"),  # RFC 8798 has ppm, not ppb: a sensor's ppb / 1000
     (Domain.ENVIRONMENT, "illuminance", "lx"),
     (Domain.ENVIRONMENT, "noiseLevel", "dB"),
     (Domain.ENVIRONMENT, "windSpeed", "m/s"),

@@ -130,7 +130,7 @@ def senml_problems(pack: object) -> list[str]:
                 if not version >> SECONDARY_UNITS_FEATURE & 1:
                     problems.append(f"{where}: secondary unit {unit!r} without bver feature 4 (RFC 9100 §4)")
             elif unit not in PRIMARY:
-                problems.append(f"{where}: unit {unit!r} is in no SenML units registry")
+                problems.append(f"{where}: unit {unit!r} is not a unit of RFC 8428 §12.1 or RFC 8798")
             elif unit in NOT_RECOMMENDED:
                 problems.append(f"{where}: unit {unit!r} is NOT RECOMMENDED for new implementations")
     return problems
@@ -145,7 +145,7 @@ def test_the_checker_refuses_what_the_issue_found() -> None:
         "record 0: unit '%' is NOT RECOMMENDED for new implementations"
     ]
     assert senml_problems([{"bn": "gw/a/", "bt": T0, "n": "tvoc", "u": "ppb", "v": 88}]) == [
-        "record 0: unit 'ppb' is in no SenML units registry"
+        "record 0: unit 'ppb' is not a unit of RFC 8428 §12.1 or RFC 8798"
     ]
     assert senml_problems([{"bn": "gw/a/", "bt": T0, "n": "pm25", "u": "ug/m3", "v": 8}]) == [
         "record 0: secondary unit 'ug/m3' without bver feature 4 (RFC 9100 §4)"
