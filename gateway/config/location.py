@@ -18,6 +18,9 @@ from pydantic import AfterValidator, ConfigDict, Field
 from gateway.config.base import Float, Section, located, within
 
 _WHERE = "e.g. latitude: 13.7465, longitude: 100.5348 (decimal degrees, WGS 84, as a map app shows them)"
+DEVICE_LOCATION = (
+    "where this device stands when not at the box: {latitude, longitude}; default gateway.location"
+)
 
 
 class Location(Section):
@@ -32,33 +35,22 @@ class Location(Section):
         description=f"degrees east (negative: west), -180 to 180; {_WHERE}"
     )
 
-    def geojson(self) -> dict[str, object]:
-        """The GeoJSON Point (RFC 7946 §3.1.2: longitude first)."""
-        return {"type": "Point", "coordinates": [self.longitude, self.latitude]}
 
-
-def located_for_ngsi(
-    gateway_location: Location | None, uplinks: Mapping[str, object], uplink_type: str = "ngsi-ld"
-) -> None:
+def located_for_ngsi(gateway_location: Location | None, uplinks: Mapping[str, object]) -> None:
     """Refuse an ``ngsi-ld`` uplink without the box's location, at ``gateway.location``."""
     if gateway_location is not None:
         return
     for name, uplink in uplinks.items():
-        if getattr(uplink, "type", None) == uplink_type:
+        if getattr(uplink, "type", None) == "ngsi-ld":
             located(
                 "config",
                 ("gateway", "location"),
                 "location_missing",
                 f"uplink {name!r} sends Smart Data Models entities, which need the box's location: "
-                f"add under gateway: location: {{latitude: ..., longitude: ...}} ({_WHERE}); "
-                "a device's own location: overrides it",
+                "add to gateway: location: {latitude: 13.7465, longitude: 100.5348} with the box's own "
+                "decimal degrees (WGS 84, as a map app shows them); a device's own location: overrides it",
                 None,
             )
-
-
-DEVICE_LOCATION = (
-    "where this device stands when not at the box: {latitude, longitude}; default gateway.location"
-)
 
 
 @dataclass(frozen=True, slots=True)
