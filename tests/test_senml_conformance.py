@@ -30,6 +30,8 @@ from drivers.ble.presence import NAME as PRESENCE
 from drivers.modbus.profiles import available, find_profile
 from drivers.serial import decoders as serial
 from gateway.buffer import KIND_GAP, BatchLimits, Buffer
+from gateway.config import load_config
+from gateway.errors import ConfigError
 from gateway.reading import Flag, Reading
 from gateway.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
 from gateway.senml import Record, build_pack, record_of
@@ -300,3 +302,22 @@ def test_signed_batches_and_gap_records_of_the_real_buffer_conform(
         assert senml_problems(payload["senml"]) == [], payload["seq"]
     for gap in gaps:
         assert "senml" not in gap and set(gap) == {"gateway", "gap", "prev", "last", "created"}
+
+
+@pytest.mark.parametrize("unit", ["ppb", "deg", "%", "deg/s", "mph"])
+def test_a_line_field_in_a_unit_citygw_does_not_send_is_refused(tmp_path: Path, key: Path, unit: str) -> None:
+    """The one place a unit comes from the config (a line protocol's field): registry or refusal."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"gateway:\n  id: gw-1\n  key_file: {key}\n"
+        "buses:\n  radar: {type: serial, port: /dev/ttyS1}\n"
+        "devices:\n  radar-1:\n    bus: radar\n    protocol: lines\n    format: csv\n"
+        "    columns: [speed]\n    fields:\n      speed:\n        name: averageVehicleSpeed\n"
+        f"        unit: '{unit}'\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    (problem,) = raised.value.problems
+    assert f"{path}:15: devices.radar-1.fields.speed.unit: {unit!r} is not a SenML unit" in str(problem)
+    path.write_text(path.read_text().replace(f"unit: '{unit}'", "unit: km/h"))
+    assert load_config(path, environ={}).devices["radar-1"] is not None
