@@ -67,6 +67,8 @@ def decode_pack(pack: object) -> list[Decoded]:
         unknown = record.keys() - _RECORD_FIELDS
         if unknown:
             raise VerificationError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        if "bver" in record and (index or type(record["bver"]) is not int or record["bver"] < 10):
+            raise VerificationError(f"{where}.bver: not a SenML version (an integer >= 10, first record)")
         if "bn" in record:
             base_name = _string(record["bn"], f"{where}.bn")
         if "bt" in record:

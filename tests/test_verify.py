@@ -348,6 +348,11 @@ def test_what_is_not_a_compact_jws(verifier: ChainVerifier, junk: str) -> None:
         ([{"bt": "now", "n": "x", "v": 1}], "senml[0].bt: not a number"),
         ([{"bt": T0, "n": "x", "v": 1, "ut": 60}], "senml[0]: unknown field(s) ut"),
         ([{"bt": T0, "n": "x", "v": 1, "flags": ["partial"]}], "senml[0].flags: not flag names"),
+        ([{"bver": "26", "bt": T0, "n": "x", "v": 1}], "senml[0].bver: not a SenML version"),
+        (
+            [{"bt": T0, "n": "x", "v": 1}, {"bver": 26, "n": "y", "v": 1}],
+            "senml[1].bver: not a SenML version",
+        ),
         (["x"], "senml[0]: not a JSON object"),
     ],
 )
