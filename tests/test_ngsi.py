@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from ruamel.yaml import YAML
 
-from drivers.modbus.profiles import find_profile
+from drivers.modbus.profiles import available, find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from gateway import ngsi
 from gateway.config import load_config
@@ -237,6 +237,31 @@ def test_phases_go_to_the_models_phase_attributes_and_channels_stay_apart() -> N
     assert by_id["urn:ngsi-ld:ACMeasurement:gw-1:plc"]["totalActivePower"]["value"] == 1200.0
     # every distinct reading name has its own place: no two land on one attribute or key
     assert len(entities) == 5
+
+
+@pytest.mark.parametrize("profile", sorted(available()))
+def test_every_shipped_profile_maps_to_valid_entities_with_each_reading_in_its_own_place(
+    profile: str,
+) -> None:
+    fields = find_profile(profile).fields
+    records = [("dev", f.name, f.unit, 0.5, T0) for f in fields]
+    entities = ngsi.entities(pack("gw", records), source="urn:x", context=[ngsi_context()], location=BOX)
+    for entity in entities:
+        validate(entity)
+    places = []  # (entity, attribute, key) of every value sent
+    for entity in entities:
+        for name, attribute in entity.items():
+            if name in ("numValue", "textValue"):
+                places.append((entity["id"], name, None))
+            elif (
+                isinstance(attribute, dict)
+                and attribute.get("type") == "Property"
+                and "observedAt" in attribute
+            ):
+                value = attribute["value"]
+                keys = list(value) if isinstance(value, dict) else [None]
+                places += [(entity["id"], name, key) for key in keys]
+    assert len(places) == len(set(places)) == len(fields), (profile, places)
 
 
 def test_config_overrides_type_and_id_and_unknown_quantities_go_generic() -> None:
