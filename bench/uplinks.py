@@ -120,7 +120,11 @@ def drain(work: Path, key: Path, backlog: Path, kind: str, last_seq: int, readin
             "url": f"http://127.0.0.1:{sink.port}" + ("/batches" if kind == "http" else ""),
         }
     config = {
-        "gateway": {"id": "bench-gw", "key_file": str(key)},
+        "gateway": {
+            "id": "bench-gw",
+            "key_file": str(key),
+            "location": {"latitude": 13.7465, "longitude": 100.5348},  # ngsi-ld entities need one
+        },
         "buffer": {"path": str(db)},
         "uplinks": {"sink": uplink},
         "devices": {},

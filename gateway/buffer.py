@@ -713,7 +713,7 @@ class Buffer:
         return plan
 
     def _jws_size(self, payload_len: int) -> int:
-        header_len = len(_b64(b'{"alg":"EdDSA","kid":"' + b"x" * 43 + b'"}'))
+        header_len = len(_b64(b'{"alg":"Ed25519","kid":"' + b"x" * 43 + b'"}'))  # the longer alg
         return header_len + 1 + (4 * payload_len + 2) // 3 + 1 + _SIG_B64_LEN
 
     def _consume_chunks(self, count: int) -> tuple[deque[_Chunk], int]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer
+from gateway.config.location import places
 from gateway.config.report import report_policies
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
@@ -105,7 +106,7 @@ class Gateway:
         self.drain_timeout = drain_timeout
         self.handle_signals = handle_signals
         self.notifier = notifier or Notifier()
-        signer = Signer.from_file(config.gateway.key_file)
+        signer = Signer.from_file(config.gateway.key_file, alg=config.gateway.jws_alg)
         buf = config.buffer
         self.buffer = Buffer(
             config.buffer_path(),
@@ -119,8 +120,15 @@ class Gateway:
         )
         self.store = Store(self.buffer)
         self.pipeline = Pipeline(self.store, commit_interval=buf.commit_interval, commit_rows=buf.commit_rows)
+        located = {"places": places(config.gateway.location, config.devices)}  # NGSI-LD entities need them
         self.uplinks = [
-            UPLINK_RUNNERS[uplink.type](name, uplink, gateway=config.gateway.id, pipeline=self.pipeline)
+            UPLINK_RUNNERS[uplink.type](
+                name,
+                uplink,
+                gateway=config.gateway.id,
+                pipeline=self.pipeline,
+                **(located if uplink.type == "ngsi-ld" else {}),
+            )
             for name, uplink in config.uplinks.items()
         ]
         policies = report_policies(config.devices)

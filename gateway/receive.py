@@ -127,7 +127,7 @@ class Receiver:
                 gateway,
                 seq,
                 s.device,
-                s.quantity if s.phase is None else f"{s.quantity}:{s.phase.lower()}",
+                s.name,  # as sent: voltage:l1-l2 stays apart from voltage:l1 and voltage
                 s.value,
                 s.unit,
                 s.time,

@@ -4,7 +4,14 @@ A stored reading is a :data:`Record` — a plain tuple, because the buffer keeps
 thousands of them in memory and on disk and the pack is built once per batch. The pack uses
 ``bn`` = ``"{gateway}/{device}/"`` (RFC 8428 §4.5.1: names resolve to
 ``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
-the value field that fits the type (``v``, ``vb``, ``vs``; §4.2).
+the value field that fits the type (``v``, ``vb``, ``vs``; §4.2). A pack whose units include a
+secondary unit (``Wh``, ``ppm``, ``ug/m3``, … RFC 8798 §3) carries ``bver`` =
+:data:`~gateway.vocabulary.SECONDARY_UNITS_VERSION` on its first record (RFC 9100 §4).
+
+Flags travel in the extension field ``flags`` as one string, the flag names joined by ``,``
+(``"clock-unsynced,counter-rollover"``): RFC 8428 §11 allows only numbers, strings, booleans and
+data as field values, so not a list. A string also lets a later base field state them once per
+run of records.
 
 An aggregate's window length (:mod:`gateway.report`) travels in the record's flags, above bit
 :data:`WINDOW_SHIFT`, in milliseconds: records stored before aggregates existed read as samples,
@@ -20,6 +27,7 @@ from operator import itemgetter
 from typing import Any
 
 from gateway.reading import Reading, flag_names
+from gateway.vocabulary import SECONDARY_UNITS, SECONDARY_UNITS_VERSION
 
 # device, name, unit, value, time (UTC epoch seconds), flags (+ window << WINDOW_SHIFT)
 Record = tuple[str, str, str, float | int | bool | str, float, int]
@@ -27,6 +35,9 @@ Record = tuple[str, str, str, float | int | bool | str, float, int]
 WINDOW_SHIFT = 32
 """Bits of a stored record's flags below this are flags (public 0-15, gateway.clock's 16-30);
 the bits from here up hold an aggregate's window length in milliseconds."""
+
+FLAG_SEPARATOR = ","
+"""Between the flag names in a record's ``flags`` string."""
 
 _by_time = itemgetter(4)
 
@@ -59,6 +70,7 @@ def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
     base_time = ordered[0][4]
     pack: list[dict[str, Any]] = []
     last_device = None
+    secondary = False
     for device, name, unit, value, when, flags in ordered:
         rec: dict[str, Any] = {}
         if device != last_device:
@@ -69,6 +81,7 @@ def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
         rec["n"] = name
         if unit:
             rec["u"] = unit
+            secondary = secondary or unit in SECONDARY_UNITS
         if value is True or value is False:
             rec["vb"] = value
         elif isinstance(value, str):
@@ -81,10 +94,12 @@ def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
         if flags:
             names = flag_names(flags)
             if names:
-                rec["flags"] = names
+                rec["flags"] = FLAG_SEPARATOR.join(names)
             if flags >> WINDOW_SHIFT:
                 rec["window"] = _seconds(flags >> WINDOW_SHIFT)
         pack.append(rec)
+    if secondary:
+        pack[0] = {"bver": SECONDARY_UNITS_VERSION, **pack[0]}
     return pack
 
 

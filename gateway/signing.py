@@ -30,7 +30,10 @@ from joserfc.jwk import OKPKey
 from gateway.errors import KeyFileError
 
 ALG = "EdDSA"
-"""The JWS ``alg`` of the wire contract (RFC 8037 §3.1)."""
+"""The JWS ``alg`` of the wire contract by default (RFC 8037 §3.1)."""
+ALGORITHMS = ("EdDSA", "Ed25519")
+"""The ``alg`` values a box may sign with (``gateway.jws_alg``) and a verifier accepts: RFC 9864 §2.2
+deprecates the polymorphic ``EdDSA`` for the fully specified ``Ed25519`` (same Ed25519 signature)."""
 
 _MAX_KEY_FILE = 64 * 1024  # a PEM key is a few hundred bytes; refuse to slurp anything big
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
@@ -247,22 +250,24 @@ class Signer:
 
     __slots__ = ("_header", "_key", "_registry", "kid", "public_key")
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, *, alg: str = ALG) -> None:
+        if alg not in ALGORITHMS:
+            raise ValueError(f"alg {alg!r} is not one of {', '.join(ALGORITHMS)}")
         self._key = OKPKey.import_key(private_key)
         self.public_key: Ed25519PublicKey = private_key.public_key()
         self.kid: str = self._key.thumbprint()
-        self._header = {"alg": ALG, "kid": self.kid}
-        self._registry = jws.JWSRegistry(algorithms=[ALG])
+        self._header = {"alg": alg, "kid": self.kid}
+        self._registry = jws.JWSRegistry(algorithms=[alg])
 
     @classmethod
-    def from_file(cls, path: Path, *, check_owner: bool = True) -> Signer:
+    def from_file(cls, path: Path, *, check_owner: bool = True, alg: str = ALG) -> Signer:
         """Load the PKCS#8 PEM key at ``path``; it must be an Ed25519 key readable only by its owner,
         and (``check_owner``) that owner must be the user running this process.
 
         Raises :class:`KeyFileError` saying what is wrong and how to fix it.
         """
         owner = os.geteuid() if check_owner else None
-        return cls(_parse_private(path, _read_key_file(path, private=True, owner=owner)))
+        return cls(_parse_private(path, _read_key_file(path, private=True, owner=owner)), alg=alg)
 
     def sign(self, payload: bytes) -> str:
         """The compact JWS of ``payload``: header ``{"alg":"EdDSA","kid":KID}``, Ed25519 signature."""

@@ -24,7 +24,7 @@ from joserfc.jwk import OKPKey
 
 from gateway.errors import KeyFileError, VerificationError
 from gateway.reading import Value
-from gateway.signing import ALG, chain_hash, load_public_keys
+from gateway.signing import ALGORITHMS, chain_hash, load_public_keys
 
 Decoded = tuple[str, Value, str, float]
 """One resolved SenML record: name (bn + n), value, unit (``""`` if none), time (UTC epoch s)."""
@@ -34,7 +34,7 @@ MAX_PAYLOAD = 16 * 1024 * 1024  # base64url characters; joserfc's default (128 k
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")  # RFC 8428 §4.5.1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RECORD_FIELDS = frozenset({"bn", "bt", "n", "u", "v", "vb", "vs", "t", "flags", "window"})
+_RECORD_FIELDS = frozenset({"bver", "bn", "bt", "n", "u", "v", "vb", "vs", "t", "flags", "window"})
 _VALUE_FIELDS = ("v", "vb", "vs")
 # v 2 (chain, reset): read here, checked by the receiver's side of the contract
 _BATCH_FIELDS = frozenset({"v", "gateway", "chain", "seq", "prev", "created", "reset", "senml"})
@@ -49,7 +49,7 @@ def decode_pack(pack: object) -> list[Decoded]:
     """Validate an RFC 8428 SenML pack strictly and resolve it into ``(name, value, unit, time)``.
 
     ``bn``/``bt`` apply to the records that follow until changed (§4.5.2); ``t`` is relative to
-    ``bt``. A record has only known fields (``bn bt n u v vb vs t flags window``) of the right types and
+    ``bt``. A record has only known fields (``bver bn bt n u v vb vs t flags window``) of the right types and
     exactly one value field; names match §4.5.1; times never go back. Raises
     :class:`VerificationError` naming the first offending record.
     """
@@ -68,6 +68,8 @@ def decode_pack(pack: object) -> list[Decoded]:
         unknown = record.keys() - _RECORD_FIELDS
         if unknown:
             raise VerificationError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        if "bver" in record and (index or type(record["bver"]) is not int or record["bver"] < 10):
+            raise VerificationError(f"{where}.bver: not a SenML version (an integer >= 10, first record)")
         if "bn" in record:
             base_name = _string(record["bn"], f"{where}.bn")
         if "bt" in record:
@@ -88,8 +90,8 @@ def decode_pack(pack: object) -> list[Decoded]:
         last_time = when
         if "flags" in record:
             flags = record["flags"]
-            if not isinstance(flags, list) or not all(isinstance(f, str) and f for f in flags):
-                raise VerificationError(f"{where}.flags: not a list of non-empty strings")
+            if not isinstance(flags, str) or not all(flags.split(",")):  # RFC 8428 §11: a string
+                raise VerificationError(f"{where}.flags: not flag names joined by ','")
         if "window" in record and _number(record["window"], f"{where}.window") <= 0:
             raise VerificationError(f"{where}.window: not a positive number of seconds")
         out.append((name, value, unit, when))
@@ -341,19 +343,20 @@ class ChainVerifier:
     """Verifies a stream of compact JWS, keeping each gateway's hash chain.
 
     An item is bad for a bad signature (or unknown ``kid``), a header other than exactly
-    ``{"alg":"EdDSA","kid":...}``, a malformed payload or pack, or a broken chain: a seq that skips
-    or goes back, a ``prev`` that is not the hash of the item before, the same seq with other
-    content. A well-signed, well-formed item that breaks the chain still becomes the chain's head,
-    so one lost batch is one error, not a cascade. The first item seen of a gateway starts its
-    chain wherever it is (a file may begin mid-chain). ``history`` bounds how many seqs per
-    gateway are remembered to recognise duplicates (None: all).
+    ``{"alg":"EdDSA","kid":...}`` (or ``"Ed25519"``, RFC 9864), a malformed payload or pack, or a
+    broken chain: a seq that skips or goes back, a ``prev`` that is not the hash of the item
+    before, the same seq with other content. A well-signed, well-formed item that breaks the
+    chain still becomes the chain's head, so one lost batch is one error, not a cascade. The
+    first item seen of a gateway starts its chain wherever it is (a file may begin mid-chain).
+    ``history`` bounds how many seqs per gateway are remembered to recognise duplicates (None:
+    all).
     """
 
     def __init__(self, keys: Mapping[str, OKPKey], *, history: int | None = None) -> None:
         self._keys = dict(keys)
         self._history = history
         self._chains: dict[str, _Chain] = {}
-        self._registry = jws.JWSRegistry(algorithms=[ALG])
+        self._registry = jws.JWSRegistry(algorithms=list(ALGORITHMS))  # RFC 8037 and RFC 9864 names
         self._registry.max_payload_length = MAX_PAYLOAD
         self.totals = Totals()
 
@@ -400,8 +403,8 @@ class ChainVerifier:
             return ItemResult(Outcome.BAD, reason, gateway, seq, gap)
 
         header = obj.headers()
-        if header.get("alg") != ALG:
-            return bad(f"alg {header.get('alg')!r} is not {ALG}")
+        if header.get("alg") not in ALGORITHMS:
+            return bad(f"alg {header.get('alg')!r} is not {' or '.join(ALGORITHMS)}")
         kid = header.get("kid")
         if not isinstance(kid, str):
             return bad("no kid in the protected header")

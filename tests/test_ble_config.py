@@ -192,8 +192,8 @@ buses:
             "FILE:8: devices.c1.rssi_threshold: must be between -127 and 20; got -200",
             "FILE:8: devices.c1.window: a window must divide a day into whole windows, e.g. 30s, 1m, 5m, 15m "
             "or 1h; got 7m",
-            "FILE:9: devices.c2.stale_after: unknown key 'stale_after'; allowed here: bus, type, window, "
-            "rssi_threshold, report",
+            "FILE:9: devices.c2.stale_after: unknown key 'stale_after'; allowed here: bus, location, type, "
+            "window, rssi_threshold, report",
             "FILE:9: devices.c2.window: must be between 10s and 1h; got 5s",
         ],
     ),

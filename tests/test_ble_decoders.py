@@ -9,6 +9,8 @@ bthome.io/encryption's. Ruuvi vectors are docs.ruuvi.com "Data format 5 (RAWv2)"
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from drivers.ble import bthome, pvvx, ruuvi
@@ -37,7 +39,7 @@ def test_bthome_format_page_example_advert() -> None:
 
 
 SENSOR_EXAMPLES = [  # bthome.io/format, "Sensor data": object bytes -> result, in canonical units
-    ("0161", M("batteryLevel", 97, "%")),
+    ("0161", M("batteryLevel", 97, "%EL")),
     ("02CA09", M("temperature", 25.06, "Cel")),
     ("03BF13", M("relativeHumidity", 50.55, "%RH")),
     ("04138A01", M("atmosphericPressure", 100883, "Pa")),  # 1008.83 hPa
@@ -53,12 +55,12 @@ SENSOR_EXAMPLES = [  # bthome.io/format, "Sensor data": object bytes -> result, 
     ("0E021C", M("pm10", 7170, "ug/m3")),
     ("12E204", M("co2", 1250, "ppm")),
     ("133301", M("volatileOrganicCompoundsTotal", 307, "ug/m3")),
-    ("14020C", M("soilMoisture", 30.74, "%")),
+    ("14020C", M("soilMoisture", 0.3074, "/")),  # 30.74 %
     ("2E23", M("relativeHumidity", 35, "%RH")),
-    ("2F23", M("soilMoisture", 35, "%")),
+    ("2F23", M("soilMoisture", 0.35, "/")),  # 35 %
     ("3D0960", M("count", 24585, "count")),
     ("3E2A2C0960", M("count", 1611213866, "count")),
-    ("3F020C", M("rotation", 307.4, "deg")),
+    ("3F020C", M("rotation", 3074 * math.pi / 1800, "rad")),  # 307.4 deg
     ("400C00", M("distance", 0.012, "m")),  # 12 mm
     ("414E00", M("distance", 7.8, "m")),
     ("424E3400", M("duration", 13.39, "s")),
@@ -66,20 +68,20 @@ SENSOR_EXAMPLES = [  # bthome.io/format, "Sensor data": object bytes -> result, 
     ("444E34", M("speed", 482.04, "km/h")),  # 133.90 m/s
     ("451101", M("temperature", 27.3, "Cel")),
     ("4632", M("uvIndex", 5.0, "")),
-    ("478756", M("volume", 2215.1, "l")),
-    ("48DC87", M("volume", 34.78, "l")),  # 34780 mL
-    ("49DC87", M("flowRate", 34780 / 3600, "l/s")),  # 34.780 m3/h
+    ("478756", M("volume", 2.2151, "m3")),  # 2215.1 l
+    ("48DC87", M("volume", 0.03478, "m3")),  # 34780 mL
+    ("49DC87", M("flowRate", 34780 / 3_600_000, "m3/s")),  # 34.780 m3/h
     ("4A020C", M("voltage", 307.4, "V")),
     ("4B138A14", M("gasVolume", 1346.067, "m3")),
     ("4C41018A01", M("gasVolume", 25821.505, "m3")),
     ("4D12138A14", M("activeEnergyImport", 344593170, "Wh")),  # 344593.170 kWh
-    ("4E87562A01", M("volume", 19551.879, "l")),
-    ("4F87562A01", M("waterVolume", 19551.879, "l")),
+    ("4E87562A01", M("volume", 19.551879, "m3")),  # 19551.879 l
+    ("4F87562A01", M("waterVolume", 19.551879, "m3")),
     ("518756", M("acceleration", 22.151, "m/s2")),
-    ("528756", M("angularVelocity", 22.151, "deg/s")),
+    ("528756", M("angularVelocity", 22151 * math.pi / 180_000, "1/s")),  # 22.151 deg/s
     ("530C48656C6C6F20576F726C6421", M("text", "Hello World!", "")),
     ("540C48656C6C6F20576F726C6421", M("rawData", "48656c6c6f20576f726c6421", "")),
-    ("5587562A01", M("volumeStorage", 19551.879, "l")),
+    ("5587562A01", M("volumeStorage", 19.551879, "m3")),
     ("56E803", M("conductivity", 0.1, "S/m")),  # 1000 uS/cm
     ("57EA", M("temperature", -22, "Cel")),
     ("58EA", M("temperature", -7.7, "Cel")),
@@ -88,13 +90,13 @@ SENSOR_EXAMPLES = [  # bthome.io/format, "Sensor data": object bytes -> result, 
     ("5BEA0234EA", M("count", -365690134, "count")),
     ("5C02FBFFFF", M("activePower", -12.78, "W")),
     ("5D02EA", M("current", -5.63, "A")),
-    ("5E9F8C", M("direction", 359.99, "deg")),
+    ("5E9F8C", M("direction", 35999 * math.pi / 18_000, "rad")),  # 359.99 deg
 ]
 # objects whose row on bthome.io/format gives no example: bytes made from the row's type and factor
 CONSTRUCTED = [
     ("5FA00F", M("precipitation", 400.0, "mm")),  # uint16, factor 0.1 mm
     ("6001", M("channel", 1, "")),
-    ("615E01", M("rotationalSpeed", 350, "1/min")),
+    ("615E01", M("rotationalSpeed", 350 / 60, "1/s")),  # 350 rpm
     ("6287000000", M("speed", 0.000486, "km/h")),  # sint32, factor 0.000001 m/s
     ("63A0860100", M("acceleration", 0.1, "m/s2")),  # sint32, factor 0.000001 m/s2
     ("6403", M("lightLevel", 3, "")),
@@ -289,7 +291,7 @@ def test_pvvx_custom_format() -> None:
         [
             M("temperature", 23.45, "Cel"),
             M("relativeHumidity", 51.2, "%RH"),
-            M("batteryLevel", 87, "%"),
+            M("batteryLevel", 87, "%EL"),
             M("batteryVoltage", 2.95, "V"),
         ],
         0x2A,
@@ -305,7 +307,7 @@ def test_atc1441_format() -> None:
         [
             M("temperature", -5.3, "Cel"),
             M("relativeHumidity", 48, "%RH"),
-            M("batteryLevel", 64, "%"),
+            M("batteryLevel", 64, "%EL"),
             M("batteryVoltage", 2.816, "V"),
         ],
         7,

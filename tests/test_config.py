@@ -111,7 +111,7 @@ devcies: {}
             "FILE:6: buffer.batch.max_size: unknown key 'max_size'; "
             "allowed here: max_readings, max_bytes, max_age",
             "FILE:12: devices.d1.options: unknown key 'options'; "
-            "allowed here: bus, rate, count, quantities, values, report",
+            "allowed here: bus, rate, count, quantities, values, report, location",
             "FILE:14: devcies: unknown key 'devcies'; "
             "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
         ),
@@ -697,7 +697,7 @@ def test_http_and_ngsi_ld_uplinks_validate_with_their_own_messages(tmp_path: Pat
     token.write_text("s3cret\n")
     path = tmp_path / "c.yaml"
     path.write_text(
-        f"gateway:\n  id: gw-1\n  key_file: {key}\n"
+        f"gateway:\n  id: gw-1\n  key_file: {key}\n  location: {{latitude: 13.7465, longitude: 100.5348}}\n"
         "uplinks:\n"
         "  web:\n    type: http\n    url: https://platform.example.city/ingest\n"
         f"    bearer_token_file: {token}\n    gzip: true\n"

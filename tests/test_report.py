@@ -381,12 +381,13 @@ def test_an_aggregate_is_a_signed_senml_record_with_its_window() -> None:
     assert [window_of(r[5]) for r in stored] == [0.0, 900.0, 0.5]
     pack = build_pack("gw", stored)
     assert pack[0] == {
+        "bver": 26,  # ug/m3 is a secondary unit (RFC 8798 §3, RFC 9100 §4)
         "bn": "gw/air-1/",
         "bt": T0,
         "n": "pm25/mean",
         "u": "ug/m3",
         "v": 11.5,
-        "flags": ["partial"],
+        "flags": "partial",
         "window": 900,
     }
     assert pack[1] == {"n": "pm25", "u": "ug/m3", "v": 12, "t": 3.0}
@@ -407,7 +408,7 @@ def test_records_stored_before_windows_existed_still_read_as_samples() -> None:
         "n": "temperature",
         "u": "Cel",
         "v": 21.5,
-        "flags": ["clock-unsynced"],
+        "flags": "clock-unsynced",
     }
 
 

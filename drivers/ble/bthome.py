@@ -4,8 +4,8 @@ The service data (without its UUID, as bleak hands it over) is one device inform
 (bit 0 encryption, bit 2 trigger based, bits 5-7 the version, which must be 2) and then objects,
 each an object id and its little-endian value. :data:`OBJECTS` is the spec's object list as data:
 id -> quantity name, SenML unit, size, signedness and scale. Values are converted to the canonical
-unit of the quantity in :mod:`gateway.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, m/s ->
-km/h for ``speed``), so a reading means the same whatever object id carried it.
+unit of the quantity in :mod:`gateway.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, l -> m3,
+deg -> rad, m/s -> km/h for ``speed``), so a reading means the same whatever object id carried it.
 
 Objects with no quantity (packet id, timestamp, device information) are read for their length and
 not reported; the packet id is returned for de-duplication (:class:`Decoded.key`). An object id not
@@ -20,6 +20,7 @@ as sent (``D2 FC``), the device information byte and the counter (:func:`nonce`)
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,7 +55,8 @@ class BTHomeObject:
 
     ``mul`` and ``div`` are integers, so the value is one correctly rounded division: the float
     nearest the exact decimal (``2506 / 100`` is 25.06, where ``2506 * 0.01`` is 25.060000000000002).
-    Integers stay integers when both are 1.
+    Integers stay integers when both are 1. Angles are the exception: degrees become radians
+    (SenML's ``deg`` is NOT RECOMMENDED, RFC 8798 §2), ``mul`` = pi.
     """
 
     name: str
@@ -62,11 +64,13 @@ class BTHomeObject:
     size: int  # bytes of the value; 0 for length-prefixed (text, raw)
     signed: bool = False
     div: int = 1
-    mul: int = 1
+    mul: float = 1
     kind: Kind = Kind.NUMBER
 
 
-def _n(name: str, unit: str, size: int, div: int = 1, *, signed: bool = False, mul: int = 1) -> BTHomeObject:
+def _n(
+    name: str, unit: str, size: int, div: int = 1, *, signed: bool = False, mul: float = 1
+) -> BTHomeObject:
     return BTHomeObject(name, unit, size, signed, div, mul)
 
 
@@ -77,7 +81,7 @@ def _b(name: str) -> BTHomeObject:
 # bthome.io/format, "Sensor data", "Binary sensor data", "Events" and "Device information".
 OBJECTS: dict[int, BTHomeObject] = {
     0x00: BTHomeObject("", "", 1, kind=Kind.PACKET_ID),
-    0x01: _n("batteryLevel", "%", 1),
+    0x01: _n("batteryLevel", "%EL", 1),
     0x02: _n("temperature", "Cel", 2, 100, signed=True),
     0x03: _n("relativeHumidity", "%RH", 2, 100),
     0x04: _n("atmosphericPressure", "Pa", 3),  # 0.01 hPa = 1 Pa
@@ -96,7 +100,7 @@ OBJECTS: dict[int, BTHomeObject] = {
     0x11: _b("opening"),
     0x12: _n("co2", "ppm", 2),
     0x13: _n("volatileOrganicCompoundsTotal", "ug/m3", 2),
-    0x14: _n("soilMoisture", "%", 2, 100),
+    0x14: _n("soilMoisture", "/", 2, 10_000),  # sent in 0.01 %: a fraction
     0x15: _b("batteryLow"),
     0x16: _b("batteryCharging"),
     0x17: _b("carbonMonoxide"),
@@ -123,12 +127,12 @@ OBJECTS: dict[int, BTHomeObject] = {
     0x2C: _b("vibration"),
     0x2D: _b("window"),
     0x2E: _n("relativeHumidity", "%RH", 1),
-    0x2F: _n("soilMoisture", "%", 1),
+    0x2F: _n("soilMoisture", "/", 1, 100),  # sent in %: a fraction
     0x3A: BTHomeObject("buttonEvent", "", 1, kind=Kind.BUTTON),
     0x3C: BTHomeObject("dimmerSteps", "count", 2, kind=Kind.DIMMER),
     0x3D: _n("count", "count", 2),
     0x3E: _n("count", "count", 4),
-    0x3F: _n("rotation", "deg", 2, 10, signed=True),
+    0x3F: _n("rotation", "rad", 2, 1800, signed=True, mul=math.pi),  # sent in 0.1 deg
     0x40: _n("distance", "m", 2, 1000),  # sent in mm
     0x41: _n("distance", "m", 2, 10),
     0x42: _n("duration", "s", 3, 1000),
@@ -136,21 +140,21 @@ OBJECTS: dict[int, BTHomeObject] = {
     0x44: _n("speed", "km/h", 2, 1000, mul=36),  # sent in 0.01 m/s; 1 m/s = 3.6 km/h
     0x45: _n("temperature", "Cel", 2, 10, signed=True),
     0x46: _n("uvIndex", "", 1, 10),
-    0x47: _n("volume", "l", 2, 10),
-    0x48: _n("volume", "l", 2, 1000),  # sent in mL
-    0x49: _n("flowRate", "l/s", 2, 3600),  # sent in 0.001 m3/h = 1 l/h
+    0x47: _n("volume", "m3", 2, 10_000),  # sent in 0.1 l
+    0x48: _n("volume", "m3", 2, 10**6),  # sent in mL
+    0x49: _n("flowRate", "m3/s", 2, 3_600_000),  # sent in 0.001 m3/h
     0x4A: _n("voltage", "V", 2, 10),
     0x4B: _n("gasVolume", "m3", 3, 1000),
     0x4C: _n("gasVolume", "m3", 4, 1000),
     0x4D: _n("activeEnergyImport", "Wh", 4),  # 0.001 kWh = 1 Wh
-    0x4E: _n("volume", "l", 4, 1000),
-    0x4F: _n("waterVolume", "l", 4, 1000),
+    0x4E: _n("volume", "m3", 4, 10**6),  # sent in mL
+    0x4F: _n("waterVolume", "m3", 4, 10**6),  # sent in mL
     0x50: BTHomeObject("", "", 4, kind=Kind.SKIP),  # timestamp: the device's clock, not a measurement
     0x51: _n("acceleration", "m/s2", 2, 1000),
-    0x52: _n("angularVelocity", "deg/s", 2, 1000),
+    0x52: _n("angularVelocity", "1/s", 2, 180_000, mul=math.pi),  # 0.001 deg/s; rad/s
     0x53: BTHomeObject("text", "", 0, kind=Kind.TEXT),
     0x54: BTHomeObject("rawData", "", 0, kind=Kind.RAW),
-    0x55: _n("volumeStorage", "l", 4, 1000),
+    0x55: _n("volumeStorage", "m3", 4, 10**6),  # sent in mL
     0x56: _n("conductivity", "S/m", 2, 10000),  # sent in uS/cm
     0x57: _n("temperature", "Cel", 1, signed=True),
     0x58: _n("temperature", "Cel", 1, 100, signed=True, mul=35),  # factor 0.35
@@ -159,10 +163,10 @@ OBJECTS: dict[int, BTHomeObject] = {
     0x5B: _n("count", "count", 4, signed=True),
     0x5C: _n("activePower", "W", 4, 100, signed=True),
     0x5D: _n("current", "A", 2, 1000, signed=True),
-    0x5E: _n("direction", "deg", 2, 100),
+    0x5E: _n("direction", "rad", 2, 18_000, mul=math.pi),  # sent in 0.01 deg
     0x5F: _n("precipitation", "mm", 2, 10),
     0x60: _n("channel", "", 1),
-    0x61: _n("rotationalSpeed", "1/min", 2),
+    0x61: _n("rotationalSpeed", "1/s", 2, 60),  # sent in rpm
     0x62: _n("speed", "km/h", 4, 10**7, signed=True, mul=36),  # sent in 0.000001 m/s
     0x63: _n("acceleration", "m/s2", 4, 1_000_000, signed=True),
     0x64: _n("lightLevel", "", 1),
@@ -182,7 +186,7 @@ BUTTON_EVENTS: dict[int, str] = {
 }
 
 # the table as tuples, in the order the hot loop reads them
-_FAST: dict[int, tuple[str, str, int, bool, int, int, Kind]] = {
+_FAST: dict[int, tuple[str, str, int, bool, int, float, Kind]] = {
     oid: (o.name, o.unit, o.size, o.signed, o.div, o.mul, o.kind) for oid, o in OBJECTS.items()
 }
 

@@ -64,7 +64,7 @@ def decode(data: bytes) -> Decoded:
         [
             Measurement("temperature", temperature, "Cel"),
             Measurement("relativeHumidity", humidity, "%RH"),
-            Measurement("batteryLevel", level, "%"),
+            Measurement("batteryLevel", level, "%EL"),
             Measurement("batteryVoltage", mv / 1000, "V"),
         ],
         counter,

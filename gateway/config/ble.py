@@ -46,6 +46,7 @@ from gateway.config.base import (
     problem,
     within,
 )
+from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, describe, duration_within, format_duration
 
@@ -165,6 +166,7 @@ class BleDevice(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bus: BusId = Field(description="the id of the ble bus this device is heard on")
+    location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
     @model_validator(mode="wrap")
     @classmethod

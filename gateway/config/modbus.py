@@ -15,6 +15,7 @@ one quantity tells them apart with ``channel``, and the reading is named ``quant
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Self
@@ -45,6 +46,7 @@ from gateway.config.base import (
     problem,
     within,
 )
+from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within
 from gateway.vocabulary import unit_of
@@ -65,6 +67,12 @@ _CONVERSIONS = {  # (unit written, vocabulary unit) -> scale
     ("kV", "V"): 1000,
     ("hPa", "Pa"): 100,
     ("kPa", "Pa"): 1000,
+    # units SenML does not have or does not recommend, to the registered unit of the quantity
+    ("ppb", "ppm"): 0.001,
+    ("deg", "rad"): math.pi / 180,
+    ("%", "/"): 0.01,
+    ("l", "m3"): 0.001,
+    ("l/s", "m3/s"): 0.001,
 }
 
 
@@ -449,6 +457,7 @@ class ModbusDevice(Section):
         description="what is sent: raw (every sample, the default), on_change or aggregate; "
         "readings: overrides per reading name",
     )
+    location: Location | None = Field(default=None, description=DEVICE_LOCATION)
     _fields: tuple[RegisterField, ...] = PrivateAttr(default=())
     _profile: Profile | None = PrivateAttr(default=None)
 

@@ -56,6 +56,7 @@ from gateway.config.base import (
     tls_only,
     within,
 )
+from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
 from gateway.config.metrics import MetricsSettings
 from gateway.config.report import ReportSettings, check_reports
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
@@ -73,6 +74,16 @@ class GatewaySettings(Section):
     )
     key_file: PrivateKeyFile = Field(
         description="the path of the Ed25519 private key (PEM) written by `citygw keygen`"
+    )
+    jws_alg: Literal["EdDSA", "Ed25519"] = Field(
+        default="EdDSA",
+        description="the JWS alg of every batch: EdDSA (RFC 8037, what every JOSE library verifies) or "
+        "Ed25519 (RFC 9864's name for the same signature; see docs/integrator.md before switching)",
+    )
+    location: Location | None = Field(
+        default=None,
+        description="where the box stands: {latitude, longitude} in decimal degrees (WGS 84); "
+        "required by an ngsi-ld uplink",
     )
 
 
@@ -217,6 +228,7 @@ class SyntheticDevice(Section):
         description="what is sent: raw (every sample, the default), on_change or aggregate; "
         "readings: overrides per reading name",
     )
+    location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
 
 # --- type tables: one entry per type -----------------------------------------------------------
@@ -379,6 +391,11 @@ class Config(Section):
     def _devices_do_not_collide(self) -> Config:
         one_device_per_bus(self.buses, self.devices)
         one_sensor_per_address(self.devices)
+        return self
+
+    @model_validator(mode="after")
+    def _ngsi_has_a_location(self) -> Config:
+        located_for_ngsi(self.gateway.location, self.uplinks)
         return self
 
     @model_validator(mode="after")

@@ -17,9 +17,10 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_va
 
 from drivers.serial.lines import LineFormat
 from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
+from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within, format_duration
-from gateway.vocabulary import unit_of
+from gateway.vocabulary import is_senml_unit, unit_of
 
 PORT_EXAMPLE = "e.g. /dev/ttyAMA0, /dev/ttyUSB0 or /dev/serial/by-id/usb-..."
 POLLED = frozenset({"mhz19"})  # request/response protocols: the gateway asks every interval
@@ -73,6 +74,16 @@ class SerialBus(Section):
     )
 
 
+def _senml_unit(value: str) -> str:
+    if not is_senml_unit(value):
+        raise problem(
+            "senml_unit",
+            f"{value!r} is not a SenML unit (RFC 8428 §12.1, RFC 8798) that citygw sends; e.g. Cel, "
+            "m/s, km/h, ppm, ug/m3, %RH, %EL, / (a fraction), rad; scale the value to one of them",
+        )
+    return value
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise problem("number_finite", f"must be a finite number; got {value}")
@@ -85,7 +96,7 @@ class LineField(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: QuantityName = Field(description="the reading's quantity name, e.g. averageVehicleSpeed")
-    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
+    unit: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_senml_unit)] | None = Field(
         default=None, description="the SenML unit; default the quantity's own unit"
     )
     scale: Annotated[Float, AfterValidator(_finite)] = Field(default=1.0, description="multiplies the value")
@@ -143,6 +154,7 @@ class SerialDevice(Section):
         description="what is sent: raw (every sample, the default), on_change or aggregate; "
         "readings: overrides per reading name",
     )
+    location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
     @field_validator("interval")
     @classmethod

@@ -150,11 +150,40 @@ def _entity_type(value: str) -> str:
     return value
 
 
+_TENANT = re.compile(r"[!-~]{1,255}")
+
+
+def _tenant(value: str) -> str:
+    """ETSI GS CIM 009 (NGSI-LD) names a tenant by a string (a URI until V1.7.1, so a URN such as
+    urn:ngsi-ld:tenant:bkk suits every broker); it travels in the NGSILD-Tenant header, so it must
+    be a header value: printable ASCII without spaces (RFC 9110 §5.5), at most 255 characters."""
+    if not _TENANT.fullmatch(value):
+        raise problem(
+            "tenant",
+            f"{value!r} is not a tenant name: 1 to 255 printable ASCII characters without spaces, "
+            "e.g. city-bkk, bkk.city or urn:ngsi-ld:tenant:bkk",
+        )
+    return value
+
+
 def _entity_id(value: str) -> str:
     if not value.startswith("urn:") or " " in value:
         raise problem(
             "entity_id", f"{value!r} is not a URN; NGSI-LD entity ids are URIs like urn:ngsi-ld:Type:id"
         )
+    return value
+
+
+_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_GENERATED = frozenset({"id", "type", "location", "source", "dataProvider", "dateObserved", "phaseType"})
+StaticValue = str | bool | int | float | tuple[str, ...]
+
+
+def _attribute_name(value: str) -> str:
+    if not _ATTRIBUTE.fullmatch(value):
+        raise problem("attribute_name", f"{value!r} is not an attribute name; e.g. category, refParkingSite")
+    if value in _GENERATED and value != "phaseType":
+        raise problem("attribute_name", f"{value!r} is set by citygw; remove it")
     return value
 
 
@@ -169,13 +198,18 @@ class EntityMapping(Section):
     id: Annotated[str, AfterValidator(_entity_id)] | None = Field(
         default=None, description="the entity id; default urn:ngsi-ld:{type}:{gateway}:{device}"
     )
+    attributes: dict[Annotated[str, AfterValidator(_attribute_name)], StaticValue] = Field(
+        default_factory=dict,
+        description="attributes sent as they are, e.g. a ParkingSpot's category: [onStreet] and "
+        "refParkingSite: urn:ngsi-ld:ParkingSite:... (ref... names become Relationships)",
+    )
 
 
 class NgsiLdUplink(_HttpClient):
     """Readings as FIWARE Smart Data Models entities, by batch upsert to an NGSI-LD broker."""
 
     type: Literal["ngsi-ld"] = Field(description="the uplink type: ngsi-ld")
-    tenant: Annotated[str, AfterValidator(_entity_type)] | None = Field(
+    tenant: Annotated[str, AfterValidator(_tenant)] | None = Field(
         default=None, description="sent as the NGSILD-Tenant header"
     )
     context: tuple[HttpUrl, ...] = Field(

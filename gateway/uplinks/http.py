@@ -33,6 +33,7 @@ import aiohttp
 
 from gateway import ngsi, redact
 from gateway.backoff import Backoff
+from gateway.config.location import Places
 from gateway.errors import DeliveryError
 from gateway.uplinks.base import Delivery, Rejected, RetryLater, UplinkState, UplinkStatus
 
@@ -226,12 +227,27 @@ class NgsiLdUplink(_HttpBase):
 
     config: NgsiLdUplinkConfig
 
-    def __init__(self, name: str, config: NgsiLdUplinkConfig, *, gateway: str, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: NgsiLdUplinkConfig,
+        *,
+        gateway: str,
+        pipeline: Pipeline,
+        places: Places | None = None,
+    ) -> None:
         super().__init__(name, config, gateway=gateway, pipeline=pipeline)
         self.endpoint = upsert_endpoint(config.url)
-        self.naming = {
-            device: ngsi.EntityNaming(type=m.type, id=m.id) for device, m in config.entities.items()
-        }
+        self.places = places or Places()
+        self.naming: dict[str, ngsi.EntityNaming] = {}
+        for device in {*config.entities, *self.places.devices}:
+            mapping = config.entities.get(device)
+            self.naming[device] = ngsi.EntityNaming(
+                type=mapping.type if mapping else None,
+                id=mapping.id if mapping else None,
+                location=self.places.devices.get(device),
+                attributes=dict(mapping.attributes) if mapping else {},
+            )
         if config.tenant:
             self._headers["NGSILD-Tenant"] = config.tenant
 
@@ -242,7 +258,13 @@ class NgsiLdUplink(_HttpBase):
             return []  # a gap record: nothing to upsert
         digest = hashlib.sha256(batch.data).hexdigest()[:16]
         source = f"urn:citygw:{self.gateway}:batch:{payload['seq']}:{digest}"
-        return ngsi.entities(payload, source=source, context=list(self.config.context), naming=self.naming)
+        return ngsi.entities(
+            payload,
+            source=source,
+            context=list(self.config.context),
+            naming=self.naming,
+            location=self.places.box,
+        )
 
     async def deliver(self, session: aiohttp.ClientSession, batch: Outgoing) -> None:
         entities = self.entities(batch)
