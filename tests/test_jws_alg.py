@@ -27,6 +27,7 @@ from gateway.verify import ChainVerifier, Outcome
 from .support import Collector, Daemon, b64decode, write_config
 
 T0 = 1_790_000_000.0
+CHAIN = "Q2l0eWd3VGVzdENoYWluMQ"  # a buffer\'s chain id (22 base64url characters)
 
 
 def _header(token: str) -> dict[str, str]:
@@ -37,7 +38,7 @@ def _header(token: str) -> dict[str, str]:
 @pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
 def test_both_names_sign_and_other_libraries_verify_them(key: Path, alg: str) -> None:
     signer = Signer.from_file(key, alg=alg)
-    payload = encode_payload("gw-1", 1, None, T0, [("d", "temperature", "Cel", 21.5, T0, 0)])
+    payload = encode_payload("gw-1", 1, None, T0, [("d", "temperature", "Cel", 21.5, T0, 0)], chain=CHAIN)
     token = signer.sign(payload)
     assert _header(token) == {"alg": alg, "kid": signer.kid}
     public = jwk.JWK.from_pem(public_key_path(key).read_bytes())
@@ -61,7 +62,9 @@ def test_verify_accepts_a_chain_that_switches_names(key: Path) -> None:
     prev = None
     for seq, alg in enumerate(["EdDSA", "EdDSA", "Ed25519", "Ed25519"], start=1):
         token = Signer.from_file(key, alg=alg).sign(
-            encode_payload("gw-1", seq, prev, T0, [("d", "temperature", "Cel", 21.5, T0 + seq, 0)])
+            encode_payload(
+                "gw-1", seq, prev, T0, [("d", "temperature", "Cel", 21.5, T0 + seq, 0)], chain=CHAIN
+            )
         )
         result = verifier.verify(token)
         assert result.outcome is Outcome.OK, (seq, alg, result.reason)

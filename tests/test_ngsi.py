@@ -37,6 +37,7 @@ from .support import Daemon
 from .test_uplinks_http import ScriptedServer
 
 T0 = 1_790_000_000.0
+CHAIN = "Q2l0eWd3VGVzdENoYWluMQ"  # a buffer\'s chain id (22 base64url characters)
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = Path(__file__).resolve().parent / "data" / "smart-data-models"
 BOX = (13.7465, 100.5348)  # latitude, longitude
@@ -94,7 +95,7 @@ def ngsi_context() -> str:
 
 def pack(gateway: str, records: list[tuple[str, str, str, Any, float]]) -> dict[str, Any]:
     payload: dict[str, Any] = json.loads(
-        encode_payload(gateway, 7, None, T0, [(d, n, u, v, t, 0) for d, n, u, v, t in records])
+        encode_payload(gateway, 7, None, T0, [(d, n, u, v, t, 0) for d, n, u, v, t in records], chain=CHAIN)
     )
     return payload
 
@@ -294,7 +295,7 @@ def test_receive_stores_every_reading_under_the_name_it_was_sent(tmp_path: Path,
     records: list[Record] = [("m", name, "V", 230.0 + i, T0 + i, 0) for i, name in enumerate(names)]
     receiver = Receiver(tmp_path / "received.db", [public_key_path(key)])
     try:
-        verdict = receiver.accept(signer.sign(encode_payload("gw-1", 1, None, T0, records)))
+        verdict = receiver.accept(signer.sign(encode_payload("gw-1", 1, None, T0, records, chain=CHAIN)))
         assert verdict.outcome == "stored", verdict
     finally:
         receiver.close()

@@ -301,7 +301,7 @@ def test_signed_batches_and_gap_records_of_the_real_buffer_conform(
     for payload in batches:
         assert senml_problems(payload["senml"]) == [], payload["seq"]
     for gap in gaps:
-        assert "senml" not in gap and set(gap) == {"gateway", "gap", "prev", "last", "created"}
+        assert "senml" not in gap and set(gap) == {"v", "gateway", "chain", "gap", "prev", "last", "created"}
 
 
 @pytest.mark.parametrize("unit", ["ppb", "deg", "%", "deg/s", "mph"])

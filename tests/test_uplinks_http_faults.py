@@ -120,6 +120,7 @@ def test_a_redirect_is_never_a_delivery_nor_followed_and_the_batch_waits_for_the
         data = json.loads(config.read_text())
         data["uplinks"]["cb"] = {**data["uplinks"]["platform"], "type": "ngsi-ld"}
         data["uplinks"]["cb"]["url"] = f"http://127.0.0.1:{server.port}"
+        data["gateway"]["location"] = {"latitude": 13.7563, "longitude": 100.5018}
         config.write_text(json.dumps(data))
         daemon = daemon_factory(config)
         daemon.start()
@@ -331,6 +332,7 @@ def test_a_secret_in_an_uplink_url_appears_in_no_log_status_or_metric(
             "backoff_initial": "100ms",
             "backoff_max": "300ms",
         }
+        data["gateway"]["location"] = {"latitude": 13.7563, "longitude": 100.5018}
         data["metrics"] = {"listen": f"127.0.0.1:{metrics}"}
         data["log"] = {"level": "debug"}
         config.write_text(json.dumps(data))
