@@ -117,7 +117,7 @@ class _Throttle:
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warn(self, kind: str, message: str, *args: object) -> None:
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last.get(kind, -float("inf")) < self._every:
             self._held[kind] = self._held.get(kind, 0) + 1
@@ -125,7 +125,7 @@ class _Throttle:
         self._last[kind] = now
         held = self._held.pop(kind, 0)
         suffix = f" (and {held} more of this kind since the last line)" if held else ""
-        log.warning(message + suffix, *args)
+        log.log(level, message + suffix, *args)
 
 
 class Receiver:
@@ -133,11 +133,6 @@ class Receiver:
 
     def __init__(self, db_path: Path, keys: Keyring | Iterable[Path]) -> None:
         keyring = keys if isinstance(keys, Keyring) else Keyring(unbound=load_public_keys(keys))
-        if not keyring.bound:
-            log.warning(
-                "keys given one by one (--key) may sign for any gateway id: use --keys DIR "
-                "(DIR/<gateway id>/*.pub) to bind each key to its gateway"
-            )
         self.verifier = ChainVerifier(keyring)
         self.db = sqlite3.connect(db_path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -188,7 +183,8 @@ class Receiver:
         else:
             self.counts.bad += 1
         who = f" from gateway {gateway}" if gateway else ""
-        self._throttle.warn(kind.value, "refused a batch%s (%s): %s", who, kind.value, reason)
+        level = logging.ERROR if kind in (Refusal.CONFLICT, Refusal.NOT_BOUND) else logging.WARNING
+        self._throttle.log(level, kind.value, "refused a batch%s (%s): %s", who, kind.value, reason)
         outcome = "conflict" if kind is Refusal.CONFLICT else "bad"
         return Verdict(_STATUS.get(kind, 400), outcome, reason)
 
@@ -262,16 +258,12 @@ class Receiver:
             if known[0] == digest:
                 self.counts.duplicates += 1
                 return Verdict(200, "duplicate")
-            log.error(
-                "gateway %s%s seq %d arrived again with different content: a forgery, a bug, or two "
-                "boxes sharing one buffer's identity (a cloned image)",
-                gateway,
-                f" chain {chain}" if chain else "",
-                seq,
+            where = f"chain {chain} seq {seq}" if chain else f"seq {seq}"
+            why = (
+                f"{where} already received with different content: a forgery, a bug, or two boxes "
+                "sharing one buffer's identity (a cloned image)"
             )
-            return self._refuse(
-                Refusal.CONFLICT, f"seq {seq} already received with different content", gateway
-            )
+            return self._refuse(Refusal.CONFLICT, why, gateway)
         rows = [
             (
                 gateway,
@@ -459,6 +451,11 @@ def receive_main(
     except KeyFileError as exc:
         sys.stderr.write(f"citygw receive: {exc}\n")
         return 2
+    if not keyring.bound:
+        log.warning(
+            "keys given with --key may sign for any gateway id: use --keys DIR "
+            "(DIR/<gateway id>/*.pub) to bind each key to its gateway"
+        )
     receiver = Receiver(db, keyring)
 
     async def main() -> None:

@@ -619,3 +619,76 @@ def test_a_receiver_file_from_before_chains_is_carried_over(
     report = receiver.report()["gateways"]["gw1"]
     receiver.close()
     assert report["chains"][0]["chain"] == "" and report["missing"] == [[2, 2]] and report["readings"] == 1
+
+
+# -- the whole path: a real daemon whose buffer is moved aside --------------------------------------
+
+
+def _buffer_has_chains(tmp_path: Path, key: Path) -> bool:
+    """Whether this build's buffer seals contract v2 payloads (a chain id in every batch)."""
+    from gateway.buffer import BatchLimits, Buffer
+
+    buf = Buffer(
+        tmp_path / "probe.db",
+        gateway="gw-test",
+        signer=Signer.from_file(key),
+        uplinks=["x"],
+        limits=BatchLimits(),
+    )
+    buf.open()
+    try:
+        buf.commit([("dev", "co2", "ppm", 400, T0, 0)], seal_all=True)
+        token = buf.fetch(0, 1)[0].jws
+    finally:
+        buf.close()
+    part = token.split(".")[1]
+    return "chain" in json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def test_a_buffer_moved_aside_starts_a_new_chain_that_receive_stores_with_nothing_parked(
+    tmp_path: Path, key: Path, receive: Callable[..., ReceiveProcess], daemon_factory: Callable[[Path], Any]
+) -> None:
+    if not _buffer_has_chains(tmp_path, key):
+        pytest.skip("this build's buffer does not seal contract v2 (chain ids) yet")
+    from .support import write_config
+
+    keys = tmp_path / "keys"
+    add_gateway(keys, "gw-test", key)
+    server = receive(keys)
+    config = write_config(
+        tmp_path / "c.yaml",
+        key=key,
+        port=1,
+        devices={"d1": {"bus": "gen", "rate": 200, "count": 400, "values": "sequence"}},
+        buffer={"batch": {"max_readings": 50, "max_age": "200ms"}},
+    )
+    data = json.loads(config.read_text())
+    data["uplinks"] = {
+        "platform": {"type": "http", "url": f"http://127.0.0.1:{server.port}/batches", "backoff_max": "1s"}
+    }
+    config.write_text(json.dumps(data))
+
+    def readings() -> int:
+        report = server.report()
+        return 0 if report is None else sum(g["readings"] for g in report["gateways"].values())
+
+    first = daemon_factory(config)
+    first.start()
+    server.wait_for(lambda: readings() == 400, "the first buffer's readings", timeout=60)
+    assert first.terminate() == 0
+    state = tmp_path / "state"
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for path in state.glob("buffer.db*"):  # a damaged buffer moved aside: the box starts afresh
+        path.rename(aside / path.name)
+    second = daemon_factory(config)
+    second.start()
+    server.wait_for(lambda: readings() == 800, "the new chain's readings", timeout=60)
+    assert second.terminate() == 0
+
+    code, report = server.stop()
+    gw = report["gateways"]["gw-test"]
+    assert report["totals"]["bad"] == report["totals"]["conflicts"] == 0, report["totals"]
+    assert len(gw["chains"]) == 2 and len(gw["resets"]) == 1 and gw["clones"] == []
+    assert gw["missing"] == [] and gw["first_seq"] == 1
+    assert code == 0
