@@ -210,8 +210,9 @@ class Streams:
                 gateway,
                 state.chain,
                 before.chain,
-                f"gateway {gateway}: new chain {state.chain} replaces chain {before.chain or '(v1)'}, "
-                f"which ended at seq {ended_at}{why}: box reset, {lost} batches of the old chain lost",
+                f"gateway {gateway}: new chain {state.chain} follows chain {before.chain or '(v1)'}, "
+                f"which ended at seq {ended_at}{why}: a box reset (new or replaced buffer); {lost} "
+                "batches of the old chain lost in it",
             )
         ]
 

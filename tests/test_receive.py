@@ -364,6 +364,41 @@ def test_a_signed_payload_nested_too_deeply_is_malformed_not_a_crash(fleet: tupl
     )
 
 
+def test_http_answers_hostile_payloads_4xx_and_stores_what_follows(
+    fleet: tuple[Path, Box, Box], receive: Callable[..., ReceiveProcess]
+) -> None:
+    keys, box1, _ = fleet
+    server = receive(keys)
+    nested = box1.signer.sign(b"[" * 100_000)  # signed by the box's own key, still refused
+    answers = [server.post(token) for token in [*hostile_tokens(box1), nested]]
+
+    assert [status for status, _ in answers] == [400] * 5, answers
+    assert [server.post(t)[0] for t in box1.take(2)] == [200, 200]
+    report = server.report()
+    assert report is not None and report["gateways"]["gw1"]["batches"] == 2
+    assert report["totals"]["refused"] == {"not_jws": 3, "bad_signature": 1, "malformed": 1}
+
+
+def test_verify_and_receive_need_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(["verify", str(tmp_path / "batches.jws")]) == 2
+    assert "give --keys DIR" in capsys.readouterr().err
+    code = main(
+        [
+            "receive",
+            "--keys",
+            str(tmp_path / "absent"),
+            "--db",
+            str(tmp_path / "r.db"),
+            "--http",
+            "127.0.0.1:1",
+        ]
+    )
+    assert code == 2
+    assert "keys directory" in capsys.readouterr().err
+
+
 def publish(port: int, topic: str, payloads: list[bytes]) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher")
     client.connect("127.0.0.1", port)
@@ -446,7 +481,7 @@ def test_a_new_chain_is_stored_with_nothing_refused_and_the_reset_reported(
     ]
     assert gw1["clones"] == []
     assert gw1["batches"] == 7
-    assert f"new chain {box1.chain} replaces chain {old_chain}" in server.log.read_text()
+    assert f"new chain {box1.chain} follows chain {old_chain}" in server.log.read_text()
     code, final = server.stop()
     assert code == 0 and final["totals"]["new_chains"] == 1
 
