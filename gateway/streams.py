@@ -19,6 +19,7 @@ only ranges, so a gap record naming 30 million seqs costs a few bytes, never a s
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,7 @@ class Spans:
         self._firsts[i:j] = [first]
         self._lasts[i:j] = [last]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Span]:
         return iter(zip(self._firsts, self._lasts, strict=True))
 
     def __bool__(self) -> bool:
