@@ -98,10 +98,6 @@ class Keyring:
             binding = self._bindings.get(kid)
         return binding
 
-    def gateways_of(self, kid: str) -> frozenset[str] | None:
-        binding = self._bindings.get(kid)
-        return None if binding is None else binding.gateways
-
     # -- the directory -----------------------------------------------------------------------------
 
     def _look(self) -> object:
@@ -138,6 +134,14 @@ class Keyring:
         except OSError as exc:
             log.error("cannot read keys directory %s: %s; keeping the keys known so far", self.directory, exc)
             return
+        for stray in sorted(self.directory.glob("*.pub")):
+            if str(stray) not in self._reported:
+                self._reported.add(str(stray))
+                log.warning(
+                    "keys directory: %s is in no gateway's folder, so ignored: move it to %s/<gateway id>/",
+                    stray,
+                    self.directory,
+                )
         for folder in folders:
             gateway = folder.name
             if len(gateway) > MAX_GATEWAY_ID or gateway.startswith("."):

@@ -727,3 +727,17 @@ def test_a_buffer_moved_aside_starts_a_new_chain_that_receive_stores_with_nothin
     assert len(gw["chains"]) == 2 and len(gw["resets"]) == 1 and gw["clones"] == []
     assert gw["missing"] == [] and gw["first_seq"] == 1
     assert code == 0
+
+
+def test_a_key_outside_any_gateway_folder_is_ignored_and_said_so(
+    tmp_path: Path, fleet: tuple[Path, Box, Box], caplog: pytest.LogCaptureFixture
+) -> None:
+    keys, box1, _ = fleet
+    stray = make_key(tmp_path, "stray")
+    shutil.copy(public_key_path(stray), keys / "stray.pub")
+    with caplog.at_level("WARNING", logger="gateway.keyring"):
+        keyring = Keyring(keys)
+    assert "stray.pub is in no gateway's folder" in caplog.text
+    stranger = Box(Signer.from_file(stray), "gw1")
+    assert ChainVerifier(keyring).verify(stranger.next()).refusal is Refusal.UNKNOWN_KID
+    assert ChainVerifier(keyring).verify(box1.next()).ok
