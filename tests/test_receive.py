@@ -741,3 +741,20 @@ def test_a_key_outside_any_gateway_folder_is_ignored_and_said_so(
     stranger = Box(Signer.from_file(stray), "gw1")
     assert ChainVerifier(keyring).verify(stranger.next()).refusal is Refusal.UNKNOWN_KID
     assert ChainVerifier(keyring).verify(box1.next()).ok
+
+
+def test_mqtt_receiver_connects_again_after_the_broker_restarts(
+    fleet: tuple[Path, Box, Box], broker: LocalBroker, receive: Callable[..., ReceiveProcess]
+) -> None:
+    """Its persistent session on a persisting broker keeps what arrives while it reconnects."""
+    keys, box1, _ = fleet
+    server = receive(keys, "--mqtt", broker.url)
+    server.wait_for(lambda: "receiving from" in server.log.read_text(), "the MQTT subscription")
+    publish(broker.port, "city/gw1/batches", [t.encode() for t in box1.take(2)])
+    server.wait_for(lambda: (server.report() or {}).get("totals", {}).get("stored") == 2, "the first batches")
+    broker.stop()
+    broker.start()
+    publish(broker.port, "city/gw1/batches", [t.encode() for t in box1.take(2)])
+
+    server.wait_for(lambda: (server.report() or {}).get("totals", {}).get("stored") == 4, "the batches after")
+    assert "connecting again" in server.log.read_text()
