@@ -758,3 +758,18 @@ def test_mqtt_receiver_connects_again_after_the_broker_restarts(
 
     server.wait_for(lambda: (server.report() or {}).get("totals", {}).get("stored") == 4, "the batches after")
     assert "connecting again" in server.log.read_text()
+
+
+def test_verify_reads_past_a_line_too_long_to_be_a_batch(
+    tmp_path: Path, fleet: tuple[Path, Box, Box], capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys, box1, _ = fleet
+    good = box1.take(2)
+    path = tmp_path / "batches.jws"
+    path.write_text(f"{good[0]}\n{'A' * 17_000_000}\n{good[1]}\n")
+
+    assert verify_main([], [path], keys_dir=keys) == 1
+
+    out, err = capsys.readouterr()
+    assert err.startswith("line 2: seq ?: larger than ")
+    assert out == "verified 2 batches (4 readings), 0 duplicates, 1 bad\n"
