@@ -193,6 +193,8 @@ class Receiver:
             if event.kind == "clone":
                 self.counts.clones += 1
                 log.error("%s", event.text)
+            elif event.kind == "upgrade":
+                log.info("%s", event.text)
             else:
                 self.counts.new_chains += 1
                 log.warning("%s", event.text)

@@ -9,6 +9,8 @@ only ranges, so a gap record naming 30 million seqs costs a few bytes, never a s
   batch's ``reset`` names, else the gateway's most recent chain. From then on the predecessor is
   *superseded*: its seqs not received are **lost in a box reset** (not "missing"), up to the seq
   the reset says the old chain sealed, else up to the highest seq received of it.
+- **Upgrade**: a v2 chain whose first item is past seq 1 right after a gateway's v1 chain is the
+  same buffer, given a chain id when the box's software moved to contract v2: not a reset.
 - **Clone**: a superseded chain that goes on growing — a batch beyond the seq it ended at (per the
   reset, else the highest received when the new chain appeared), sealed after the new chain
   started — means two boxes claim one gateway id. Reported, never merged.
@@ -37,7 +39,7 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something worth a log line: ``new-chain`` or ``clone``."""
+    """Something worth a log line: ``new-chain``, ``upgrade`` (v1 to v2, seqs going on) or ``clone``."""
 
     kind: str
     gateway: str
@@ -143,7 +145,7 @@ class Streams:
         state = chains.get(chain)
         if state is None:
             state = chains[chain] = Chain(chain, len(chains), created)
-            events += self._new_chain(gateway, chains, state, reset)
+            events += self._new_chain(gateway, chains, state, reset, first)
         elif reset is not None and state.reset is None:
             state.reset = reset  # seq 1 arrived after later seqs of the chain
             events += self._link(gateway, chains, state, reset)
@@ -176,7 +178,7 @@ class Streams:
         return events
 
     def _new_chain(
-        self, gateway: str, chains: dict[str, Chain], state: Chain, reset: Reset | None
+        self, gateway: str, chains: dict[str, Chain], state: Chain, reset: Reset | None, first: int
     ) -> list[Event]:
         if reset is not None:
             state.reset = reset
@@ -185,6 +187,20 @@ class Streams:
         if not live:
             return []
         before = max(live, key=lambda c: c.order)
+        if before.chain == "" and first > 1:
+            # a box whose software moved to contract v2 keeps its buffer: the buffer gets a chain id
+            # and its seqs go on, so the v1 chain is not lost; what it lacks may still come
+            state.predecessor = ""
+            return [
+                Event(
+                    "upgrade",
+                    gateway,
+                    state.chain,
+                    "",
+                    f"gateway {gateway}: contract v2 from seq {first} on, as chain {state.chain} "
+                    "(its buffer's seqs go on)",
+                )
+            ]
         return self._supersede(gateway, before, state, ended_at=before.held.high if before.held else 0)
 
     def _link(self, gateway: str, chains: dict[str, Chain], state: Chain, reset: Reset) -> list[Event]:

@@ -66,3 +66,16 @@ def test_the_old_chain_growing_past_its_announced_end_is_a_clone() -> None:
     report = streams.report("gw")
     assert report["clones"] == [["A" * 22, "B" * 22]]
     assert report["chains"][0]["lost_in_reset"] == []  # a clone loses nothing: both chains go on
+
+
+def test_a_v1_buffer_given_a_chain_id_at_the_upgrade_is_not_a_reset() -> None:
+    streams = Streams()
+    for seq in (1, 2, 4):  # seq 3 is still on its way
+        streams.add("gw", "", seq, seq, created=float(seq), readings=1)
+    events = streams.add("gw", "C" * 22, 5, 5, created=5.0, readings=1)
+    assert [e.kind for e in events] == ["upgrade"]
+    report = streams.report("gw")
+    assert report["resets"] == [] and report["clones"] == []
+    assert report["chains"][0]["missing"] == [[3, 3]]  # may still come: nothing was lost
+    assert streams.add("gw", "", 3, 3, created=3.0, readings=1) == []
+    assert streams.report("gw")["chains"][0]["missing"] == []
