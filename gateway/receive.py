@@ -176,7 +176,8 @@ class Receiver:
                 reset=Reset(**json.loads(reset)) if reset else None,
             )
 
-    def _refuse(self, kind: Refusal, reason: str, gateway: str | None) -> Verdict:
+    def refuse(self, kind: Refusal, reason: str, gateway: str | None) -> Verdict:
+        """Count and log (throttled) an item refused, and say how to answer it."""
         self.counts.refused[kind.value] = self.counts.refused.get(kind.value, 0) + 1
         if kind is Refusal.CONFLICT:
             self.counts.conflicts += 1
@@ -203,7 +204,7 @@ class Receiver:
         token = token.strip()
         result = self.verifier.inspect(token)
         if result.outcome is not Outcome.OK or result.payload is None or result.gateway is None:
-            return self._refuse(result.refusal or Refusal.MALFORMED, result.reason, result.gateway)
+            return self.refuse(result.refusal or Refusal.MALFORMED, result.reason, result.gateway)
         body, gateway, digest = result.payload, result.gateway, chain_hash(token)
         chain = result.chain or ""
         if result.gap is not None:
@@ -215,7 +216,7 @@ class Receiver:
                 if known[0] in (digest, ""):
                     self.counts.duplicates += 1
                     return Verdict(200, "duplicate")
-                return self._refuse(
+                return self.refuse(
                     Refusal.CONFLICT,
                     f"a gap record from seq {first} already received with other content",
                     gateway,
@@ -265,7 +266,7 @@ class Receiver:
                 f"{where} already received with different content: a forgery, a bug, or two boxes "
                 "sharing one buffer's identity (a cloned image)"
             )
-            return self._refuse(Refusal.CONFLICT, why, gateway)
+            return self.refuse(Refusal.CONFLICT, why, gateway)
         rows = [
             (
                 gateway,
@@ -361,12 +362,12 @@ def http_app(receiver: Receiver) -> web.Application:
         try:
             body = await request.read()  # aiohttp has undone any Content-Encoding (gzip, deflate)
         except web.HTTPRequestEntityTooLarge:
-            verdict = receiver._refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
+            verdict = receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
             return web.json_response({"outcome": verdict.outcome, "reason": verdict.reason}, status=413)
         try:
             token = body.decode("ascii")
         except UnicodeDecodeError:
-            verdict = receiver._refuse(Refusal.NOT_JWS, "body is not ASCII", None)
+            verdict = receiver.refuse(Refusal.NOT_JWS, "body is not ASCII", None)
             return web.json_response({"outcome": "bad", "reason": verdict.reason}, status=400)
         verdict = receiver.accept(token)
         return web.json_response(
@@ -418,9 +419,9 @@ async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Ev
                 async for message in client.messages:
                     payload = message.payload
                     if not isinstance(payload, bytes | bytearray):
-                        receiver._refuse(Refusal.NOT_JWS, "an MQTT message that is not bytes", None)
+                        receiver.refuse(Refusal.NOT_JWS, "an MQTT message that is not bytes", None)
                     elif len(payload) > MAX_TOKEN + 2:
-                        receiver._refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
+                        receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
                     else:
                         receiver.accept(bytes(payload).decode("ascii", errors="replace"))
         except aiomqtt.MqttError as exc:
