@@ -111,7 +111,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.verify import verify_main
 
     inputs: list[Path | str] = [Path(p) if p != "-" else "-" for p in args.inputs] or ["-"]
-    return verify_main([Path(k) for k in args.key], inputs)
+    keys_dir = Path(args.keys) if args.keys else None
+    if not args.key and keys_dir is None:
+        sys.stderr.write("citygw verify: give --keys DIR (DIR/<gateway id>/*.pub) or --key FILE\n")
+        return 2
+    return verify_main([Path(k) for k in args.key or []], inputs, keys_dir=keys_dir)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -154,7 +158,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level or "info")
     return receive_main(
-        keys=[Path(k) for k in args.key],
+        keys=[Path(k) for k in args.key or []],
+        keys_dir=Path(args.keys) if args.keys else None,
         db=Path(args.db),
         http=args.http,
         mqtt=args.mqtt,
@@ -250,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("verify", help="verify signed batches (compact JWS, one per line)")
-    p.add_argument("--key", action="append", required=True, help="public key file (repeatable, for rotation)")
+    p.add_argument("--keys", metavar="DIR", help="one folder per gateway id holding its public keys (*.pub)")
+    p.add_argument("--key", action="append", help="a public key file valid for any gateway id (repeatable)")
     p.add_argument("inputs", nargs="*", help="files of batches; - or nothing for stdin")
     p.set_defaults(func=cmd_verify)
 
@@ -276,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("receive", help="reference platform endpoint: verify, dedupe and store batches")
-    p.add_argument("--key", action="append", required=True, help="a gateway public key (repeatable)")
+    p.add_argument("--keys", metavar="DIR", help="one folder per gateway id holding its public keys (*.pub)")
+    p.add_argument("--key", action="append", help="a public key file valid for any gateway id (repeatable)")
     p.add_argument("--db", required=True, help="SQLite file to store batches and readings in")
     p.add_argument("--http", metavar="HOST:PORT", help="listen for POSTs (/batches) here")
     p.add_argument("--mqtt", metavar="URL", help="subscribe to a broker, e.g. mqtt://127.0.0.1:1883")

@@ -1,14 +1,19 @@
 """``citygw receive``: a reference platform endpoint, for integrators to read and tests to use.
 
 It takes batches over HTTP (POST of the compact JWS, optionally gzip-encoded) or from an MQTT
-topic, and for each one: verifies the signature against the configured public keys (by
-``kid``) and the payload shape; stores it once per (gateway, seq) — a duplicate is
-acknowledged, not stored again; a second, different content for a seq is refused (409); keeps
-the readings in its own SQLite file; and tracks each gateway's chain: seqs still missing, gap
-records that explain them, and any ``prev`` that does not match what it holds.
+topic, and for each one, in this order: bounds its size; checks the header, the key (``kid``) and
+the signature; decodes the payload only then, and refuses it unless the key is one of the
+gateway's it names (``--keys DIR``: ``DIR/<gateway id>/*.pub``, re-read while running); checks
+the payload and pack (contract v1 or v2). It stores each batch once per (gateway, chain, seq) —
+a duplicate is acknowledged, not stored again; another content for a stored key is refused (409)
+— keeps the readings in its own SQLite file, and tracks each gateway's chains
+(:mod:`gateway.streams`): seqs still missing, gap records, box resets and what they lost, cloned
+ids, and any ``prev`` that does not match what it holds. Whatever is refused is counted by kind
+and logged (at most one line per kind every :data:`LOG_EVERY` seconds, with the count since).
 
-HTTP answers: 200 stored or duplicate; 400 bad signature or malformed (the gateway parks it);
-409 a seq already held with other content.
+HTTP answers: 200 stored or duplicate; 400 malformed, bad signature or unknown key (the gateway
+parks it); 403 a key signing for a gateway it is not bound to; 409 a (gateway, chain, seq) already
+held with other content; 413 too large.
 """
 
 from __future__ import annotations
@@ -22,36 +27,66 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from gateway.backoff import Backoff
+from gateway.errors import KeyFileError
+from gateway.keyring import Keyring
 from gateway.ngsi import samples
 from gateway.signing import chain_hash, load_public_keys
-from gateway.verify import ChainVerifier, Outcome
+from gateway.streams import Event, Reset, Streams
+from gateway.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
 
 log = logging.getLogger(__name__)
 
+LOG_EVERY = 10.0  # seconds between log lines about refused items of one kind
+
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, prev TEXT,
-    readings INTEGER NOT NULL, received REAL NOT NULL, jws TEXT NOT NULL,
-    PRIMARY KEY (gateway, seq)
+    gateway TEXT NOT NULL, chain TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, prev TEXT,
+    readings INTEGER NOT NULL, received REAL NOT NULL, created REAL NOT NULL, reset TEXT,
+    jws TEXT NOT NULL,
+    PRIMARY KEY (gateway, chain, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
-    gateway TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, batches INTEGER NOT NULL,
-    readings INTEGER NOT NULL, reason TEXT NOT NULL, prev TEXT, last_hash TEXT NOT NULL,
-    received REAL NOT NULL,
-    PRIMARY KEY (gateway, first)
+    gateway TEXT NOT NULL, chain TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+    batches INTEGER NOT NULL, readings INTEGER NOT NULL, reason TEXT NOT NULL, prev TEXT,
+    last_hash TEXT NOT NULL, received REAL NOT NULL, created REAL NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY (gateway, chain, first)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS readings (
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, name TEXT NOT NULL,
-    value, unit TEXT NOT NULL, time REAL NOT NULL
+    gateway TEXT NOT NULL, chain TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL,
+    name TEXT NOT NULL, value, unit TEXT NOT NULL, time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS readings_by_device ON readings (gateway, device, time);
 """
+# a file of the first receiver (one chain per gateway, keyed on (gateway, seq)) is carried over
+_MIGRATE_V1 = """
+ALTER TABLE batches RENAME TO batches_v1;
+ALTER TABLE gaps RENAME TO gaps_v1;
+ALTER TABLE readings RENAME TO readings_v1;
+DROP INDEX IF EXISTS readings_by_device;
+{schema}
+INSERT INTO batches SELECT gateway, '', seq, hash, prev, readings, received, received, NULL, jws
+    FROM batches_v1;
+INSERT INTO gaps SELECT gateway, '', first, last, batches, readings, reason, prev, last_hash, received,
+    received, '' FROM gaps_v1;
+INSERT INTO readings SELECT gateway, '', seq, device, name, value, unit, time FROM readings_v1;
+DROP TABLE batches_v1;
+DROP TABLE gaps_v1;
+DROP TABLE readings_v1;
+"""
+
+_STATUS = {
+    Refusal.TOO_LARGE: 413,
+    Refusal.NOT_BOUND: 403,
+    Refusal.CONFLICT: 409,
+}
 
 
 @dataclass(slots=True)
@@ -60,8 +95,11 @@ class Counts:
     readings: int = 0
     duplicates: int = 0
     gap_records: int = 0
-    bad: int = 0
+    bad: int = 0  # refused, of any kind but a conflict
     conflicts: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # by kind (gateway.verify.Refusal)
+    new_chains: int = 0
+    clones: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,60 +109,168 @@ class Verdict:
     reason: str = ""
 
 
+class _Throttle:
+    """One log line per kind at most every ``every`` seconds, saying how many were held back."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -float("inf")) < self._every:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        suffix = f" (and {held} more of this kind since the last line)" if held else ""
+        log.log(level, message + suffix, *args)
+
+
 class Receiver:
     """Verifies, de-duplicates and stores batches in one SQLite file."""
 
-    def __init__(self, db_path: Path, key_files: Iterable[Path]) -> None:
-        self.verifier = ChainVerifier(load_public_keys(key_files))
+    def __init__(self, db_path: Path, keys: Keyring | Iterable[Path]) -> None:
+        keyring = keys if isinstance(keys, Keyring) else Keyring(unbound=load_public_keys(keys))
+        self.verifier = ChainVerifier(keyring)
         self.db = sqlite3.connect(db_path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self._migrate()
         self.counts = Counts()
+        self.streams = Streams()
+        self._throttle = _Throttle(LOG_EVERY)
+        self._replay()
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}
+        if columns and "chain" not in columns:  # in one transaction: all carried over, or nothing
+            self.db.executescript(f"BEGIN; {_MIGRATE_V1.format(schema=_SCHEMA)} COMMIT;")
+            log.info("carried the receiver's file over to contract v2 (chains)")
+        else:
+            self.db.executescript(_SCHEMA)
+        if version != SCHEMA_VERSION:
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _replay(self) -> None:
+        """Rebuild the chains' state from what the file holds, in the order it arrived."""
+        rows = self.db.execute(
+            "SELECT gateway, chain, seq, seq, created, readings, NULL, reset, received FROM batches "
+            "UNION ALL SELECT gateway, chain, first, last, created, readings, reason, NULL, received "
+            "FROM gaps ORDER BY 9"
+        )
+        for gateway, chain, first, last, created, readings, reason, reset, _ in rows:
+            self.streams.add(
+                gateway,
+                chain,
+                first,
+                last,
+                created=created,
+                readings=readings,
+                gap_reason=reason,
+                reset=Reset(**json.loads(reset)) if reset else None,
+            )
+
+    def refuse(self, kind: Refusal, reason: str, gateway: str | None) -> Verdict:
+        """Count and log (throttled) an item refused, and say how to answer it."""
+        self.counts.refused[kind.value] = self.counts.refused.get(kind.value, 0) + 1
+        if kind is Refusal.CONFLICT:
+            self.counts.conflicts += 1
+        else:
+            self.counts.bad += 1
+        who = f" from gateway {gateway}" if gateway else ""
+        level = logging.ERROR if kind in (Refusal.CONFLICT, Refusal.NOT_BOUND) else logging.WARNING
+        self._throttle.log(level, kind.value, "refused a batch%s (%s): %s", who, kind.value, reason)
+        outcome = "conflict" if kind is Refusal.CONFLICT else "bad"
+        return Verdict(_STATUS.get(kind, 400), outcome, reason)
+
+    def _note(self, events: list[Event]) -> None:
+        for event in events:
+            if event.kind == "clone":
+                self.counts.clones += 1
+                log.error("%s", event.text)
+            elif event.kind == "upgrade":
+                log.info("%s", event.text)
+            else:
+                self.counts.new_chains += 1
+                log.warning("%s", event.text)
 
     def accept(self, token: str) -> Verdict:
         token = token.strip()
         result = self.verifier.inspect(token)
         if result.outcome is not Outcome.OK or result.payload is None or result.gateway is None:
-            self.counts.bad += 1
-            log.warning("refused a batch: %s", result.reason)
-            return Verdict(400, "bad", result.reason)
+            return self.refuse(result.refusal or Refusal.MALFORMED, result.reason, result.gateway)
         body, gateway, digest = result.payload, result.gateway, chain_hash(token)
-        if "gap" in body:
+        chain = result.chain or ""
+        if result.gap is not None:
+            first, last = result.gap
+            known = self.db.execute(
+                "SELECT hash FROM gaps WHERE gateway = ? AND chain = ? AND first = ?", (gateway, chain, first)
+            ).fetchone()
+            if known is not None:
+                if known[0] in (digest, ""):
+                    self.counts.duplicates += 1
+                    return Verdict(200, "duplicate")
+                return self.refuse(
+                    Refusal.CONFLICT,
+                    f"a gap record from seq {first} already received with other content",
+                    gateway,
+                )
             gap = body["gap"]
             self.db.execute(
-                "INSERT OR IGNORE INTO gaps VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO gaps VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     gateway,
-                    gap["from"],
-                    gap["to"],
+                    chain,
+                    first,
+                    last,
                     gap["batches"],
                     gap["readings"],
                     gap["reason"],
                     body.get("prev"),
                     body["last"],
                     time.time(),
+                    result.created,
+                    digest,
                 ),
             )
             self.counts.gap_records += 1
+            self._note(
+                self.streams.add(
+                    gateway,
+                    chain,
+                    first,
+                    last,
+                    created=result.created,
+                    readings=gap["readings"],
+                    gap_reason=gap["reason"],
+                )
+            )
             return Verdict(200, "gap")
-        seq = int(body["seq"])
+        assert result.seq is not None
+        seq = result.seq
         known = self.db.execute(
-            "SELECT hash FROM batches WHERE gateway = ? AND seq = ?", (gateway, seq)
+            "SELECT hash FROM batches WHERE gateway = ? AND chain = ? AND seq = ?", (gateway, chain, seq)
         ).fetchone()
         if known is not None:
             if known[0] == digest:
                 self.counts.duplicates += 1
                 return Verdict(200, "duplicate")
-            self.counts.conflicts += 1
-            log.error("gateway %s seq %d arrived again with different content", gateway, seq)
-            return Verdict(409, "conflict", f"seq {seq} already received with different content")
+            where = f"chain {chain} seq {seq}" if chain else f"seq {seq}"
+            why = (
+                f"{where} already received with different content: a forgery, a bug, or two boxes "
+                "sharing one buffer's identity (a cloned image)"
+            )
+            return self.refuse(Refusal.CONFLICT, why, gateway)
         rows = [
             (
                 gateway,
+                chain,
                 seq,
                 s.device,
                 s.name,  # as sent: voltage:l1-l2 stays apart from voltage:l1 and voltage
@@ -134,84 +280,95 @@ class Receiver:
             )
             for s in samples(body)
         ]
+        reset = json.dumps(asdict(result.reset)) if result.reset is not None else None
         self.db.execute("BEGIN")
         self.db.execute(
-            "INSERT INTO batches VALUES (?,?,?,?,?,?,?)",
-            (gateway, seq, digest, body.get("prev"), len(rows), time.time(), token),
+            "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                gateway,
+                chain,
+                seq,
+                digest,
+                body.get("prev"),
+                len(rows),
+                time.time(),
+                result.created,
+                reset,
+                token,
+            ),
         )
-        self.db.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?)", rows)
+        self.db.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?)", rows)
         self.db.execute("COMMIT")
         self.counts.stored += 1
         self.counts.readings += len(rows)
+        self._note(
+            self.streams.add(
+                gateway, chain, seq, seq, created=result.created, readings=len(rows), reset=result.reset
+            )
+        )
         return Verdict(200, "stored")
 
     def report(self) -> dict[str, Any]:
-        """Per gateway: seqs held, readings, seqs still missing (not explained by a gap record),
-        gap records, and links whose prev does not match the batch before."""
+        """Per gateway: batches and readings held, and per chain the seqs missing (they may still
+        come), the seqs lost in a box reset, gap records and links whose prev does not match; box
+        resets; cloned ids. The gateway's own ``first_seq``, ``last_seq``, ``missing``, ``gaps`` and
+        ``broken_links`` are those of its newest chain."""
         gateways: dict[str, Any] = {}
-        for (gateway,) in self.db.execute(
-            "SELECT DISTINCT gateway FROM batches UNION SELECT gateway FROM gaps"
-        ):
-            seqs = [
-                s
-                for (s,) in self.db.execute(
-                    "SELECT seq FROM batches WHERE gateway = ? ORDER BY seq", (gateway,)
-                )
-            ]
-            gaps = self.db.execute(
-                "SELECT first, last, readings, reason, last_hash FROM gaps WHERE gateway = ? ORDER BY first",
-                (gateway,),
-            ).fetchall()
-            covered = set(seqs)
-            for first, last, *_ in gaps:
-                covered.update(range(first, last + 1))
-            top = max(covered, default=0)
-            low = min(covered, default=1)
-            missing = [s for s in range(low, top + 1) if s not in covered]
-            hashes = dict(
-                self.db.execute("SELECT seq, hash FROM batches WHERE gateway = ?", (gateway,)).fetchall()
+        for gateway in self.streams.gateways():
+            streams = self.streams.report(gateway)
+            for chain in streams["chains"]:
+                chain["broken_links"] = self._broken_links(gateway, chain["chain"])
+            current = next(
+                (c for c in reversed(streams["chains"]) if c["superseded_by"] is None), streams["chains"][-1]
             )
-            for _first, last, _, _, last_hash in gaps:
-                hashes[last] = last_hash
-            broken = [
-                seq
-                for seq, prev in self.db.execute(
-                    "SELECT seq, prev FROM batches WHERE gateway = ?", (gateway,)
-                )
-                if seq - 1 in hashes and prev != hashes[seq - 1]
-            ]
             readings = self.db.execute(
                 "SELECT count(*) FROM readings WHERE gateway = ?", (gateway,)
             ).fetchone()[0]
             gateways[gateway] = {
-                "batches": len(seqs),
-                "first_seq": low,
-                "last_seq": top,
+                "batches": sum(c["batches"] for c in streams["chains"]),
                 "readings": readings,
-                "missing": _ranges(missing),
-                "gaps": [{"from": f, "to": t, "readings": r, "reason": why} for f, t, r, why, _ in gaps],
-                "broken_links": broken,
+                "chain": current["chain"],
+                "first_seq": current["first_seq"],
+                "last_seq": current["last_seq"],
+                "missing": current["missing"],
+                "gaps": current["gaps"],
+                "broken_links": current["broken_links"],
+                **streams,
             }
         return {"totals": asdict(self.counts), "gateways": gateways}
 
-
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for seq in seqs:
-        if out and out[-1][1] == seq - 1:
-            out[-1][1] = seq
-        else:
-            out.append([seq, seq])
-    return out
+    def _broken_links(self, gateway: str, chain: str) -> list[int]:
+        """Seqs (of batches, or a gap record's first) whose prev is not the hash held for seq - 1."""
+        return [
+            seq
+            for (seq,) in self.db.execute(
+                """
+                WITH ends(seq, hash) AS (
+                    SELECT seq, hash FROM batches WHERE gateway = ?1 AND chain = ?2
+                    UNION ALL SELECT last, last_hash FROM gaps WHERE gateway = ?1 AND chain = ?2),
+                starts(seq, prev) AS (
+                    SELECT seq, prev FROM batches WHERE gateway = ?1 AND chain = ?2
+                    UNION ALL SELECT first, prev FROM gaps WHERE gateway = ?1 AND chain = ?2)
+                SELECT DISTINCT s.seq FROM starts s JOIN ends e ON e.seq = s.seq - 1
+                WHERE s.prev IS NOT e.hash ORDER BY s.seq
+                """,
+                (gateway, chain),
+            )
+        ]
 
 
 def http_app(receiver: Receiver) -> web.Application:
     async def post(request: web.Request) -> web.Response:
-        body = await request.read()  # aiohttp has undone any Content-Encoding (gzip, deflate)
+        try:
+            body = await request.read()  # aiohttp has undone any Content-Encoding (gzip, deflate)
+        except web.HTTPRequestEntityTooLarge:
+            verdict = receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
+            return web.json_response({"outcome": verdict.outcome, "reason": verdict.reason}, status=413)
         try:
             token = body.decode("ascii")
         except UnicodeDecodeError:
-            return web.json_response({"outcome": "bad", "reason": "body is not ASCII"}, status=400)
+            verdict = receiver.refuse(Refusal.NOT_JWS, "body is not ASCII", None)
+            return web.json_response({"outcome": "bad", "reason": verdict.reason}, status=400)
         verdict = receiver.accept(token)
         return web.json_response(
             {"outcome": verdict.outcome, "reason": verdict.reason}, status=verdict.status
@@ -220,7 +377,7 @@ def http_app(receiver: Receiver) -> web.Application:
     async def report(request: web.Request) -> web.Response:
         return web.json_response(receiver.report())
 
-    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_TOKEN + 2)
     app.router.add_post("/", post)
     app.router.add_post("/batches", post)
     app.router.add_get("/report", report)
@@ -240,27 +397,45 @@ async def _serve_http(receiver: Receiver, host: str, port: int, stop: asyncio.Ev
 
 
 async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Event) -> None:
+    """Subscribe with a persistent session (QoS 1) and take every message; a lost broker is
+    connected to again with backoff, and the broker keeps what arrived meanwhile."""
     from urllib.parse import urlsplit
 
     import aiomqtt
 
     parts = urlsplit(url)
-    async with aiomqtt.Client(
-        parts.hostname or "127.0.0.1", parts.port or 1883, identifier="citygw-receive", clean_session=False
-    ) as client:
-        await client.subscribe(topic, qos=1)
-        log.info("receiving from %s topic %s", url, topic)
-        async for message in client.messages:
-            payload = message.payload
-            if isinstance(payload, bytes | bytearray):
-                receiver.accept(bytes(payload).decode("ascii", errors="replace"))
-            if stop.is_set():
-                return
+    backoff = Backoff(0.5, 10.0, retry_on=lambda exc: isinstance(exc, aiomqtt.MqttError))
+    while not stop.is_set():
+        try:
+            async with aiomqtt.Client(
+                parts.hostname or "127.0.0.1",
+                parts.port or 1883,
+                identifier="citygw-receive",
+                clean_session=False,
+            ) as client:
+                await client.subscribe(topic, qos=1)
+                log.info("receiving from %s topic %s", url, topic)
+                backoff.reset()
+                async for message in client.messages:
+                    payload = message.payload
+                    if not isinstance(payload, bytes | bytearray):
+                        receiver.refuse(Refusal.NOT_JWS, "an MQTT message that is not bytes", None)
+                    elif len(payload) > MAX_TOKEN + 2:
+                        receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
+                    else:
+                        receiver.accept(bytes(payload).decode("ascii", errors="replace"))
+        except aiomqtt.MqttError as exc:
+            backoff.failures += 1
+            delay = backoff.delay()
+            log.warning("mqtt %s: %s; connecting again in %.1f s", url, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
 
 
 def receive_main(
     *,
     keys: list[Path],
+    keys_dir: Path | None = None,
     db: Path,
     http: str | None,
     mqtt: str | None,
@@ -271,25 +446,44 @@ def receive_main(
     if not http and not mqtt:
         sys.stderr.write("citygw receive: give --http HOST:PORT or --mqtt URL\n")
         return 2
-    receiver = Receiver(db, keys)
+    if not keys and keys_dir is None:
+        sys.stderr.write("citygw receive: give --keys DIR (DIR/<gateway id>/*.pub) or --key FILE\n")
+        return 2
+    try:
+        keyring = Keyring(keys_dir, unbound=load_public_keys(keys))
+    except KeyFileError as exc:
+        sys.stderr.write(f"citygw receive: {exc}\n")
+        return 2
+    if not keyring.bound:
+        log.warning(
+            "keys given with --key may sign for any gateway id: use --keys DIR "
+            "(DIR/<gateway id>/*.pub) to bind each key to its gateway"
+        )
+    receiver = Receiver(db, keyring)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = []
-        if http:
-            host, _, port = http.rpartition(":")
-            tasks.append(asyncio.create_task(_serve_http(receiver, host or "127.0.0.1", int(port), stop)))
-        if mqtt:
-            tasks.append(asyncio.create_task(_serve_mqtt(receiver, mqtt, topic, stop)))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+        # one task group: a task that fails ends the receiver with its error, never silently
+        async with asyncio.TaskGroup() as group:
+            served = []
+            if http:
+                host, _, port = http.rpartition(":")
+                served.append(
+                    group.create_task(
+                        _serve_http(receiver, host or "127.0.0.1", int(port), stop), name="http"
+                    )
+                )
+            if mqtt:
+                served.append(group.create_task(_serve_mqtt(receiver, mqtt, topic, stop), name="mqtt"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+            stop.set()
+            for task in served:
+                task.cancel()
 
     try:
         asyncio.run(main())
@@ -302,6 +496,8 @@ def receive_main(
         t = report["totals"]
         sys.stdout.write(
             f"stored {t['stored']} batches ({t['readings']} readings), {t['duplicates']} duplicates, "
-            f"{t['gap_records']} gap records, {t['bad']} bad, {t['conflicts']} conflicts\n"
+            f"{t['gap_records']} gap records, {t['bad']} bad, {t['conflicts']} conflicts, "
+            f"{t['new_chains']} new chains, {t['clones']} clones\n"
         )
-    return 0 if report["totals"]["bad"] == 0 and report["totals"]["conflicts"] == 0 else 1
+    clones = any(g["clones"] for g in report["gateways"].values())
+    return 0 if report["totals"]["bad"] == 0 and report["totals"]["conflicts"] == 0 and not clones else 1

@@ -16,22 +16,25 @@
   real (decoding is pure) and must succeed. A `citygw ...` in the prose names a real subcommand and
   only options it has.
 - The integrator's Python verification example runs against batches the gateway produced, across a
-  key rotation, a duplicate and a gap record, and refuses a tampered batch and an unknown key; so
-  does the JavaScript one where node and jose are installed (``CITYGW_TEST_JOSE_DIR``, a directory
-  with ``node_modules/jose``). The Java one cannot run here (no Nimbus package).
+  key rotation, a duplicate, a gap record and a box reset (a new chain), reports a batch that never
+  came, and refuses a tampered batch, an unknown key and a forged gateway; so does the JavaScript
+  one where node and jose are installed (``CITYGW_TEST_JOSE_DIR``, a directory with
+  ``node_modules/jose``). The Java one cannot run here (no Nimbus package).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -342,8 +345,19 @@ def test_block_finder_sees_indented_fences_and_markers(tmp_path: Path) -> None:
 # --- the integrator's verification examples -----------------------------------------------------
 
 
-def _rotated_batches(tmp_path: Path, key: Path) -> tuple[list[Path], Path]:
-    """Batches the gateway made: a gap record, a key rotation, a duplicate. (public keys, file)"""
+def _chain_id() -> str:
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+
+
+def _payload(token: str) -> dict[str, Any]:
+    part = token.split(".")[1]
+    body: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return body
+
+
+def _rotated_batches(tmp_path: Path, key: Path) -> tuple[Path, Path]:
+    """Batches the gateway made: a gap record, a key rotation, a duplicate, then a box reset (a new
+    chain, contract v2, sealed by the gateway's signer). (keys directory, file)"""
     new_key = tmp_path / "signing.key.new"
     generate_key(new_key)
     tokens: list[str] = []
@@ -370,17 +384,57 @@ def _rotated_batches(tmp_path: Path, key: Path) -> tuple[list[Path], Path]:
         tokens += [b.jws for b in fresh]
         buf.close()
     tokens.insert(len(tokens) - 1, tokens[-2])  # at least once: the same batch twice
+    # the buffer is lost: a new chain starts at seq 1, naming the old one when it has an id
+    last = _payload(tokens[-1])
+    signer = Signer.from_file(new_key)
+    chain, prev = _chain_id(), None
+    for seq in (1, 2, 3):
+        body: dict[str, Any] = {"v": 2, "gateway": "gw-doc", "chain": chain, "seq": seq, "prev": prev}
+        body.update(
+            created=1_790_100_000.0 + seq,
+            senml=[{"bn": "gw-doc/dev/", "bt": 1_790_100_000.0, "n": "vs", "vs": "x"}],
+        )
+        if seq == 1 and "chain" in last:
+            body["reset"] = {"chain": last["chain"], "seq": last["seq"], "reason": "corrupt"}
+        token = signer.sign(json.dumps(body).encode())
+        tokens.append(token)
+        prev = hashlib.sha256(token.encode("ascii")).hexdigest()
     batches = tmp_path / "batches.jws"
     batches.write_text("\n".join(tokens) + "\n")
-    return [Path(f"{key}.pub"), Path(f"{new_key}.pub")], batches
+    keys = tmp_path / "keys"
+    (keys / "gw-doc").mkdir(parents=True)
+    for private in (key, new_key):
+        shutil.copy(f"{private}.pub", keys / "gw-doc" / f"{private.name}.pub")
+    return keys, batches
+
+
+def _old_key_only(keys: Path) -> Path:
+    """The keys directory before the rotation's new key was added."""
+    out = keys.with_name("keys-old")
+    shutil.copytree(keys, out)
+    (out / "gw-doc" / "signing.key.new.pub").unlink()
+    return out
+
+
+def _forged(keys: Path, batches: Path) -> Path:
+    """Another box, known under its own gateway id, signing a batch as gw-doc."""
+    other = keys.parent / "other.key"
+    generate_key(other)
+    (keys / "gw-other").mkdir()
+    shutil.copy(f"{other}.pub", keys / "gw-other" / "other.key.pub")
+    body = _payload(batches.read_text().splitlines()[-1])
+    body["seq"] += 1
+    out = batches.with_name("forged.jws")
+    out.write_text(batches.read_text() + Signer.from_file(other).sign(json.dumps(body).encode()) + "\n")
+    return out
 
 
 def _tampered(batches: Path) -> Path:
     """The same file with one value changed inside a signed payload (signature kept)."""
     lines = batches.read_text().splitlines()
-    header, payload, signature = lines[-3].split(".")
+    header, payload, signature = lines[-6].split(".")
     body = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).replace(b'"vs":"', b'"vs":"X', 1)
-    lines[-3] = ".".join((header, base64.urlsafe_b64encode(body).decode().rstrip("="), signature))
+    lines[-6] = ".".join((header, base64.urlsafe_b64encode(body).decode().rstrip("="), signature))
     out = batches.with_name("tampered.jws")
     out.write_text("\n".join(lines) + "\n")
     return out
@@ -389,10 +443,29 @@ def _tampered(batches: Path) -> Path:
 def _check_output(lines: list[str]) -> None:
     assert lines[0].startswith("gap 1 .. ") and "max_disk" in lines[0], lines[0]
     assert sum(line.startswith("duplicate") for line in lines) == 1
+    assert sum(line.startswith("gw-doc: box reset (") for line in lines) == 1, lines
+    assert not any("missing" in line or "lost in a box reset" in line for line in lines), lines
     assert lines[-1].endswith("readings")
 
 
-def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_and_a_gap(
+def _check_refusals(run: Callable[..., subprocess.CompletedProcess[str]], keys: Path, batches: Path) -> None:
+    assert run(_old_key_only(keys), batches).returncode != 0  # the rotated key unknown: rejected
+    done = run(keys, _tampered(batches))
+    assert done.returncode != 0 and "rejected" in done.stderr
+    done = run(keys, _forged(keys, batches))
+    assert done.returncode != 0 and "forged" in done.stderr, done.stderr
+
+
+def _check_missing(run: Callable[..., subprocess.CompletedProcess[str]], keys: Path, batches: Path) -> None:
+    """A batch that never came is reported, as the Python example does (issue 17 item 9)."""
+    lines = batches.read_text().splitlines()
+    out = batches.with_name("hole.jws")
+    out.write_text("\n".join(lines[:-2] + lines[-1:]) + "\n")  # seq 2 of the new chain
+    done = run(keys, out)
+    assert "missing (may still come)" in done.stdout, done.stdout
+
+
+def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_a_gap_and_a_reset(
     tmp_path: Path, key: Path
 ) -> None:
     keys, batches = _rotated_batches(tmp_path, key)
@@ -409,11 +482,11 @@ def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
 
-    done = run(*keys, batches)
+    done = run(keys, batches)
     assert done.returncode == 0, done.stderr
     _check_output(done.stdout.splitlines())
-    assert run(keys[0], batches).returncode != 0  # the rotated key unknown: rejected
-    assert run(*keys, _tampered(batches)).returncode != 0
+    _check_missing(run, keys, batches)
+    _check_refusals(run, keys, batches)
 
 
 JOSE_DIR = os.environ.get("CITYGW_TEST_JOSE_DIR")
@@ -440,10 +513,10 @@ def test_integrator_javascript_example_verifies_the_same_batches(tmp_path: Path,
                 timeout=60,
             )
 
-        done = run(*keys, batches)
+        done = run(keys, batches)
         assert done.returncode == 0, done.stderr
         _check_output(done.stdout.splitlines())
-        assert run(keys[0], batches).returncode != 0
-        assert run(*keys, _tampered(batches)).returncode != 0
+        _check_missing(run, keys, batches)
+        _check_refusals(run, keys, batches)
     finally:
         script.unlink()
