@@ -85,8 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         asyncio.run(gateway.run())
-    except CitygwError as exc:
-        log.error("%s", exc)
+    except CitygwError as exc:  # a task's traceback (gateway.daemon.TaskFailed) is logged already
+        log.error("%s; exit %d", exc, EXIT_FAILURE, extra={"event": "exit"})
+        return EXIT_FAILURE
+    except Exception:  # a bug outside the tasks: logged once, with its traceback, then exit 1
+        log.error("stopped on an unexpected error (a bug)", exc_info=True, extra={"event": "crashed"})
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -163,6 +166,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     from gateway.buffer import request_resend
+    from gateway.lock import look
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -177,7 +181,8 @@ def cmd_resend(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     for uplink, seq in marked:
         sys.stdout.write(f"{uplink} {seq}\n")
-    sys.stderr.write(f"{len(marked)} parked batch(es) marked; the daemon resends them within 30 s\n")
+    when = "within 30 s" if look(config.buffer_path()).held else "when it starts (it is not running now)"
+    sys.stderr.write(f"{len(marked)} parked batch(es) marked; the daemon resends them {when}\n")
     return EXIT_OK if marked else EXIT_FAILURE
 
 
