@@ -13,6 +13,7 @@ is also what the daemon's metrics report from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sqlite3
 import sys
@@ -326,7 +327,12 @@ def render(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1 itself; gateway.cli says what a closed pipe is
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "stdout's reader went away")
+
+    console = _Console(width=None if sys.stdout.isatty() else 120, highlight=False)
     daemon, buffer = data["daemon"], data["buffer"]
     if daemon["running"] is None:
         running = "unknown (metrics disabled, lock file not readable)"
