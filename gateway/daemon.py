@@ -171,7 +171,8 @@ class Gateway:
         self.reporter = Reporter(policies, started=time.time()) if policies else None
         if self.reporter is not None:
             self.pipeline.process = self.reporter.process
-        self.health: dict[str, DeviceHealth] = {}
+        # before the metrics, which hook their histograms into it
+        self.health: dict[str, DeviceHealth] = {name: DeviceHealth(name) for name in config.devices}
         self._stop = asyncio.Event()
         self.ops = Operations(self)  # clock, watchdog, metrics
 
@@ -183,8 +184,6 @@ class Gateway:
             if not devices:
                 continue
             runner = BUS_RUNNERS[bus.type]
-            for name in devices:
-                self.health[name] = DeviceHealth(name)
             health = {name: self.health[name] for name in devices}
             work[bus_name] = functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
         return work

@@ -2,8 +2,8 @@
 
 One object the :class:`~gateway.daemon.Gateway` builds and runs beside its pipeline, so that the
 daemon itself stays about data: :meth:`Operations.run` is one supervised task (the loop's beat, the
-clock check, the buffer report refresh), :meth:`start` and :meth:`close` bracket the threads
-(the watchdog's pinger, the metrics HTTP server).
+clock check, the buffer report refresh, listening for metrics until the port is free),
+:meth:`start` and :meth:`close` bracket the threads (the watchdog's pinger, the metrics HTTP server).
 """
 
 from __future__ import annotations
@@ -44,9 +44,7 @@ class Operations:
         )
 
     def start(self) -> None:
-        """The threads: metrics endpoint, watchdog pinger (after READY)."""
-        if self.metrics is not None:
-            self.metrics.start()
+        """The watchdog's pinger (after READY); the metrics endpoint starts in :meth:`run`."""
         self.watchdog.start()
 
     def close(self) -> None:
@@ -59,6 +57,8 @@ class Operations:
             group.create_task(self.watchdog.run(), name="watchdog-beat")
             group.create_task(self._clock_loop(), name="clock")
             group.create_task(self._report_loop(), name="buffer-report")
+            if self.metrics is not None and not self.metrics.listening:
+                group.create_task(self.metrics.serve(), name="metrics")
 
     async def _clock_loop(self) -> None:
         while True:

@@ -183,12 +183,12 @@ def scrape(url: str, *, timeout: float = 2.0) -> Live | None:
                 device = live.devices.setdefault(labels["device"], {"errors": {}})
                 if name == "citygw_device_state" and value == 1:
                     device["state"] = labels["state"]
-                elif name == "citygw_device_errors_total":
+                elif name == "citygw_device_errors_total" and value:  # every known reason is there at 0
                     device["errors"][labels["reason"]] = int(value)
                 elif name == "citygw_device_readings_total":
                     device["readings"] = int(value)
-                elif name == "citygw_device_last_seen_age_seconds":
-                    device["last_seen_age"] = value
+                elif name == "citygw_device_last_seen_timestamp_seconds":
+                    device["last_seen_age"] = max(0.0, time.time() - value)
             elif "uplink" in labels:
                 uplink = live.uplinks.setdefault(labels["uplink"], {})
                 if name == "citygw_uplink_state" and value == 1:
