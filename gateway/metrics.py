@@ -105,18 +105,15 @@ PUBACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 MODBUS_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class GatewayCollector(Collector):
-    """Reads the live objects of one :class:`Gateway` at scrape time."""
+class Timings:
+    """The histograms, fed as things happen by hooks in the Modbus poller and the MQTT uplink
+    (prometheus-client's own histograms, outside any registry: the collector yields them).
 
-    def __init__(self, gateway: Gateway, ops: Operations) -> None:
-        self.gateway = gateway
-        self.ops = ops
-        self.started = time.time()
+    One per gateway (:class:`gateway.ops.Operations` makes it), however many collectors read it.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
         config = gateway.config
-        bus_types = {name: config.buses[device.bus].type for name, device in config.devices.items()}
-        self.reasons = {name: error_reasons(bus_type) for name, bus_type in bus_types.items()}
-        # histograms (prometheus-client's, outside any registry: collect() below yields them), fed
-        # by hooks in the Modbus poller and the MQTT uplink
         self.puback = Histogram(
             "citygw_mqtt_puback_seconds",
             "Seconds from an MQTT publish (QoS 1) to its PUBACK.",
@@ -135,8 +132,24 @@ class GatewayCollector(Collector):
             if hasattr(uplink, "on_puback"):
                 uplink.on_puback = self.puback.labels(uplink=uplink.name).observe
         for name, health in gateway.health.items():
-            if bus_types.get(name, "").startswith("modbus"):
+            if config.buses[config.devices[name].bus].type.startswith("modbus"):
                 health.observe_transaction = self.transaction.labels(device=name).observe
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.puback.collect()
+        yield from self.transaction.collect()
+
+
+class GatewayCollector(Collector):
+    """Reads the live objects of one :class:`Gateway` at scrape time."""
+
+    def __init__(self, gateway: Gateway, ops: Operations) -> None:
+        self.gateway = gateway
+        self.ops = ops
+        self.started = time.time()
+        config = gateway.config
+        bus_types = {name: config.buses[device.bus].type for name, device in config.devices.items()}
+        self.reasons = {name: error_reasons(bus_type) for name, bus_type in bus_types.items()}
 
     def collect(self) -> Iterable[Metric]:
         yield from self._process()
@@ -145,8 +158,7 @@ class GatewayCollector(Collector):
         yield from self._buffer()
         yield from self._uplinks()
         yield from self._clock()
-        yield from self.puback.collect()
-        yield from self.transaction.collect()
+        yield from self.ops.timings.collect()
 
     def _process(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(

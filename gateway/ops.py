@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from gateway.clock import ClockWatch
 from gateway.errors import CitygwError
-from gateway.metrics import GatewayCollector, MetricsServer
+from gateway.metrics import GatewayCollector, MetricsServer, Timings
 from gateway.status import BufferReport, read_buffer
 from gateway.watchdog import Watchdog
 
@@ -36,6 +36,7 @@ class Operations:
             gateway.notifier, gateway.store, timeout=_double(gateway.notifier.watchdog_interval())
         )
         self.report: BufferReport | None = None
+        self.timings = Timings(gateway)  # the histograms, whichever collector reads them
         metrics = gateway.config.metrics
         self.metrics = (
             MetricsServer(GatewayCollector(gateway, self), metrics.host, metrics.port)
