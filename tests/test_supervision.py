@@ -154,3 +154,12 @@ async def test_supervise_restarts_after_expected_errors_and_stops_on_a_bug(
     ]
     bugs = [r for r in caplog.records if getattr(r, "event", None) == "task_failed"]
     assert len(bugs) == 1 and bugs[0].exc_info is not None
+
+
+def test_a_buffer_that_cannot_be_locked_is_a_clear_error(tmp_path: Path, key: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the state directory should be\n")
+    buffer = tmp_path / "not-a-dir" / "buffer.db"
+    config = write_config(tmp_path / "c.yaml", key=key, port=1883, devices={}, buffer={"path": str(buffer)})
+    done = citygw("run", "-c", str(config), timeout=30)
+    assert done.returncode == 1
+    assert f"cannot lock buffer {buffer}: " in done.stderr and "Traceback" not in done.stderr
