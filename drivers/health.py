@@ -10,6 +10,7 @@ import enum
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class DeviceHealth:
     consecutive_errors: int = 0
     last_seen: float | None = None  # monotonic time of the last good frame
     last_error: str = ""
+    # seconds one answered transaction took, for the metrics' histogram (None: nobody listens)
+    observe_transaction: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     def seen(self, readings: int) -> None:
         """A good frame or transaction gave ``readings`` readings."""

@@ -187,6 +187,22 @@ def _record(item: object) -> Record:
     return (device, name, unit, value, float(when), flags)
 
 
+# primary result codes of conditions that may pass by themselves: full, I/O error, lock held, ...
+_TRANSIENT = {
+    getattr(sqlite3, f"SQLITE_{name}")
+    for name in ("FULL", "IOERR", "BUSY", "LOCKED", "CANTOPEN", "READONLY", "NOMEM", "PROTOCOL")
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failed buffer call worth retrying (the file system full, an I/O error, the file locked);
+    anything else (a damaged file, SQL that no longer fits the file, a bug) will fail again."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.OperationalError) and code is not None:
+        return code & 0xFF in _TRANSIENT
+    return isinstance(exc, OSError)
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 

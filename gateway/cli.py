@@ -1,7 +1,8 @@
 """The ``citygw`` command line.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 configuration (EX_CONFIG, so that systemd
-does not restart-loop on a config a person has to fix).
+does not restart-loop on a config a person has to fix), 141 stdout's reader went away
+(``citygw schema | head``: 128 + SIGPIPE, as for any Unix tool; no traceback).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import asyncio
 import logging
 import os
+import select
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader of stdout went away: as a Unix tool killed by SIGPIPE
 
 DEFAULT_CONFIG = Path("/etc/citygw/config.yaml")
 
@@ -88,8 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BufferOwnerError as exc:  # another gateway's buffer: a config matter, not a restart's
         log.error("%s: %s", path, exc)
         return EXIT_CONFIG
-    except CitygwError as exc:
-        log.error("%s", exc)
+    except CitygwError as exc:  # a task's traceback (gateway.daemon.TaskFailed) is logged already
+        log.error("%s; exit %d", exc, EXIT_FAILURE, extra={"event": "exit"})
+        return EXIT_FAILURE
+    except Exception:  # a bug outside the tasks: logged once, with its traceback, then exit 1
+        log.error("stopped on an unexpected error (a bug)", exc_info=True, extra={"event": "crashed"})
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -150,6 +157,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     _setup_logging(args.log_level or "warning")
+    bus = config.buses.get(args.bus)
+    ble = bus is not None and bus.type == "ble"
+    if args.duration is not None:
+        if bus is not None and not ble:
+            sys.stderr.write(
+                f"citygw scan: --duration is how long to listen on a BLE bus; bus {args.bus} is of type "
+                f"{bus.type} (use --first and --last to scan fewer unit ids)\n"
+            )
+            return EXIT_USAGE
+        if not args.duration > 0:
+            sys.stderr.write(f"citygw scan: --duration must be more than 0 seconds; got {args.duration:g}\n")
+            return EXIT_USAGE
+    if ble:
+        from drivers.ble.cli import SCAN_SECONDS
+        from drivers.ble.cli import scan_main as ble_scan_main
+
+        return ble_scan_main(config, args.bus, duration=args.duration or SCAN_SECONDS)
     return scan_main(config, args.bus, first=args.first, last=args.last)
 
 
@@ -171,6 +195,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     from gateway.buffer import request_resend
+    from gateway.lock import look
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -185,7 +210,8 @@ def cmd_resend(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     for uplink, seq in marked:
         sys.stdout.write(f"{uplink} {seq}\n")
-    sys.stderr.write(f"{len(marked)} parked batch(es) marked; the daemon resends them within 30 s\n")
+    when = "within 30 s" if look(config.buffer_path()).held else "when it starts (it is not running now)"
+    sys.stderr.write(f"{len(marked)} parked batch(es) marked; the daemon resends them {when}\n")
     return EXIT_OK if marked else EXIT_FAILURE
 
 
@@ -273,11 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("scan", help="list the Modbus unit ids that answer on a configured bus")
+    p = sub.add_parser(
+        "scan", help="list the Modbus unit ids that answer on a configured bus, or the BLE sensors nearby"
+    )
     with_config(p)
     p.add_argument("bus", help="a bus id from the config")
     p.add_argument("--first", type=int, default=1, help="first unit id to try (default 1)")
     p.add_argument("--last", type=int, default=247, help="last unit id to try (default 247)")
+    p.add_argument("--duration", type=float, metavar="S", help="on a BLE bus: listen S seconds (default 10)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_scan)
 
@@ -325,10 +354,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone away (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_gone():  # a socket of the command's own: not ours to hide
+            raise
+        # `citygw schema | head`: the reader has what it wanted; stop quietly, as cat or grep do.
+        # What is still buffered goes to /dev/null, so that the interpreter's own flush at exit
+        # does not print a second BrokenPipeError.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return result
 
 

@@ -1,9 +1,16 @@
 """The daemon: builds the pipeline from a validated config and supervises its tasks.
 
-One :class:`asyncio.TaskGroup` owns a named task per bus, uplink and the writer. A task that
-crashes is logged with its traceback and restarted after a pause; a bus whose devices are all
-done ends quietly. SIGTERM/SIGINT stop the drivers, flush the intake into the buffer (sealing
-what is staged), stop the uplinks and close the buffer, in that order.
+One :class:`asyncio.TaskGroup` owns a named task per bus, uplink and the writer. Supervision
+retries only the conditions the design expects — a full disk, I/O errors, a peer down, a device
+silent — and most of those inside the task that meets them (uplinks and drivers back off and
+reconnect, the writer keeps readings pending); a task that ends on one of them anyway is
+restarted after a pause, logged once per reason. Anything else is a bug: it ends the task group,
+the daemon flushes what it can into the buffer and exits 1 with the traceback logged once, and
+systemd restarts it (a daemon that stays up but accepts nothing would never trip the watchdog).
+
+One daemon per buffer: :class:`gateway.lock.BufferLock` is taken before the buffer is opened.
+SIGTERM/SIGINT stop the drivers, flush the intake into the buffer (sealing what is staged), stop
+the uplinks and close the buffer, in that order.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from drivers.health import DeviceHealth
-from gateway.buffer import BatchLimits, Buffer
+from gateway.buffer import BatchLimits, Buffer, is_transient
 from gateway.config.location import places
 from gateway.config.report import report_policies
+from gateway.errors import CitygwError, DeliveryError
+from gateway.lock import BufferLock
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
 from gateway.report import Reporter
@@ -68,24 +77,57 @@ BUS_RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
 }
 
 
+def expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is a condition the design retries: an I/O error or a peer down (OSError,
+    timeouts, :class:`DeliveryError`), or a buffer call that may pass (full, I/O, locked)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(expected(e) for e in exc.exceptions)
+    return isinstance(exc, OSError | DeliveryError) or is_transient(exc)
+
+
+class TaskFailed(CitygwError):
+    """A task ended on an error the design does not expect; its traceback is logged already."""
+
+    def __init__(self, task: str, error: BaseException) -> None:
+        super().__init__(f"task {task} failed: {type(error).__name__}: {error}")
+        self.task = task
+        self.error = error
+
+
 async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: float = RESTART_PAUSE) -> None:
-    """Run ``work`` until it returns; log and restart it whenever it crashes."""
-    crashes = 0
+    """Run ``work`` until it returns. After an expected failure (:func:`expected`) run it again
+    ``pause`` seconds later, logging each distinct reason once; any other error is logged with
+    its traceback and raised as :class:`TaskFailed`, which ends the daemon's task group."""
+    failures = 0
+    last = ""
     while True:
         try:
             await work()
             return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            crashes += 1
-            log.exception(
-                "task %s crashed (%d times); restarting in %.0f s",
-                name,
-                crashes,
-                pause,
-                extra={"event": "task_crashed"},
-            )
+        except Exception as exc:
+            if not expected(exc):
+                log.error(
+                    "task %s failed on an unexpected error (a bug); stopping so that the service "
+                    "manager restarts citygw",
+                    name,
+                    exc_info=True,
+                    extra={"event": "task_failed"},
+                )
+                raise TaskFailed(name, exc) from exc
+            failures += 1
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != last:
+                log.warning(
+                    "task %s stopped (%s); restarting in %.0f s, again after each failure (%d so far)",
+                    name,
+                    reason,
+                    pause,
+                    failures,
+                    extra={"event": "task_restarting"},
+                )
+            last = reason
             await asyncio.sleep(pause)
 
 
@@ -118,6 +160,7 @@ class Gateway:
             max_disk=buf.max_disk,
             max_age=buf.max_age,
         )
+        self.lock = BufferLock(self.buffer.path)
         self.store = Store(self.buffer)
         self.pipeline = Pipeline(self.store, commit_interval=buf.commit_interval, commit_rows=buf.commit_rows)
         located = {"places": places(config.gateway.location, config.devices)}  # NGSI-LD entities need them
@@ -136,7 +179,8 @@ class Gateway:
         self.reporter = Reporter(policies, started=time.time()) if policies else None
         if self.reporter is not None:
             self.pipeline.process = self.reporter.process
-        self.health: dict[str, DeviceHealth] = {}
+        # before the metrics, which hook their histograms into it
+        self.health: dict[str, DeviceHealth] = {name: DeviceHealth(name) for name in config.devices}
         self._stop = asyncio.Event()
         self.ops = Operations(self)  # clock, watchdog, metrics
 
@@ -148,8 +192,6 @@ class Gateway:
             if not devices:
                 continue
             runner = BUS_RUNNERS[bus.type]
-            for name in devices:
-                self.health[name] = DeviceHealth(name)
             health = {name: self.health[name] for name in devices}
             work[bus_name] = functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
         return work
@@ -190,7 +232,30 @@ class Gateway:
             await asyncio.sleep(0.05)
 
     async def run(self) -> None:
-        """Run until :meth:`stop` (or a signal); then shut down in order and return."""
+        """Run until :meth:`stop` (or a signal); then shut down in order and return.
+
+        Raises :class:`gateway.lock.BufferInUse` (before touching the buffer) when another daemon
+        holds the buffer, and :class:`TaskFailed` when a task ended on an unexpected error.
+        """
+        self.lock.acquire()
+        try:
+            await self._run()
+        finally:
+            self.lock.release()
+
+    async def _salvage(self) -> None:
+        """A task failed: commit and seal what the intake holds, if the buffer still lets us."""
+        try:
+            await asyncio.wait_for(self.pipeline.flush(), max(self.drain_timeout, 5.0))
+        except Exception as exc:  # the failure may be the buffer's own: say so, the exit goes on
+            log.warning(
+                "after the failure, %d readings in memory could not be committed: %s",
+                self.pipeline.pending_count,
+                exc,
+                extra={"event": "salvage_failed"},
+            )
+
+    async def _run(self) -> None:
         await self.store.open()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ()
@@ -208,7 +273,7 @@ class Gateway:
                     group.create_task(supervise(f"bus-{name}", work), name=f"bus-{name}")
                     for name, work in self._buses().items()
                 ]
-                heartbeat = group.create_task(self._heartbeat(), name="heartbeat")
+                heartbeat = group.create_task(supervise("heartbeat", self._heartbeat), name="heartbeat")
                 ops = group.create_task(supervise("ops", self.ops.run), name="ops")
                 others = [heartbeat, ops]
                 if self.reporter is not None:
@@ -238,6 +303,13 @@ class Gateway:
                 await self._drain(started + self.drain_timeout)
                 for task in [*uplinks, *others]:
                     task.cancel()
+        except BaseExceptionGroup as failure:
+            failed = [e for e in failure.exceptions if isinstance(e, TaskFailed)]
+            if not failed:
+                raise
+            await self._salvage()
+            raise failed[0] from None
+        else:
             log.info(
                 "stopped in %.2f s: %s",
                 time.monotonic() - started,

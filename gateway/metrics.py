@@ -6,29 +6,36 @@ report the daemon refreshes every few seconds on the buffer's own thread. The sc
 prometheus-client's HTTP thread, so it only reads plain attributes: it never touches SQLite and
 never waits for the event loop. No metric carries a secret: labels are config ids and fixed words.
 
-Metric names, for dashboards and alerts (docs/operations.md suggests alert rules):
+Metric names, for dashboards and alerts (docs/operations.md lists them all and suggests alert
+rules). Prometheus conventions: a moment is a ``*_timestamp_seconds`` (UTC epoch seconds; the
+alert computes ``time() - x``), never an age that is stale as soon as it is scraped, and absent
+when there is no such moment; a counter is present at 0 for every label value known in advance
+(``citygw_device_errors_total`` for each reason the device's driver counts).
 
-=============================================== ========================================================
-``citygw_info{gateway,version}``                1
-``citygw_device_readings_total{device}``        readings the device gave
-``citygw_device_frames_total{device}``          good frames or transactions
-``citygw_device_errors_total{device,reason}``   errors by reason (timeout, crc, checksum, decode, ...)
-``citygw_device_state{device,state}``           1 for the device's state (unknown/ok/stale/failing)
-``citygw_device_last_seen_age_seconds{device}`` since the last good frame
-``citygw_readings_accepted_total``              readings committed to the buffer
-``citygw_readings_invalid_total``               readings refused (a value JSON cannot carry)
-``citygw_buffer_*``                             staged readings, batches held, bytes, oldest batch age
-``citygw_retention_dropped_*_total``            readings/gaps retention dropped before delivery
-``citygw_buffer_corrupt_batches_total``         stored batches found damaged, sent as gap records
-``citygw_buffer_moved_aside{file}``             1: a damaged buffer file was moved aside for this one
-``citygw_buffer_wal_lost_readings``             accepted readings a damaged WAL lost (at the last start)
-``citygw_buffer_clock_steps_total``             wall-clock steps seen (ages are monotonic: none drops)
-``citygw_uplink_state{uplink,state}``           1 for the uplink's state
-``citygw_uplink_lag_batches{uplink}``           batches (and gap records) not acknowledged yet
-``citygw_uplink_oldest_undelivered_age_seconds`` age of the oldest of them (0 when none)
-``citygw_clock_synchronized``                   1 when the system clock is NTP-synchronised
-``citygw_event_loop_lag_seconds``               how late the loop's last beat woke up
-=============================================== ========================================================
+================================================================ =========================================
+``citygw_info{gateway,version}``                                 1
+``citygw_device_readings_total{device}``                         readings the device gave
+``citygw_device_frames_total{device}``                           good frames or transactions
+``citygw_device_errors_total{device,reason}``                    errors by reason (timeout, crc, ...)
+``citygw_device_state{device,state}``                            1 for the device's state
+``citygw_device_last_seen_timestamp_seconds{device}``            the last good frame
+``citygw_modbus_transaction_seconds{device}``                    histogram: answered Modbus transactions
+``citygw_readings_accepted_total``                               readings committed to the buffer
+``citygw_readings_invalid_total``                                readings refused (a value JSON cannot carry)
+``citygw_buffer_*``                                              staged, held, bytes, oldest batch
+``citygw_retention_dropped_*_total``                             readings/gaps dropped before delivery
+``citygw_buffer_corrupt_batches_total``                          stored batches found damaged, sent as gaps
+``citygw_buffer_moved_aside{file}``                              1: a damaged buffer file was moved aside
+``citygw_buffer_wal_lost_readings``                              readings a damaged WAL lost (last start)
+``citygw_buffer_clock_steps_total``                              wall-clock steps seen (ages are monotonic)
+``citygw_uplink_state{uplink,state}``                            1 for the uplink's state
+``citygw_uplink_failures_total{uplink,reason}``                  failed connections and deliveries
+``citygw_uplink_lag_batches{uplink}``                            batches not acknowledged yet
+``citygw_uplink_oldest_undelivered_timestamp_seconds{uplink}``   when the oldest of them was sealed
+``citygw_mqtt_puback_seconds{uplink}``                           histogram: publish to PUBACK
+``citygw_clock_synchronized``                                    1 when the clock is NTP-synchronised
+``citygw_event_loop_lag_seconds``                                how late the loop's last beat woke up
+================================================================ =========================================
 """
 
 from __future__ import annotations
@@ -42,12 +49,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from drivers.health import DeviceHealth, DeviceState
 from gateway import __version__
+from gateway.backoff import Backoff
 from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
@@ -72,8 +80,70 @@ def _snapshot(read: Callable[[], T], default: T) -> T:
     return default
 
 
-def _items(health: DeviceHealth) -> list[tuple[str, int]]:
-    return list(health.errors.items())
+def _items(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return list(counts.items())
+
+
+_MODBUS_REASONS = ("timeout", "crc", "connection", "framing", "gateway", "exception", "decode")
+
+
+def error_reasons(bus_type: str) -> tuple[str, ...]:
+    """The reasons a bus type's driver counts device errors under (drivers.modbus.client,
+    drivers.serial.decoders, drivers.ble.common): ``citygw_device_errors_total`` starts each at 0,
+    so that ``rate()`` and ``increase()`` see the first error. A reason not listed still appears
+    when it happens."""
+    if bus_type.startswith("modbus"):
+        return _MODBUS_REASONS
+    if bus_type == "serial":
+        from drivers.serial.decoders import Reason as SerialReason
+
+        return ("port", "timeout", *(r.value for r in SerialReason))
+    if bus_type == "ble":
+        from drivers.ble.common import Reason as BleReason
+
+        return tuple(r.value for r in BleReason)
+    return ()
+
+
+# seconds: a loopback broker answers in a millisecond, a cellular link in a few hundred
+PUBACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# seconds: an RTU read of a few registers at 9600 baud takes 20-50 ms, a TCP one a millisecond
+MODBUS_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Timings:
+    """The histograms, fed as things happen by hooks in the Modbus poller and the MQTT uplink
+    (prometheus-client's own histograms, outside any registry: the collector yields them).
+
+    One per gateway (:class:`gateway.ops.Operations` makes it), however many collectors read it.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        config = gateway.config
+        self.puback = Histogram(
+            "citygw_mqtt_puback_seconds",
+            "Seconds from an MQTT publish (QoS 1) to its PUBACK.",
+            ["uplink"],
+            registry=None,
+            buckets=PUBACK_BUCKETS,
+        )
+        self.transaction = Histogram(
+            "citygw_modbus_transaction_seconds",
+            "Seconds an answered Modbus transaction took (request, answer, the inter-frame silence).",
+            ["device"],
+            registry=None,
+            buckets=MODBUS_BUCKETS,
+        )
+        for uplink in gateway.uplinks:
+            if hasattr(uplink, "on_puback"):
+                uplink.on_puback = self.puback.labels(uplink=uplink.name).observe
+        for name, health in gateway.health.items():
+            if config.buses[config.devices[name].bus].type.startswith("modbus"):
+                health.observe_transaction = self.transaction.labels(device=name).observe
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.puback.collect()
+        yield from self.transaction.collect()
 
 
 class GatewayCollector(Collector):
@@ -83,6 +153,9 @@ class GatewayCollector(Collector):
         self.gateway = gateway
         self.ops = ops
         self.started = time.time()
+        config = gateway.config
+        bus_types = {name: config.buses[device.bus].type for name, device in config.devices.items()}
+        self.reasons = {name: error_reasons(bus_type) for name, bus_type in bus_types.items()}
 
     def collect(self) -> Iterable[Metric]:
         yield from self._process()
@@ -91,6 +164,7 @@ class GatewayCollector(Collector):
         yield from self._buffer()
         yield from self._uplinks()
         yield from self._clock()
+        yield from self.ops.timings.collect()
 
     def _process(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -127,19 +201,22 @@ class GatewayCollector(Collector):
             "citygw_device_state", "1 for the state the device is in.", labels=["device", "state"]
         )
         seen = GaugeMetricFamily(
-            "citygw_device_last_seen_age_seconds", "Seconds since the last good frame.", labels=["device"]
+            "citygw_device_last_seen_timestamp_seconds",
+            "When the last good frame came, UTC epoch seconds (absent until one came).",
+            labels=["device"],
         )
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         for h in health:
             readings.add_metric([h.device], h.readings)
             frames.add_metric([h.device], h.frames)
-            counts: list[tuple[str, int]] = _snapshot(functools.partial(_items, h), [])
-            for reason, count in counts:
+            counted: list[tuple[str, int]] = _snapshot(functools.partial(_items, h.errors), [])
+            counts = dict.fromkeys(self.reasons.get(h.device, ()), 0) | dict(counted)
+            for reason, count in counts.items():
                 errors.add_metric([h.device, reason], count)
             for s in DeviceState:
                 state.add_metric([h.device, s.value], 1 if h.state is s else 0)
             if h.last_seen is not None:
-                seen.add_metric([h.device], max(0.0, now - h.last_seen))
+                seen.add_metric([h.device], wall - max(0.0, now - h.last_seen))
         yield from (readings, frames, errors, state, seen)
 
     def _pipeline(self) -> Iterator[Metric]:
@@ -194,7 +271,6 @@ class GatewayCollector(Collector):
         report = self.ops.report
         if report is None:
             return
-        now = time.time()
         yield GaugeMetricFamily(
             "citygw_buffer_batches", "Batches and gap records held.", value=report.batches
         )
@@ -205,18 +281,21 @@ class GatewayCollector(Collector):
         )
         yield GaugeMetricFamily("citygw_buffer_used_bytes", "Database pages in use.", value=report.used_bytes)
         yield GaugeMetricFamily("citygw_buffer_file_bytes", "The file and its WAL.", value=report.file_bytes)
-        yield GaugeMetricFamily(
-            "citygw_buffer_oldest_batch_age_seconds",
-            "Age of the oldest batch held (0 when none).",
-            value=0.0 if report.oldest_created is None else max(0.0, now - report.oldest_created),
-        )
+        if report.oldest_created is not None:
+            yield GaugeMetricFamily(
+                "citygw_buffer_oldest_batch_timestamp_seconds",
+                "When the oldest batch held was sealed, UTC epoch seconds (absent when none is held).",
+                value=report.oldest_created,
+            )
         yield GaugeMetricFamily(
             "citygw_buffer_gap_records",
             "Gap records held, not yet delivered everywhere.",
             value=report.gap_records,
         )
         yield GaugeMetricFamily(
-            "citygw_buffer_report_age_seconds", "Age of the buffer figures above.", value=now - report.read_at
+            "citygw_buffer_report_timestamp_seconds",
+            "When the buffer figures above were read, UTC epoch seconds.",
+            value=report.read_at,
         )
 
     def _uplinks(self) -> Iterator[Metric]:
@@ -243,13 +322,19 @@ class GatewayCollector(Collector):
             "citygw_uplink_lag_readings", "Readings not acknowledged yet.", labels=["uplink"]
         )
         oldest = GaugeMetricFamily(
-            "citygw_uplink_oldest_undelivered_age_seconds",
-            "Age of the oldest batch the uplink has not acknowledged (0 when none).",
+            "citygw_uplink_oldest_undelivered_timestamp_seconds",
+            "When the oldest batch the uplink has not acknowledged was sealed, UTC epoch seconds "
+            "(absent when the uplink has them all).",
             labels=["uplink"],
+        )
+        failures = CounterMetricFamily(
+            "citygw_uplink_failures",
+            "Failed connections and deliveries by reason: http_<status>, timeout, tls, refused, "
+            "network, or the error's type.",
+            labels=["uplink", "reason"],
         )
         report = self.ops.report
         lags = {u.name: u for u in report.uplinks} if report is not None else {}
-        now = time.time()
         last_seq = self.gateway.buffer.last_seq
         for uplink in self.gateway.uplinks:
             s = uplink.status
@@ -261,14 +346,17 @@ class GatewayCollector(Collector):
             batches.add_metric([name], s.delivered_batches)
             readings.add_metric([name], s.delivered_readings)
             parked.add_metric([name], getattr(s, "parked", 0))
+            failed: list[tuple[str, int]] = _snapshot(functools.partial(_items, s.failures), [])
+            for reason, count in failed:
+                failures.add_metric([name, reason], count)
             held = lags.get(name)
             if held is not None:
                 caught_up = s.acked_seq >= last_seq
                 lag.add_metric([name], 0 if caught_up else held.batches)
                 lag_readings.add_metric([name], 0 if caught_up else held.readings)
-                age = 0.0 if caught_up or held.oldest_created is None else max(0.0, now - held.oldest_created)
-                oldest.add_metric([name], age)
-        yield from (state, acked, connects, batches, readings, parked, lag, lag_readings, oldest)
+                if not caught_up and held.oldest_created is not None:
+                    oldest.add_metric([name], held.oldest_created)
+        yield from (state, acked, connects, failures, batches, readings, parked, lag, lag_readings, oldest)
 
     def _clock(self) -> Iterator[Metric]:
         clock, watchdog = self.ops.clock, self.ops.watchdog
@@ -295,6 +383,9 @@ class GatewayCollector(Collector):
         )
 
 
+LISTEN_RETRY = (1.0, 30.0)  # seconds: first and longest wait between attempts to listen
+
+
 class MetricsServer:
     """The HTTP endpoint: ``/metrics`` on ``host:port``, in a thread of prometheus-client's."""
 
@@ -305,23 +396,46 @@ class MetricsServer:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> bool:
-        """Listen; False (logged) when the address is taken: metrics are not worth losing data over."""
-        try:
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Listen (once); raises :class:`OSError` when the address is taken or not ours."""
+        if self._server is None:
             self._server, self._thread = start_http_server(self.port, self.host, registry=self.registry)
-        except OSError as exc:
-            log.error(
-                "metrics: cannot listen on %s:%d (%s); running without metrics",
-                self.host,
-                self.port,
-                exc.strerror or exc,
-                extra={"event": "metrics_unavailable"},
-            )
-            return False
+
+    async def serve(self) -> None:
+        """Listen, and while the address is taken try again with jittered backoff (up to
+        :data:`LISTEN_RETRY`), logged once when it starts failing and once when it listens:
+        metrics are not worth losing data over, nor worth losing for good over a port taken
+        for a while (a second daemon, a test, a forgotten exporter). Returns once listening."""
+        failures = 0
+        backoff = Backoff(*LISTEN_RETRY, retry_on=lambda exc: isinstance(exc, OSError))
+        async for attempt in backoff.retrying():
+            with attempt:
+                try:
+                    self.start()
+                except OSError as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning(
+                            "metrics: cannot listen on %s:%d (%s); the daemon runs on and tries again "
+                            "every %g s at most, without logging it each time",
+                            self.host,
+                            self.port,
+                            exc.strerror or exc,
+                            LISTEN_RETRY[1],
+                            extra={"event": "metrics_unavailable"},
+                        )
+                    raise
         log.info(
-            "metrics on http://%s:%d/metrics", self.host, self.port, extra={"event": "metrics_listening"}
+            "metrics on http://%s:%d/metrics%s",
+            self.host,
+            self.port,
+            f" (after {failures} failed attempts)" if failures else "",
+            extra={"event": "metrics_listening"},
         )
-        return True
 
     def close(self) -> None:
         if self._server is not None:

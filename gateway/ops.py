@@ -2,8 +2,8 @@
 
 One object the :class:`~gateway.daemon.Gateway` builds and runs beside its pipeline, so that the
 daemon itself stays about data: :meth:`Operations.run` is one supervised task (the loop's beat, the
-clock check, the buffer report refresh), :meth:`start` and :meth:`close` bracket the threads
-(the watchdog's pinger, the metrics HTTP server).
+clock check, the buffer report refresh, listening for metrics until the port is free),
+:meth:`start` and :meth:`close` bracket the threads (the watchdog's pinger, the metrics HTTP server).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from gateway.clock import ClockWatch
 from gateway.errors import CitygwError
-from gateway.metrics import GatewayCollector, MetricsServer
+from gateway.metrics import GatewayCollector, MetricsServer, Timings
 from gateway.status import BufferReport, read_buffer
 from gateway.watchdog import Watchdog
 
@@ -36,6 +36,7 @@ class Operations:
             gateway.notifier, gateway.store, timeout=_double(gateway.notifier.watchdog_interval())
         )
         self.report: BufferReport | None = None
+        self.timings = Timings(gateway)  # the histograms, whichever collector reads them
         metrics = gateway.config.metrics
         self.metrics = (
             MetricsServer(GatewayCollector(gateway, self), metrics.host, metrics.port)
@@ -44,9 +45,7 @@ class Operations:
         )
 
     def start(self) -> None:
-        """The threads: metrics endpoint, watchdog pinger (after READY)."""
-        if self.metrics is not None:
-            self.metrics.start()
+        """The watchdog's pinger (after READY); the metrics endpoint starts in :meth:`run`."""
         self.watchdog.start()
 
     def close(self) -> None:
@@ -59,6 +58,8 @@ class Operations:
             group.create_task(self.watchdog.run(), name="watchdog-beat")
             group.create_task(self._clock_loop(), name="clock")
             group.create_task(self._report_loop(), name="buffer-report")
+            if self.metrics is not None and not self.metrics.listening:
+                group.create_task(self.metrics.serve(), name="metrics")
 
     async def _clock_loop(self) -> None:
         while True:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gateway.buffer import CommitResult
+from gateway.buffer import CommitResult, is_transient
 from gateway.reading import Reading
 from gateway.senml import Record, record_of
 from gateway.store import Store
@@ -99,6 +99,11 @@ class Pipeline:
         if len(self._pending) >= self.commit_rows:
             self._wake.set()
 
+    @property
+    def pending_count(self) -> int:
+        """Readings handed over and not committed yet (held in memory)."""
+        return len(self._pending)
+
     # -- the uplinks' side -------------------------------------------------------------------
 
     def acked(self, uplink: str, seq: int) -> None:
@@ -149,14 +154,22 @@ class Pipeline:
         self._wake.set()
 
     async def commit(self, *, seal_all: bool = False) -> CommitResult | None:
-        """Commit what is pending (and seal what is due); on a write error keep it pending."""
+        """Commit what is pending (and seal what is due).
+
+        On a write error the design expects (the file system full, an I/O error, the file
+        locked: :func:`gateway.buffer.is_transient`) the readings stay pending and the writer
+        tries again a second later; any other error is raised, the readings still pending, and
+        ends the daemon (``gateway.daemon``: systemd restarts it, the staged readings are on disk).
+        """
         records, self._pending = self._pending, []
         self._acks_dirty = False
         self._last_commit = time.monotonic()
         try:
             result = await self.store.call(self.store.buffer.commit, records, seal_all=seal_all)
-        except Exception:
+        except Exception as exc:
             self._pending = records + self._pending
+            if not is_transient(exc):  # a bug or a damaged file: retrying cannot help (gateway.daemon)
+                raise
             self.counters.failed_commits += 1
             if self.counters.failed_commits == 1 or self.counters.failed_commits % 100 == 0:
                 log.exception(

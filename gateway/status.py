@@ -4,13 +4,16 @@ The buffer file is opened read-only and never created or written: with ``mode=ro
 running daemon (WAL lets a reader see the last commit without blocking the writer), and with
 ``immutable=1`` when the daemon is not running (a read-only WAL open would otherwise create the
 ``-wal`` and ``-shm`` files, owned by whoever ran ``status``, which the daemon could then not
-write). The daemon's side — device health, uplink states, the clock — comes from its metrics
-endpoint when it answers. :func:`read_buffer` is also what the daemon's metrics report from.
+write). Whether a daemon runs, and its PID, comes from the buffer's lock (:mod:`gateway.lock`),
+so a daemon whose metrics port was taken is still found. The daemon's side — device health,
+uplink states, the clock — comes from its metrics endpoint when it answers. :func:`read_buffer`
+is also what the daemon's metrics report from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sqlite3
 import sys
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BufferError
+from gateway.lock import look
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -195,12 +199,12 @@ def scrape(url: str, *, timeout: float = 2.0) -> Live | None:
                 device = live.devices.setdefault(labels["device"], {"errors": {}})
                 if name == "citygw_device_state" and value == 1:
                     device["state"] = labels["state"]
-                elif name == "citygw_device_errors_total":
+                elif name == "citygw_device_errors_total" and value:  # every known reason is there at 0
                     device["errors"][labels["reason"]] = int(value)
                 elif name == "citygw_device_readings_total":
                     device["readings"] = int(value)
-                elif name == "citygw_device_last_seen_age_seconds":
-                    device["last_seen_age"] = value
+                elif name == "citygw_device_last_seen_timestamp_seconds":
+                    device["last_seen_age"] = max(0.0, time.time() - value)
             elif "uplink" in labels:
                 uplink = live.uplinks.setdefault(labels["uplink"], {})
                 if name == "citygw_uplink_state" and value == 1:
@@ -229,14 +233,26 @@ def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
     url = f"http://{metrics.listen}/metrics"
     live = scrape(url, timeout=timeout) if metrics.enabled else None
     foreign = live is not None and live.gateway != config.gateway.id
+    lock = look(path)
     now = time.time()
+    running: bool | None = lock.held
+    if live is not None and not foreign:
+        running = True  # a daemon of a citygw that took no lock yet
+    elif running is None and metrics.enabled:
+        running = False
     daemon: dict[str, Any] = {
-        "running": (live is not None and not foreign) if metrics.enabled else None,
+        "running": running,
+        "pid": lock.pid if lock.held else None,
         "metrics": url if metrics.enabled else None,
     }
     if foreign and live is not None:
         daemon["note"] = f"the metrics at {url} are gateway {live.gateway!r}'s, not this config's"
         live = None
+    elif lock.held and live is None and metrics.enabled:
+        daemon["note"] = (
+            f"the daemon holds the buffer but its metrics at {url} do not answer "
+            "(a port taken by something else: the daemon retries it; the log says so)"
+        )
     if live is not None:
         daemon.update(
             clock_synchronized=bool(live.values.get("citygw_clock_synchronized", 1)),
@@ -330,12 +346,19 @@ def render(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1 itself; gateway.cli says what a closed pipe is
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "stdout's reader went away")
+
+    console = _Console(width=None if sys.stdout.isatty() else 120, highlight=False)
     daemon, buffer = data["daemon"], data["buffer"]
     if daemon["running"] is None:
-        running = "unknown (metrics disabled)"
+        running = "unknown (metrics disabled, lock file not readable)"
+    elif daemon["running"]:
+        running = "running" + (f" (PID {daemon['pid']})" if daemon.get("pid") else "")
     else:
-        running = "running" if daemon["running"] else f"not running (no answer at {daemon['metrics']})"
+        running = "not running"
     head = Table(title=f"citygw {data['gateway']}", show_header=False, title_justify="left")
     head.add_column("what", style="bold")
     head.add_column("value")
@@ -343,7 +366,7 @@ def render(data: dict[str, Any]) -> None:
     head.add_row("daemon", running)
     if daemon.get("note"):
         head.add_row("note", daemon["note"])
-    if daemon.get("running"):
+    if "clock_synchronized" in daemon:
         head.add_row("clock", "synchronised" if daemon["clock_synchronized"] else "NOT synchronised")
         head.add_row("uptime", _human_age(daemon["uptime_seconds"]))
         head.add_row("accepted", f"{daemon['accepted_readings']} readings since start")

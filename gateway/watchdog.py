@@ -10,8 +10,9 @@ the pings come from a thread of their own, and that thread sends one only while
   ``store_limit`` seconds (a hung SD card leaves it waiting).
 
 Bus and uplink tasks need no probe of their own: they run on the loop (a blocked one stops the
-beat), and a task that crashes is restarted by its supervisor. When a check fails the pings stop,
-and systemd restarts the service ``WatchdogSec=`` later (``Restart=on-failure``).
+beat), and a task that fails on an unexpected error ends the daemon (gateway.daemon). When a
+check fails the pings stop, and systemd restarts the service ``WatchdogSec=`` later
+(``Restart=on-failure``).
 
 For tests only, ``CITYGW_TEST_BLOCK_LOOP=AFTER:SECONDS`` blocks the event loop with a
 ``time.sleep(SECONDS)`` AFTER seconds after start.

@@ -151,6 +151,7 @@ def write_config(
         },
         "buses": {"gen": {"type": "synthetic"}},
         "devices": devices,
+        "metrics": {"enabled": False},  # tests that scrape pass metrics={"listen": free port}
     }
     config.update(extra)
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML

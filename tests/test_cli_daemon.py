@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -14,10 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from gateway.buffer import BatchLimits, Buffer
-from gateway.daemon import supervise
 from gateway.localbroker import LocalBroker
 from gateway.signing import Signer
 
@@ -153,21 +149,6 @@ def test_daemon_notifies_systemd_and_stops_cleanly(
     assert any("STOPPING=1" in m for m in messages)
     log = (tmp_path / "daemon.log").read_text()
     assert "stopped in" in log
-
-
-async def test_supervise_restarts_a_crashed_task_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
-    runs = []
-
-    async def work() -> None:
-        runs.append(1)
-        if len(runs) < 3:
-            raise RuntimeError("boom")
-
-    await asyncio.wait_for(supervise("flaky", work, pause=0.01), 5)
-    assert len(runs) == 3
-    crashed = [r for r in caplog.records if "task flaky crashed" in r.getMessage()]
-    assert len(crashed) == 2
-    assert crashed[0].exc_info is not None
 
 
 def test_version_help_and_usage_errors() -> None:

@@ -202,7 +202,9 @@ def _served_metric_names() -> set[str]:
     names = set(re.findall(r'"(citygw_[a-z0-9_]+)"', source))
     counters = set(re.findall(r'CounterMetricFamily\(\s*"(citygw_[a-z0-9_]+)"', source))
     counters |= set(re.findall(r'\("(citygw_[a-z0-9_]+)", c\.', source))
-    return names | {f"{name}_total" for name in counters}
+    histograms = set(re.findall(r'Histogram\(\s*"(citygw_[a-z0-9_]+)"', source))
+    series = {f"{name}{suffix}" for name in histograms for suffix in ("_bucket", "_sum", "_count")}
+    return names | series | {f"{name}_total" for name in counters}
 
 
 @pytest.mark.parametrize(

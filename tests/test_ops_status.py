@@ -230,13 +230,15 @@ def test_the_running_daemon_is_scraped_parsed_and_shown_by_status(
     assert sample(samples, "citygw_device_readings_total", device="d1") > 200
     assert sample(samples, "citygw_device_state", device="d1", state="ok") == 1
     assert sample(samples, "citygw_device_state", device="d2", state="failing") == 0
-    assert sample(samples, "citygw_device_last_seen_age_seconds", device="d2") < 5
+    scraped = time.time()
+    assert scraped - 5 < sample(samples, "citygw_device_last_seen_timestamp_seconds", device="d2") <= scraped
     assert sample(samples, "citygw_readings_accepted_total") > 300
     assert sample(samples, "citygw_uplink_state", uplink="local", state="connected") == 1
     assert sample(samples, "citygw_uplink_acked_seq", uplink="local") > 0
-    assert sample(samples, "citygw_uplink_oldest_undelivered_age_seconds", uplink="local") < 5
+    oldest = ("citygw_uplink_oldest_undelivered_timestamp_seconds", (("uplink", "local"),))
+    assert samples.get(oldest, scraped) > scraped - 5  # absent when the uplink has every batch
     assert sample(samples, "citygw_buffer_last_seq") > 0
-    assert sample(samples, "citygw_buffer_report_age_seconds") < 6
+    assert sample(samples, "citygw_buffer_report_timestamp_seconds") > scraped - 6
     assert sample(samples, "citygw_retention_dropped_readings_total") == 0
     assert sample(samples, "citygw_clock_synchronized") == 1
     assert sample(samples, "citygw_alive") == 1
@@ -286,7 +288,8 @@ def test_metrics_in_the_text_format_with_errors_gaps_and_the_clock(tmp_path: Pat
     assert sample(samples, "citygw_buffer_staged_readings") == 7
     assert sample(samples, "citygw_uplink_lag_batches", uplink="cdp") == known["cdp_lag"]
     assert sample(samples, "citygw_uplink_lag_batches", uplink="backup") == known["backup_lag"]
-    assert sample(samples, "citygw_uplink_oldest_undelivered_age_seconds", uplink="backup") > 0
+    oldest = sample(samples, "citygw_uplink_oldest_undelivered_timestamp_seconds", uplink="backup")
+    assert oldest == pytest.approx(known["oldest"])
     assert sample(samples, "citygw_uplink_state", uplink="cdp", state="connecting") == 1
     assert sample(samples, "citygw_clock_synchronized") == 0
     labels = {dict(k[1]).get(label) for k in samples for label in ("device", "uplink", "reason", "state")}
@@ -314,17 +317,35 @@ def test_metrics_refuse_a_remote_listen_address_unless_allowed(tmp_path: Path, k
     assert citygw("check", "-c", str(config)).returncode == 0
 
 
-def test_a_taken_metrics_port_costs_the_metrics_not_the_data(
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return ("citygw_info", (("gateway", "gw-test"), ("version", "0.1.0"))) in scrape(port)
+    except OSError:
+        return False
+
+
+def test_a_taken_metrics_port_costs_the_metrics_only_while_it_is_taken(
     tmp_path: Path,
     key: Path,
     broker: LocalBroker,
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
+    """The port is taken at start: the data flows, status finds the daemon by its lock, and once
+    the port is free the metrics come back by themselves; each is logged once."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
+    log = tmp_path / "daemon.log"
     try:
         config = write_config(
             tmp_path / "c.yaml",
@@ -335,12 +356,26 @@ def test_a_taken_metrics_port_costs_the_metrics_not_the_data(
         )
         daemon = daemon_factory(config)
         daemon.start()
+        assert daemon.proc is not None
         collector.wait(lambda c: c.readings() > 0, 30, "readings")
-        assert daemon.terminate() == 0
+        _wait_for(lambda: "event=metrics_unavailable" in log.read_text(), 30, "the port's warning")
+        data = json.loads(citygw("status", "-c", str(config), "--json").stdout)
+        assert data["daemon"]["running"] is True and data["daemon"]["pid"] == daemon.proc.pid
+        assert "its metrics at" in data["daemon"]["note"] and "do not answer" in data["daemon"]["note"]
+        table = citygw("status", "-c", str(config)).stdout
+        assert f"running (PID {daemon.proc.pid})" in table
     finally:
         taken.close()
-    log = (tmp_path / "daemon.log").read_text()
-    assert "event=metrics_unavailable" in log and f"cannot listen on 127.0.0.1:{port}" in log
+    _wait_for(lambda: _answers(port), 60, "the metrics once the port is free")
+    data = json.loads(citygw("status", "-c", str(config), "--json").stdout)
+    assert data["daemon"]["running"] is True and "note" not in data["daemon"]
+    assert data["daemon"]["accepted_readings"] > 0
+    assert daemon.terminate() == 0
+    text = log.read_text()
+    assert text.count("event=metrics_unavailable") == 1, "a taken port is logged once, not per attempt"
+    assert f"cannot listen on 127.0.0.1:{port}" in text and "level=warning" in text
+    listening = [line for line in text.splitlines() if "event=metrics_listening" in line]
+    assert len(listening) == 1 and "failed attempts)" in listening[0]
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:9108", "[::1]:9108", "localhost:1"])

@@ -84,9 +84,11 @@ class DevicePoller:
         result = PollResult()
         async with self.link.session():
             for request in self.plan.requests:
+                started = time.monotonic()
                 try:
                     data = await self.link.read(self.unit, request.function, request.address, request.count)
                 except ExceptionAnswer as exc:
+                    self._timed(started)
                     result.answered = True
                     result.errors.append(exc)
                     result.outcomes.append((request, exc.detail))
@@ -97,6 +99,7 @@ class DevicePoller:
                     result.errors.append(exc)
                     result.outcomes.append((request, exc.detail))
                     break  # a silent device would cost a timeout per request
+                self._timed(started)
                 result.answered = True
                 result.outcomes.append((request, "ok"))
                 decoded = decode_response(
@@ -112,6 +115,11 @@ class DevicePoller:
                         event.value,
                     )
         return result
+
+    def _timed(self, started: float) -> None:
+        """An answered transaction's time, for the metrics (the inter-frame silence included)."""
+        if self._health is not None and self._health.observe_transaction is not None:
+            self._health.observe_transaction(time.monotonic() - started)
 
     def _split(self, request: Request) -> None:
         self.plan = self.plan.split(request)

@@ -9,6 +9,7 @@ The platform's side is what arrived verified.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -181,7 +182,8 @@ def snapshot(
             for labels, v in metrics.get("citygw_device_errors_total", {}).items()
             if dict(labels)["device"] == name
         )
-        age = metrics.get("citygw_device_last_seen_age_seconds", {}).get((("device", name),))
+        seen_at = metrics.get("citygw_device_last_seen_timestamp_seconds", {}).get((("device", name),))
+        age = None if seen_at is None else max(0.0, time.time() - seen_at)
         seen = platform_devices.get(name)
         rows.append(
             DeviceRow(

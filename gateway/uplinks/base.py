@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections import deque
+import ssl
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway import redact
@@ -45,15 +46,42 @@ class UplinkStatus:
     delivered_readings: int = 0
     parked: int = 0
     last_error: str = ""
+    failures: Counter[str] = field(default_factory=Counter)  # failure_reason() -> count (metrics)
 
     def disconnected(self, exc: BaseException) -> None:
         """The connection failed: say why in the log, once per distinct reason (a dead broker must
         not write a line per retry for days)."""
         self.state = UplinkState.DISCONNECTED
+        self.failures[failure_reason(exc)] += 1
         text = redact.text(str(exc) or type(exc).__name__)  # a url in it may carry a secret
         if text != self.last_error:
             log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
         self.last_error = text
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One short word for why a connection or a delivery failed, the label of
+    ``citygw_uplink_failures_total``: ``http_<status>``, ``timeout``, ``tls``, ``refused``,
+    ``network``, else the error's type (a bounded set: nothing of the peer's text)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return f"http_{status}"
+    cause: BaseException | None = exc
+    for _ in range(4):  # DeliveryError and aiomqtt's errors wrap the OS's
+        if cause is None:
+            break
+        if isinstance(cause, TimeoutError):
+            return "timeout"
+        if isinstance(cause, ssl.SSLError):
+            return "tls"
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused"
+        if isinstance(cause, OSError):
+            return "network"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
 
 
 class Rejected(CitygwError):
@@ -68,9 +96,10 @@ class Rejected(CitygwError):
 class RetryLater(DeliveryError):
     """The destination asked us to come back later (HTTP 429/503 with Retry-After, ...)."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status
 
 
 Deliver = Callable[["Outgoing"], Awaitable[None]]
@@ -98,6 +127,7 @@ class Delivery:
             task.result()
         except Rejected as exc:
             self.status.parked += 1
+            self.status.failures[failure_reason(exc)] += 1
             log.warning(
                 "uplink %s: batch %d rejected (%s); parked, the queue goes on", self.name, batch.seq, exc
             )

@@ -83,7 +83,7 @@ def outcome(status: int, text: str, headers: Mapping[str, str] | None = None) ->
         )
     if status in RETRY_STATUSES or status >= 500:
         hint = retry_after(headers.get("Retry-After") if headers is not None else None)
-        raise RetryLater(f"HTTP {status} {excerpt}".strip(), retry_after=hint)
+        raise RetryLater(f"HTTP {status} {excerpt}".strip(), retry_after=hint, status=status)
     raise Rejected(f"HTTP {status} {excerpt}".strip(), status=status)
 
 

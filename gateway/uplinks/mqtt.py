@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiomqtt
@@ -44,6 +46,7 @@ class MqttUplink:
         self.pipeline = pipeline
         self.topic = config.topic_for(gateway)
         self.status = UplinkStatus(name=name)
+        self.on_puback: Callable[[float], None] | None = None  # seconds publish -> PUBACK (metrics)
         self._backoff = Backoff(config.backoff_initial, config.backoff_max, retry_on=_retryable)
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -98,7 +101,10 @@ class MqttUplink:
         timeout = max(10.0, self.config.keepalive * 1.5)
 
         async def publish(batch: Outgoing) -> None:
-            await client.publish(self.topic, batch.data, qos=1, timeout=timeout)
+            started = time.monotonic()
+            await client.publish(self.topic, batch.data, qos=1, timeout=timeout)  # returns on PUBACK
+            if self.on_puback is not None:
+                self.on_puback(time.monotonic() - started)
 
         watcher = asyncio.ensure_future(self._watch(client))
         try:
