@@ -96,9 +96,9 @@ class SecretFilter(logging.Filter):
         clean = text(message)
         if clean != message:
             record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[0] is not None:
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            # the redacted traceback, which formatters prefer; exc_info stays for other handlers
             record.exc_text = text(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
         elif record.exc_text:
             record.exc_text = text(record.exc_text)
         return True
