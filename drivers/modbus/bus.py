@@ -77,6 +77,7 @@ class DevicePoller:
         self.backoff = Backoff(device.interval, max(device.backoff_max, device.interval), retry_on=_silent)
         self._health: DeviceHealth | None = None
         self._overrun_logged = False
+        self._late = 0  # the link's count of late answers from this unit, already reported
         self.skipped = 0  # ticks skipped because a poll (or a backoff) outlasted the interval
 
     async def poll(self) -> PollResult:
@@ -97,6 +98,8 @@ class DevicePoller:
                     result.errors.append(exc)
                     result.outcomes.append((request, exc.detail))
                     break  # a silent device would cost a timeout per request
+                finally:
+                    self._report_late(result)
                 result.answered = True
                 result.outcomes.append((request, "ok"))
                 decoded = decode_response(
@@ -112,6 +115,18 @@ class DevicePoller:
                         event.value,
                     )
         return result
+
+    def _report_late(self, result: PollResult) -> None:
+        late = self.link.late[self.unit]
+        if late > self._late:
+            self._late = late
+            result.errors.append(
+                NoAnswer(
+                    "late",
+                    f"unit {self.unit}: an answer came after the {self.link.timeout:g} s timeout and was "
+                    "discarded; if the device is this slow, raise the bus timeout",
+                )
+            )
 
     def _split(self, request: Request) -> None:
         self.plan = self.plan.split(request)
