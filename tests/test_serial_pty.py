@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import random
 import time
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,9 +24,10 @@ from typing import Any
 
 import pytest
 
+from drivers import health as health_module
 from drivers.health import DeviceHealth, DeviceState
 from drivers.serial import transport
-from drivers.serial.decoders import MHZ19_READ
+from drivers.serial.decoders import MHZ19_READ, PMS5003
 from drivers.serial.transport import wire_for
 from gateway.buffer import Buffer
 from gateway.config import load_config
@@ -333,6 +336,57 @@ async def test_gps_and_line_protocol_devices(
         ("radar", "intensity", 2, "count"),
     ]
     assert dict(radar_health["radar"].errors) == {"syntax": 1}  # the banner line
+
+
+async def test_line_noise_is_logged_once_per_episode_and_counted(
+    tmp_path: Path,
+    key: Path,
+    devices: Callable[[str], PtyDevice],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Line noise full of false PMS5003 starts: thousands of refused frames, each with other bytes,
+    give one warning line per episode (the issue: 269,851 lines in 30 s), and every one is counted."""
+    sensor = devices("ttyNoisy")
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(sensor.link)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    rng = random.Random(15)
+
+    async def noise(frames: int) -> None:  # false starts with random bodies: each refused for its checksum
+        data = b"".join(PMS5003.sync + rng.randbytes(28) for _ in range(frames))
+        while data:  # as fast as the gateway takes it
+            try:
+                data = data[os.write(sensor.master, data) :]
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+
+    readings: list[Reading] = []
+    caplog.set_level(logging.INFO, logger="drivers.health")
+    async with bus_running(config, "u", readings) as health:
+        pm = health["pm"]
+        await send_until(sensor, F0, lambda: pm.frames > 0, "the port to open")
+        await noise(8000)
+        await eventually(lambda: pm.errors["checksum"] >= 8000, "the noise to be read")
+        await send_until(sensor, F2, lambda: pm.frames > 1, "a good frame amid the noise")
+        await noise(100)  # the same episode: a good frame alone does not end it
+        await eventually(lambda: pm.errors["checksum"] >= 8100, "more noise")
+        monkeypatch.setattr(health_module, "EPISODE_QUIET", 0.0, raising=False)  # the quiet spell has passed
+        await send_until(sensor, F3, lambda: pm.frames > 2, "a good frame after a quiet spell")
+        await noise(100)  # a new episode: logged again
+        await eventually(lambda: pm.errors["checksum"] >= 8200, "the next burst")
+    warnings = [r.getMessage() for r in caplog.records if "checksum" in r.getMessage()]
+    assert len(warnings) == 3, warnings  # the first episode, its count when it ended, the second
+    assert warnings[0].startswith("device pm: checksum: pms5003 frame 42 4d 00 1c")
+    assert (
+        warnings[1]
+        == f"device pm: {pm.errors['checksum'] - 100 - 1} more checksum errors after the one logged"
+    )
+    assert warnings[2].startswith("device pm: checksum: pms5003 frame")
+    assert pm.errors["checksum"] == 8200 and pm.frames == 3
 
 
 async def test_a_port_name_that_moves_to_another_device_is_reopened(
