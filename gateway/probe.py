@@ -1,9 +1,10 @@
 """``citygw probe`` and ``citygw scan``: the technician's wiring tests for Modbus devices.
 
 ``probe DEVICE`` reads a configured device once, through the same read plan and link as the
-daemon, and prints its readings as JSON lines (``device``, ``name``, ``value``, ``unit``,
-``time`` in UTC epoch seconds, and ``flags`` when any). When the device does not answer it says
-which bus, which unit id and what was tried, and exits 1.
+daemon (and, as the daemon does, splits a request the device refuses for spanning unused addresses
+and reads again, saying so on stderr), and prints its readings as JSON lines (``device``,
+``name``, ``value``, ``unit``, ``time`` in UTC epoch seconds, and ``flags`` when any). When the
+device does not answer it says which bus, which unit id and what was tried, and exits 1.
 
 ``scan BUS`` tries each unit id in a range with a one-register read and prints a JSON line per
 unit that answers (an exception response is an answer: something is there).
@@ -92,6 +93,12 @@ def probe_main(config: Config, device: str) -> int:
     for reading in result.readings:
         sys.stdout.write(_reading_line(reading) + "\n")
     sys.stdout.flush()
+    for request in result.split:
+        sys.stderr.write(
+            f"citygw probe: unit {modbus_device.unit} refused {request.describe()}, which spans unused "
+            "addresses; read those registers again without gaps, as the daemon does from its second poll "
+            f"(set max_gap: 0 for {device} to avoid the refused read)\n"
+        )
     where = f"unit {modbus_device.unit} on bus {spec.bus} ({bus.describe()})"
     tried = "".join(f"\n  tried: {line}" for line in result.tried)
     if not result.answered:

@@ -104,6 +104,36 @@ async def test_probe_of_a_silent_device_says_where_and_what_was_tried(tmp_path: 
     assert "check the unit id: is the device set to 9? (profile 'xy-md02' ships as unit 1 at 9600 baud" in err
 
 
+async def test_probe_splits_a_read_the_firmware_refuses_for_spanning_unused_registers(
+    tmp_path: Path, key: Path
+) -> None:
+    # firmware that maps 0, 1 and 9 only and refuses a read of 0-9 (exception 2): the daemon splits
+    # the request and reads the values at its second poll; the probe does the same, and says so
+    unit = Unit(holding={0: 215, 1: 483, 9: 7}, fill_gaps=False)
+    registers = [
+        {"name": "temperature", "address": 0, "scale": 0.1},
+        {"name": "relativeHumidity", "address": 1, "scale": 0.1},
+        {"name": "intensity", "address": 9},
+    ]
+    async with ModbusSimulator({1: unit}) as server:
+        config = json.loads(write(tmp_path, key, server.port).read_text())
+        config["devices"] = {"board": {"bus": "plc", "unit": 1, "registers": registers}}
+        path = tmp_path / "gaps.yaml"
+        path.write_text(json.dumps(config))
+        code, out, err = await citygw("probe", "-c", str(path), "board")
+    assert code == 0, err
+    assert [(line["name"], line["value"]) for line in map(json.loads, out.splitlines())] == [
+        ("temperature", 21.5),
+        ("relativeHumidity", 48.3),
+        ("intensity", 7),
+    ]
+    assert err == (
+        "citygw probe: unit 1 refused read holding registers 0-9 (function 3, 10 registers), which spans "
+        "unused addresses; read those registers again without gaps, as the daemon does from its second "
+        "poll (set max_gap: 0 for board to avoid the refused read)\n"
+    )
+
+
 async def test_probe_usage_errors(tmp_path: Path, key: Path) -> None:
     config = write(tmp_path, key, 1)
     code, _, err = await citygw("probe", "-c", str(config), "nope")
