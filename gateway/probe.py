@@ -21,7 +21,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from drivers.modbus.bus import PollResult, probe, scan
-from drivers.modbus.client import TransactionError
+from drivers.modbus.client import NoAnswer, TransactionError
 from gateway.config.modbus import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from gateway.reading import flag_names
 
@@ -101,6 +101,9 @@ def probe_main(config: Config, device: str) -> int:
         )
     where = f"unit {modbus_device.unit} on bus {spec.bus} ({bus.describe()})"
     tried = "".join(f"\n  tried: {line}" for line in result.tried)
+    down = [e for e in result.errors if isinstance(e, NoAnswer) and e.link_down]
+    if not result.answered and down and isinstance(bus, ModbusRtuBus):  # not a silent meter: say why
+        return _fail("probe", f"{device} was not asked: {down[0].detail}", EXIT_FAILURE)
     if not result.answered:
         checks = "".join(f"\n  check {hint}" for hint in _hints(bus, modbus_device))
         return _fail("probe", f"{device} did not answer: {where}{tried}{checks}", EXIT_FAILURE)

@@ -4,8 +4,12 @@ Modbus meter's readings through the whole daemon into signed batches on a real b
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import os
+import pwd
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,9 @@ def write(tmp_path: Path, key: Path, port: int) -> Path:
     return path
 
 
-async def citygw(*args: str) -> tuple[int, str, str]:
+async def citygw(*args: str, prefix: Sequence[str] = ()) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-m",
         "gateway",
@@ -132,6 +137,53 @@ async def test_probe_splits_a_read_the_firmware_refuses_for_spanning_unused_regi
         "unused addresses; read those registers again without gaps, as the daemon does from its second "
         "poll (set max_gap: 0 for board to avoid the refused read)\n"
     )
+
+
+def rtu_config(tmp_path: Path, key: Path, port: str) -> Path:
+    config = {
+        "gateway": {"id": "gw-probe", "key_file": str(key)},
+        "buffer": {"path": str(tmp_path / "buffer.db")},
+        "buses": {"rs485": {"type": "modbus-rtu", "port": port, "timeout": "200ms"}},
+        "devices": {"meter": {"bus": "rs485", "unit": 1, "profile": "xy-md02"}},
+    }
+    path = tmp_path / "rtu.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+async def test_a_missing_port_is_named_not_taken_for_a_silent_meter(tmp_path: Path, key: Path) -> None:
+    port = str(tmp_path / "ttyUSB-unplugged")
+    config = rtu_config(tmp_path, key, port)
+    code, out, err = await citygw("probe", "-c", str(config), "meter")
+    assert (code, out) == (1, "")
+    assert f"citygw probe: meter was not asked: cannot open bus rs485 (modbus-rtu {port} 9600 8N1): " in err
+    assert f"no such device: {port} (/dev/serial/by-id" in err
+    assert "plug the adapter in, or set the bus's port to one of those" in err
+    assert "unit id" not in err and "A to A" not in err and "did not answer" not in err
+    code, out, err = await citygw("scan", "-c", str(config), "rs485", "--first", "1", "--last", "3")
+    assert (code, out) == (1, "")
+    assert f"no such device: {port} (/dev/serial/by-id" in err and "no unit answered" not in err
+
+
+async def test_a_port_the_user_may_not_open_names_the_group_to_join(tmp_path: Path, key: Path) -> None:
+    """A real tty the probe's user may not open (its mode taken away; as root, the probe runs
+    without the capability to override file modes)."""
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    group = grp.getgrgid(os.stat(port).st_gid).gr_name
+    try:
+        os.chmod(port, 0)
+        config = rtu_config(tmp_path, key, port)
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+        code, out, err = await citygw("probe", "-c", str(config), "meter", prefix=prefix)
+    finally:
+        os.close(master)
+        os.close(slave)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert (code, out) == (1, ""), err
+    assert f"permission denied on {port} for user {user} (owner " in err
+    assert f"add {user} to group {group}: `sudo usermod -aG {group} {user}`" in err
+    assert "unit id" not in err and "A to A" not in err
 
 
 async def test_probe_usage_errors(tmp_path: Path, key: Path) -> None:

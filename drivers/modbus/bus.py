@@ -279,7 +279,7 @@ async def scan(
                 except ExceptionAnswer as exc:
                     yield ScanAnswer(unit, exc.detail.split(": ", 1)[-1])
                 except NoAnswer as exc:
-                    if exc.reason == "connection":
+                    if exc.link_down:
                         raise
                 else:
                     yield ScanAnswer(unit, "registers")

@@ -40,6 +40,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from drivers.serial.port import diagnose
 from gateway.backoff import Backoff
 from gateway.config.modbus import ModbusBus, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from gateway.errors import CitygwError
@@ -62,6 +63,7 @@ EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 _GATEWAY_CODES = (10, 11)  # a TCP-to-RTU gateway saying the unit behind it did not answer
+LINK_DOWN = frozenset({"connection", "no-port", "permission", "busy", "port"})
 CONNECT_BACKOFF = (0.5, 30.0)  # seconds: first and longest wait between connection attempts
 
 
@@ -79,7 +81,13 @@ class TransactionError(CitygwError):
 class NoAnswer(TransactionError):
     """Nothing usable came back: ``timeout``, ``crc`` (garbled), ``connection``, ``gateway`` (a TCP gateway
     says the unit behind it is silent), ``mismatch`` (a valid frame answering another request) or
-    ``framing``."""
+    ``framing``; or the link itself is down: ``connection``, and for a serial port ``no-port``,
+    ``permission``, ``busy`` or ``port`` (see :func:`drivers.serial.port.diagnose`)."""
+
+    @property
+    def link_down(self) -> bool:
+        """Whether the bus could not be reached at all (nothing was asked of any unit)."""
+        return self.reason in LINK_DOWN
 
 
 class Mismatch(NoAnswer):
@@ -131,6 +139,7 @@ class ModbusLink:
         self.late: Counter[int] = Counter()  # unit -> times bytes came after its transaction ended
         self._connect_backoff = Backoff(*CONNECT_BACKOFF, retry_on=lambda exc: True)
         self._next_connect = 0.0
+        self._down: NoAnswer | None = None  # why the last connection attempt failed
 
     def _make_client(self, bus: ModbusBus, timeout: float) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         if isinstance(bus, ModbusRtuBus):
@@ -203,19 +212,31 @@ class ModbusLink:
             return
         now = time.monotonic()
         if now < self._next_connect:
+            down = self._down
             raise NoAnswer(
-                "connection",
-                f"{self.where} is not connected; next attempt in {self._next_connect - now:.1f} s",
+                down.reason if down is not None else "connection",
+                f"{down.detail if down is not None else f'{self.where} is not connected'}; "
+                f"next attempt in {self._next_connect - now:.1f} s",
             )
         if await self._client.connect():
             if self._connect_backoff.failures:
                 log.info("%s: connected again", self.where)
             self._connect_backoff.reset()
+            self._down = None
             return
         self._connect_backoff.failures += 1
         self._next_connect = time.monotonic() + self._connect_backoff.delay()
-        verb = "open" if isinstance(self.bus, ModbusRtuBus) else "connect to"
-        raise NoAnswer("connection", f"cannot {verb} {self.where}")
+        self._down = self._why_down()
+        raise self._down
+
+    def _why_down(self) -> NoAnswer:
+        """The connection failure in words: for a serial port, the cause (no such device, permission)."""
+        if not isinstance(self.bus, ModbusRtuBus):
+            return NoAnswer("connection", f"cannot connect to {self.where}")
+        problem = diagnose(self.bus.port)
+        if problem is None:
+            return NoAnswer("connection", f"cannot open {self.where}")
+        return NoAnswer(problem.reason, f"cannot open {self.where}: {problem}")
 
     async def read(self, unit: int, function: int, address: int, count: int) -> list[int] | list[bool]:
         """One read transaction (call inside :meth:`session`): registers, or bits for functions 1, 2."""
