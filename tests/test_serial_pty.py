@@ -39,7 +39,9 @@ from gateway.signing import Signer
 from gateway.vocabulary import QUANTITIES
 
 from .support import payload_of
-from .test_serial_decoders import GGA, MHZ, RMC, SDS, VTG
+from .test_serial_decoders import GGA, MHZ, RMC, SDS, VTG, nmea
+
+NEXT_GGA = nmea("GPGGA,123520,4807.040,N,01131.000,E,1,09,0.9,545.4,M,46.9,M,,")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -310,9 +312,10 @@ async def test_gps_and_line_protocol_devices(
         await send_until(radar, b"V=0 N=0\r\n", lambda: radar_health["radar"].frames > 0, "the radar")
         gps.write(b"$GPRMC,1235\r\n" + RMC[:30])  # a sentence cut short, then one split in two
         gps.write(RMC[30:] + b"\r\n" + GGA + b"\r\n" + gsv + b"\r\n" + VTG[:-1] + b"0\r\n" + VTG + b"\r\n")
+        gps.write(NEXT_GGA + b"\r\n")  # the next fix
         radar.write(b"radar v2.1 ready\r\nV=12.5 N=1\r\nV=")
         radar.write(b"8 N=2\r\n")
-        await eventually(lambda: gps_readings[-1:] != [] and gps_readings[-1].value == 10.2, "the GPS script")
+        await eventually(lambda: gps_readings[-1:] != [] and gps_readings[-1].value == 9, "the GPS script")
         await eventually(lambda: radar_readings[-1].value == 2, "the radar script")
 
     def script(readings: list[Reading], warmup: set[tuple[str, Any]]) -> list[tuple[str, str, Any, str]]:
@@ -325,11 +328,13 @@ async def test_gps_and_line_protocol_devices(
         ("bus7", "latitude", 48.1173, "lat"),  # RMC
         ("bus7", "longitude", 11.5166667, "lon"),
         ("bus7", "speed", 41.4848, "km/h"),
-        ("bus7", "latitude", 48.1173, "lat"),  # GGA
+        ("bus7", "fixQuality", 1, ""),  # GGA of the same fix: no second location
+        ("bus7", "satellites", 8, "count"),
+        # VTG of the same fix: no second speed; GSV carries nothing read, the first VTG was corrupt
+        ("bus7", "latitude", 48.1173333, "lat"),  # GGA of the next fix
         ("bus7", "longitude", 11.5166667, "lon"),
         ("bus7", "fixQuality", 1, ""),
-        ("bus7", "satellites", 8, "count"),
-        ("bus7", "speed", 10.2, "km/h"),  # VTG; GSV carries nothing read, the first VTG was corrupt
+        ("bus7", "satellites", 9, "count"),
     ]
     assert dict(gps_health["bus7"].errors) == {"checksum": 2}
     assert script(radar_readings, {("averageVehicleSpeed", 0), ("intensity", 0)}) == [

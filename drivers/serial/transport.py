@@ -37,6 +37,7 @@ from drivers.serial.decoders import (
     DecodeError,
     Decoder,
     FixedFormat,
+    NmeaFix,
     decode_mhz19,
     decode_nmea,
     decode_pms5003,
@@ -77,11 +78,13 @@ class PortError(CitygwError):
 
 @dataclass(frozen=True, slots=True)
 class Wire:
-    """How a protocol is spoken: a fresh framer per opening, the frame decoder, a request to poll."""
+    """How a protocol is spoken: a fresh framer per opening, the frame decoder, a request to poll;
+    ``decoder`` makes a decoder with its own state per device instead (one report per GPS fix)."""
 
     framer: Callable[[], Framer]
     decode: Decoder
     request: bytes | None = None
+    decoder: Callable[[], Decoder] | None = None
 
 
 def _fixed(fmt: FixedFormat, decode: Decoder, request: bytes | None = None) -> Wire:
@@ -94,7 +97,7 @@ WIRES: Mapping[str, Wire] = {
     "pmsa003": _fixed(PMS5003, decode_pms5003),
     "sds011": _fixed(SDS011, decode_sds011),
     "mhz19": _fixed(MHZ19, decode_mhz19, MHZ19_READ),
-    "nmea": Wire(NmeaFramer, decode_nmea),
+    "nmea": Wire(NmeaFramer, decode_nmea, decoder=lambda: NmeaFix().decode),
 }
 """The framed protocols by config name; ``lines`` is built from the device's config."""
 
@@ -130,6 +133,7 @@ class SerialLink:
         self.sink = sink
         self.health = health
         self.wire = wire_for(device)
+        self._decode = self.wire.decoder() if self.wire.decoder is not None else self.wire.decode
         self._framer: Framer = self.wire.framer()
         self._port_down = False  # the port failed and is not open again yet
         self._backoff = Backoff(
@@ -264,7 +268,7 @@ class SerialLink:
         if not frames:
             return len(rejects)
         now = time.time()
-        name, decode = self.name, self.wire.decode
+        name, decode = self.name, self._decode
         readings: list[Reading] = []
         good = 0
         for frame in frames:
