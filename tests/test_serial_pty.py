@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -395,6 +396,91 @@ async def test_line_noise_is_logged_once_per_episode_and_counted(
     )
     assert warnings[2].startswith("device pm: checksum: pms5003 frame")
     assert pm.errors["checksum"] == 8200 and pm.frames == 3
+
+
+async def citygw_probe(config: Path, device: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "probe",
+        "-c",
+        str(config),
+        device,
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def feed_until_exit(
+    proc: asyncio.subprocess.Process, sensor: PtyDevice, data: bytes
+) -> tuple[str, str]:
+    """Be the sensor, sending ``data`` at its cadence, until the probe exits; its stdout and stderr."""
+    done = asyncio.create_task(proc.communicate())
+    while not done.done():
+        with contextlib.suppress(BlockingIOError):
+            sensor.write(data)
+        await asyncio.wait({done}, timeout=CADENCE)
+    out, err = done.result()
+    return out.decode(), err.decode()
+
+
+async def test_probe_of_a_serial_device_shows_its_next_frame_decoded(
+    tmp_path: Path, key: Path, devices: Callable[[str], PtyDevice]
+) -> None:
+    sensor = devices("ttyPMS")
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(sensor.link)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    proc = await citygw_probe(config, "pm", "--timeout", "20")
+    out, err = await feed_until_exit(proc, sensor, b"\x00\x42" + F2)  # noise and a frame, again and again
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(line["device"], line["name"], line["value"], line["unit"]) for line in lines] == pm(F2)
+    assert f"citygw probe: listening for pm's next frame on bus u ({sensor.link}), up to 20 s" in err
+
+
+async def test_probe_of_a_serial_device_that_sends_only_bad_frames_says_what_it_heard(
+    tmp_path: Path, key: Path, devices: Callable[[str], PtyDevice]
+) -> None:
+    sensor = devices("ttyPMS")
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(sensor.link)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    proc = await citygw_probe(config, "pm", "--timeout", "1.5")
+    out, err = await feed_until_exit(proc, sensor, CORRUPT)
+    assert (proc.returncode, out) == (1, "")
+    assert "citygw probe: pm gave no reading within 1.5 s on bus u" in err
+    assert ": 0 frame(s) without readings, checksum " in err
+    assert "last refused: checksum: pms5003 frame 42 4d 00 1c" in err
+    assert "check the line settings: 9600 baud, parity none, 1 stop bit(s)" in err
+    assert "check the wiring: the sensor's TX to the adapter's RX" in err
+
+
+async def test_probe_of_a_serial_device_whose_port_is_missing_says_so_at_once(
+    tmp_path: Path, key: Path
+) -> None:
+    port = tmp_path / "ttyUSB-gone"
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(port)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    started = time.monotonic()
+    proc = await citygw_probe(config, "pm", "--timeout", "60")
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (1, b"")
+    assert time.monotonic() - started < 30  # not the whole timeout
+    assert f"citygw probe: pm was not heard: cannot open {port}: no such device: {port}" in err.decode()
 
 
 async def test_a_port_name_that_moves_to_another_device_is_reopened(
