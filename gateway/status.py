@@ -250,17 +250,18 @@ def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
     for name, device in config.devices.items():
         health = live.devices.get(name, {}) if live is not None else {}
         age = health.get("last_seen_age")
-        devices.append(
-            {
-                "name": name,
-                "bus": device.bus,
-                "state": health.get("state"),
-                "readings": health.get("readings"),
-                "errors": health.get("errors", {}),
-                "last_seen_age_seconds": None if age is None else round(age, 1),
-                "port_problem": port_problem(health.get("state"), health.get("errors", {})),
-            }
-        )
+        entry = {
+            "name": name,
+            "bus": device.bus,
+            "state": health.get("state"),
+            "readings": health.get("readings"),
+            "errors": health.get("errors", {}),
+            "last_seen_age_seconds": None if age is None else round(age, 1),
+        }
+        problem = port_problem(health.get("state"), health.get("errors", {}))
+        if problem is not None:  # only for a failing device whose port does not open
+            entry["port_problem"] = problem
+        devices.append(entry)
     return {
         "gateway": config.gateway.id,
         "config": str(config.source),
