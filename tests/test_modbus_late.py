@@ -27,7 +27,7 @@ __all__ = ["ptys"]
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
 
-TIMEOUT = 0.2  # seconds; the bus's timeout
+TIMEOUT = 0.1  # seconds; the bus's timeout
 A, B = 0x1111, 0x2222  # register 0 holds A, register 100 holds B (u16), or B in 100..101 (u32)
 
 
@@ -113,7 +113,7 @@ async def test_a_late_answer_is_never_taken_for_the_next_request(
     # register 100 answers half a timeout late, just when the next poll asks for register 0
     async with slave(transport, late_unit(b_type, TIMEOUT * 1.5), pty_pair) as bus:
         readings, health = await poll_for(bus, meter(b_type), 3.0)
-    assert len([r for r in readings if r.name == "voltage:a"]) >= 4, health
+    assert len([r for r in readings if r.name == "voltage:a"]) >= 8, health  # many polls
     assert values(readings, "voltage:a") == {A}  # never B, never anything else
     assert values(readings, "voltage:b") <= {B}
     assert health.errors["timeout"] >= 2 and health.errors["late"] >= 1, health
