@@ -183,6 +183,7 @@ class ModbusLink:
         counted in :attr:`late` for the unit that last failed."""
         if not self._guarded:
             return
+        await asyncio.sleep(0)  # one turn of the loop: bytes already waiting in the port are read now
         failed = self._unanswered.pop(unit, None)
         until = 0.0 if failed is None else failed + self.timeout
         stray = False
