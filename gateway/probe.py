@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,19 @@ def _hints(bus: ModbusBus, device: ModbusDeviceModel) -> list[str]:
     return hints
 
 
+def _emit(lines: list[str]) -> None:
+    """Print ``lines`` on stdout; a reader that went away (``citygw probe ... | head``) ends the
+    output quietly, not with a BrokenPipeError traceback."""
+    try:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so that the flush at exit does not fail again
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _reading_line(reading: Any) -> str:
     line: dict[str, Any] = {
         "device": reading.device,
@@ -104,9 +118,7 @@ def probe_main(config: Config, device: str, *, timeout: float | None = None) -> 
         )
     modbus_device: ModbusDeviceModel = spec  # type: ignore[assignment]
     result: PollResult = asyncio.run(probe(spec.bus, bus, device, modbus_device, timeout=timeout))
-    for reading in result.readings:
-        sys.stdout.write(_reading_line(reading) + "\n")
-    sys.stdout.flush()
+    _emit([_reading_line(reading) for reading in result.readings])
     for request in result.split:
         sys.stderr.write(
             f"citygw probe: unit {modbus_device.unit} refused {request.describe()}, which spans unused "
@@ -204,9 +216,7 @@ def listen_main(config: Config, device: str, *, timeout: float) -> int:
     health = _Listened(device)
     logging.getLogger("drivers.health").setLevel(logging.ERROR)  # this command sums it up below
     readings = asyncio.run(_listen(spec.bus, bus, device, spec, health, timeout))
-    for reading in readings:
-        sys.stdout.write(_reading_line(reading) + "\n")
-    sys.stdout.flush()
+    _emit([_reading_line(reading) for reading in readings])
     if readings:
         return EXIT_OK
     errors = ", ".join(f"{reason} {n}" for reason, n in sorted(health.errors.items()))
@@ -236,8 +246,7 @@ async def _scan(bus_name: str, bus: ModbusBus, units: range, owners: dict[int, l
             "answer": answer.answer,
             "devices": owners.get(answer.unit, []),
         }
-        sys.stdout.write(json.dumps(line) + "\n")
-        sys.stdout.flush()
+        _emit([json.dumps(line)])
     return found
 
 

@@ -186,6 +186,30 @@ async def test_a_port_the_user_may_not_open_names_the_group_to_join(tmp_path: Pa
     assert "unit id" not in err and "A to A" not in err
 
 
+async def test_probe_into_a_pipe_whose_reader_left_ends_quietly(tmp_path: Path, key: Path) -> None:
+    # `citygw probe ... | head`: the reader is gone before the readings are printed
+    async with ModbusSimulator(units()) as server:
+        config = write(tmp_path, key, server.port)
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "probe",
+            "-c",
+            str(config),
+            "meter-1",
+            cwd=REPO,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.close(write_end)
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert err == b""  # no BrokenPipeError traceback
+
+
 async def test_probe_usage_errors(tmp_path: Path, key: Path) -> None:
     config = write(tmp_path, key, 1)
     code, _, err = await citygw("probe", "-c", str(config), "nope")
