@@ -285,8 +285,8 @@ def scan_main(config: Config, bus: str, *, first: int, last: int) -> int:
             owners.setdefault(getattr(device, "unit", -1), []).append(name)
     try:
         found = asyncio.run(_scan(bus, spec, units, owners))
-    except TransactionError as exc:  # the bus itself cannot be reached
-        return _fail("scan", f"bus {bus} ({spec.describe()}): {exc}", EXIT_FAILURE)
+    except TransactionError as exc:  # the bus itself cannot be reached; the detail names it
+        return _fail("scan", exc.detail, EXIT_FAILURE)
     if not found:
         return _fail(
             "scan",
