@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+EPISODE_QUIET = 60.0  # seconds without an error of a reason, and a good frame, end its episode
+
 
 class DeviceState(enum.Enum):
     UNKNOWN = "unknown"  # nothing heard yet
@@ -35,11 +37,15 @@ class DeviceHealth:
     last_error: str = ""
     # seconds one answered transaction took, for the metrics' histogram (None: nobody listens)
     observe_transaction: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
+    # per reason logged in its current episode: when it last came, and how many were not logged
+    _episodes: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def seen(self, readings: int) -> None:
         """A good frame or transaction gave ``readings`` readings."""
         if self.state is not DeviceState.OK and self.state is not DeviceState.UNKNOWN:
             log.info("device %s: answering again", self.device)
+        if self._episodes:
+            self._end_episodes()
         self.state = DeviceState.OK
         self.frames += 1
         self.readings += readings
@@ -51,9 +57,27 @@ class DeviceHealth:
         self.errors[reason] += 1
         self.consecutive_errors += 1
         text = f"{reason}: {detail}" if detail else reason
-        if text != self.last_error:  # a repeated error is logged once
-            log.warning("device %s: %s", self.device, text)
+        episode = self._episodes.get(reason)
+        if episode is None:  # once per reason per episode; the rest are counted (errors, metrics)
+            log.warning(
+                "device %s: %s (more %s errors are counted, not logged, until the device has been "
+                "free of them for %g s)",
+                self.device,
+                text,
+                reason,
+                EPISODE_QUIET,
+            )
+        self._episodes[reason] = (time.monotonic(), 0 if episode is None else episode[1] + 1)
         self.last_error = text
+
+    def _end_episodes(self) -> None:
+        """A good frame came: each reason without an error for :data:`EPISODE_QUIET` ends its episode."""
+        quiet = time.monotonic() - EPISODE_QUIET
+        for reason, (last, more) in list(self._episodes.items()):
+            if last <= quiet:
+                del self._episodes[reason]
+                if more:
+                    log.info("device %s: %d more %s errors after the one logged", self.device, more, reason)
 
     def failing(self) -> None:
         if self.state is not DeviceState.FAILING:

@@ -147,7 +147,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     _setup_logging(args.log_level or "warning")
-    return probe_main(config, args.device)
+    return probe_main(config, args.device, timeout=args.timeout)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -296,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="read one configured device once and print its readings")
     with_config(p)
     p.add_argument("device", help="a device id from the config")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait: for an answer (Modbus; default the bus's timeout) or for the next "
+        "frame or advert (serial, BLE; default 10)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_probe)
 

@@ -84,7 +84,18 @@ def _items(counts: dict[str, int]) -> list[tuple[str, int]]:
     return list(counts.items())
 
 
-_MODBUS_REASONS = ("timeout", "crc", "connection", "framing", "gateway", "exception", "decode")
+_MODBUS_REASONS = (
+    "timeout",
+    "crc",
+    "connection",
+    "framing",
+    "gateway",
+    "exception",
+    "decode",
+    "late",
+    "mismatch",
+)
+_PORT_REASONS = ("no-port", "permission", "busy", "port")  # drivers.serial.port: a port that does not open
 
 
 def error_reasons(bus_type: str) -> tuple[str, ...]:
@@ -93,11 +104,11 @@ def error_reasons(bus_type: str) -> tuple[str, ...]:
     so that ``rate()`` and ``increase()`` see the first error. A reason not listed still appears
     when it happens."""
     if bus_type.startswith("modbus"):
-        return _MODBUS_REASONS
+        return (*_MODBUS_REASONS, *(_PORT_REASONS if bus_type == "modbus-rtu" else ()))
     if bus_type == "serial":
         from drivers.serial.decoders import Reason as SerialReason
 
-        return ("port", "timeout", *(r.value for r in SerialReason))
+        return (*_PORT_REASONS, "timeout", *(r.value for r in SerialReason))
     if bus_type == "ble":
         from drivers.ble.common import Reason as BleReason
 

@@ -282,16 +282,18 @@ def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
     for name, device in config.devices.items():
         health = live.devices.get(name, {}) if live is not None else {}
         age = health.get("last_seen_age")
-        devices.append(
-            {
-                "name": name,
-                "bus": device.bus,
-                "state": health.get("state"),
-                "readings": health.get("readings"),
-                "errors": health.get("errors", {}),
-                "last_seen_age_seconds": None if age is None else round(age, 1),
-            }
-        )
+        entry = {
+            "name": name,
+            "bus": device.bus,
+            "state": health.get("state"),
+            "readings": health.get("readings"),
+            "errors": health.get("errors", {}),
+            "last_seen_age_seconds": None if age is None else round(age, 1),
+        }
+        problem = port_problem(health.get("state"), health.get("errors", {}))
+        if problem is not None:  # only for a failing device whose port does not open
+            entry["port_problem"] = problem
+        devices.append(entry)
     return {
         "gateway": config.gateway.id,
         "config": str(config.source),
@@ -321,6 +323,19 @@ def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
         "uplinks": uplinks,
         "devices": devices,
     }
+
+
+def port_problem(state: str | None, errors: dict[str, int]) -> str | None:
+    """For a failing device whose port does not open: the cause and its fix (the daemon's log line
+    names the port, the user and the group)."""
+    from drivers.serial.port import FIXES
+
+    if state != "failing":
+        return None
+    for reason, fix in FIXES.items():
+        if errors.get(reason):
+            return f"{reason}: {fix}"
+    return None
 
 
 def _human_age(seconds: float | None) -> str:
@@ -430,6 +445,9 @@ def render(data: dict[str, Any]) -> None:
             "-" if age is None else f"{_human_age(age)} ago",
         )
     console.print(table)
+    for d in data["devices"]:
+        if d.get("port_problem"):
+            console.print(f"{d['name']}: the port does not open ({d['port_problem']})")
 
 
 def status_main(config: Config, *, as_json: bool) -> int:

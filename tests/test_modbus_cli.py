@@ -4,10 +4,17 @@ Modbus meter's readings through the whole daemon into signed batches on a real b
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import os
+import pwd
+import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from drivers.modbus.profiles import find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
@@ -54,8 +61,9 @@ def write(tmp_path: Path, key: Path, port: int) -> Path:
     return path
 
 
-async def citygw(*args: str) -> tuple[int, str, str]:
+async def citygw(*args: str, prefix: Sequence[str] = ()) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-m",
         "gateway",
@@ -102,6 +110,112 @@ async def test_probe_of_a_silent_device_says_where_and_what_was_tried(tmp_path: 
     assert f"citygw probe: dead did not answer: unit 9 on bus plc (modbus-tcp 127.0.0.1:{server.port})" in err
     assert "tried: read input registers 1-2 (function 4, 2 registers): unit 9: no answer within 0.2 s" in err
     assert "check the unit id: is the device set to 9? (profile 'xy-md02' ships as unit 1 at 9600 baud" in err
+
+
+async def test_probe_splits_a_read_the_firmware_refuses_for_spanning_unused_registers(
+    tmp_path: Path, key: Path
+) -> None:
+    # firmware that maps 0, 1 and 9 only and refuses a read of 0-9 (exception 2): the daemon splits
+    # the request and reads the values at its second poll; the probe does the same, and says so
+    unit = Unit(holding={0: 215, 1: 483, 9: 7}, fill_gaps=False)
+    registers = [
+        {"name": "temperature", "address": 0, "scale": 0.1},
+        {"name": "relativeHumidity", "address": 1, "scale": 0.1},
+        {"name": "intensity", "address": 9},
+    ]
+    async with ModbusSimulator({1: unit}) as server:
+        config = json.loads(write(tmp_path, key, server.port).read_text())
+        config["devices"] = {"board": {"bus": "plc", "unit": 1, "registers": registers}}
+        path = tmp_path / "gaps.yaml"
+        path.write_text(json.dumps(config))
+        code, out, err = await citygw("probe", "-c", str(path), "board")
+    assert code == 0, err
+    assert [(line["name"], line["value"]) for line in map(json.loads, out.splitlines())] == [
+        ("temperature", 21.5),
+        ("relativeHumidity", 48.3),
+        ("intensity", 7),
+    ]
+    assert err == (
+        "citygw probe: unit 1 refused read holding registers 0-9 (function 3, 10 registers), which spans "
+        "unused addresses; read those registers again without gaps, as the daemon does from its second "
+        "poll (set max_gap: 0 for board to avoid the refused read)\n"
+    )
+
+
+def rtu_config(tmp_path: Path, key: Path, port: str) -> Path:
+    config = {
+        "gateway": {"id": "gw-probe", "key_file": str(key)},
+        "buffer": {"path": str(tmp_path / "buffer.db")},
+        "buses": {"rs485": {"type": "modbus-rtu", "port": port, "timeout": "200ms"}},
+        "devices": {"meter": {"bus": "rs485", "unit": 1, "profile": "xy-md02"}},
+    }
+    path = tmp_path / "rtu.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+async def test_a_missing_port_is_named_not_taken_for_a_silent_meter(tmp_path: Path, key: Path) -> None:
+    port = str(tmp_path / "ttyUSB-unplugged")
+    config = rtu_config(tmp_path, key, port)
+    code, out, err = await citygw("probe", "-c", str(config), "meter")
+    assert (code, out) == (1, "")
+    assert f"citygw probe: meter was not asked: cannot open bus rs485 (modbus-rtu {port} 9600 8N1): " in err
+    assert f"no such device: {port} (/dev/serial/by-id" in err
+    assert "plug the adapter in, or set the bus's port to one of those" in err
+    assert "unit id" not in err and "A to A" not in err and "did not answer" not in err
+    code, out, err = await citygw("scan", "-c", str(config), "rs485", "--first", "1", "--last", "3")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"citygw scan: cannot open bus rs485 (modbus-rtu {port} 9600 8N1): no such device: "
+    )
+    assert "no unit answered" not in err
+
+
+async def test_a_port_the_user_may_not_open_names_the_group_to_join(tmp_path: Path, key: Path) -> None:
+    """A real tty the probe's user may not open (its mode taken away; as root, the probe runs
+    without the capability to override file modes)."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("as root, needs setpriv (util-linux) to drop the capability to override file modes")
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    group = grp.getgrgid(os.stat(port).st_gid).gr_name
+    try:
+        os.chmod(port, 0)
+        config = rtu_config(tmp_path, key, port)
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+        code, out, err = await citygw("probe", "-c", str(config), "meter", prefix=prefix)
+    finally:
+        os.close(master)
+        os.close(slave)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert (code, out) == (1, ""), err
+    assert f"permission denied on {port} for user {user} (owner " in err
+    assert f"add {user} to group {group}: `sudo usermod -aG {group} {user}`" in err
+    assert "unit id" not in err and "A to A" not in err
+
+
+async def test_probe_into_a_pipe_whose_reader_left_ends_quietly(tmp_path: Path, key: Path) -> None:
+    # `citygw probe ... | head`: the reader is gone before the readings are printed
+    async with ModbusSimulator(units()) as server:
+        config = write(tmp_path, key, server.port)
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "probe",
+            "-c",
+            str(config),
+            "meter-1",
+            cwd=REPO,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        os.close(write_end)
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert err == b""  # no BrokenPipeError traceback
 
 
 async def test_probe_usage_errors(tmp_path: Path, key: Path) -> None:

@@ -22,6 +22,7 @@ from drivers.serial import (
     LineFormat,
     LineFramer,
     Measurement,
+    NmeaFix,
     NmeaFramer,
     Reason,
     decode_mhz19,
@@ -90,6 +91,34 @@ def test_nmea_rmc_gga_vtg() -> None:
     assert decode_nmea(GGA) == [LAT, LON, M("fixQuality", 1, ""), M("satellites", 8, "count")]
     assert decode_nmea(VTG) == [M("speed", 10.2, "km/h")]
     assert decode_nmea(RMC + b"\r\n") == decode_nmea(RMC)
+
+
+def test_nmea_one_report_per_fix() -> None:
+    # a GPS sending RMC, GGA and VTG for each fix: one location, one speed per fix (the first given)
+    fix = NmeaFix()
+    second = [
+        nmea("GPRMC,123520,A,4807.040,N,01131.000,E,022.4,084.4,230394,003.1,W"),
+        nmea("GPGGA,123520,4807.040,N,01131.000,E,1,09,0.9,545.4,M,46.9,M,,"),
+        nmea("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K"),
+    ]
+    reports = [fix.decode(sentence) for sentence in [RMC, GGA, VTG, *second]]
+    assert reports == [
+        [LAT, LON, M("speed", 41.4848, "km/h")],
+        [M("fixQuality", 1, ""), M("satellites", 8, "count")],
+        [],
+        [M("latitude", 48.1173333, "lat"), LON, M("speed", 41.4848, "km/h")],
+        [M("fixQuality", 1, ""), M("satellites", 9, "count")],
+        [],
+    ]
+    locations = sum(m.name == "latitude" for report in reports for m in report)
+    assert locations == 2  # two fixes; decode_nmea alone gives four
+    assert sum(m.name == "latitude" for s in [RMC, GGA, VTG, *second] for m in decode_nmea(s)) == 4
+
+
+def test_nmea_without_a_time_reports_every_sentence() -> None:
+    # VTG carries no time: a GPS sending only VTG is not held back
+    fix = NmeaFix()
+    assert [fix.decode(VTG) for _ in range(3)] == [[M("speed", 10.2, "km/h")]] * 3
 
 
 def test_nmea_south_west_and_other_talkers() -> None:

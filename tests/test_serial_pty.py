@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import random
+import sys
 import time
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,9 +25,10 @@ from typing import Any
 
 import pytest
 
+from drivers import health as health_module
 from drivers.health import DeviceHealth, DeviceState
 from drivers.serial import transport
-from drivers.serial.decoders import MHZ19_READ
+from drivers.serial.decoders import MHZ19_READ, PMS5003
 from drivers.serial.transport import wire_for
 from gateway.buffer import Buffer
 from gateway.config import load_config
@@ -36,7 +40,9 @@ from gateway.signing import Signer
 from gateway.vocabulary import QUANTITIES
 
 from .support import payload_of
-from .test_serial_decoders import GGA, MHZ, RMC, SDS, VTG
+from .test_serial_decoders import GGA, MHZ, RMC, SDS, VTG, nmea
+
+NEXT_GGA = nmea("GPGGA,123520,4807.040,N,01131.000,E,1,09,0.9,545.4,M,46.9,M,,")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,7 +184,10 @@ async def test_pms5003_through_the_daemon_with_noise_splits_corruption_and_an_un
         assert dict(health.errors) == {"checksum": 1}
 
         sensor.unplug()  # the cable is pulled: the device file vanishes
-        await eventually(lambda: health.errors["port"] >= 2, "a failed read and a failed reopen")
+        await eventually(
+            lambda: health.errors["port"] >= 1 and health.errors["no-port"] >= 1,
+            "a failed read, then a reopen that finds no such device",
+        )
         assert health.state is DeviceState.FAILING
         sensor.plug()  # plugged back in: a new tty behind the same name
         await send_until(sensor, F5, lambda: health.frames > first + 3, "readings after the replug")
@@ -304,9 +313,10 @@ async def test_gps_and_line_protocol_devices(
         await send_until(radar, b"V=0 N=0\r\n", lambda: radar_health["radar"].frames > 0, "the radar")
         gps.write(b"$GPRMC,1235\r\n" + RMC[:30])  # a sentence cut short, then one split in two
         gps.write(RMC[30:] + b"\r\n" + GGA + b"\r\n" + gsv + b"\r\n" + VTG[:-1] + b"0\r\n" + VTG + b"\r\n")
+        gps.write(NEXT_GGA + b"\r\n")  # the next fix
         radar.write(b"radar v2.1 ready\r\nV=12.5 N=1\r\nV=")
         radar.write(b"8 N=2\r\n")
-        await eventually(lambda: gps_readings[-1:] != [] and gps_readings[-1].value == 10.2, "the GPS script")
+        await eventually(lambda: gps_readings[-1:] != [] and gps_readings[-1].value == 9, "the GPS script")
         await eventually(lambda: radar_readings[-1].value == 2, "the radar script")
 
     def script(readings: list[Reading], warmup: set[tuple[str, Any]]) -> list[tuple[str, str, Any, str]]:
@@ -319,11 +329,13 @@ async def test_gps_and_line_protocol_devices(
         ("bus7", "latitude", 48.1173, "lat"),  # RMC
         ("bus7", "longitude", 11.5166667, "lon"),
         ("bus7", "speed", 41.4848, "km/h"),
-        ("bus7", "latitude", 48.1173, "lat"),  # GGA
+        ("bus7", "fixQuality", 1, ""),  # GGA of the same fix: no second location
+        ("bus7", "satellites", 8, "count"),
+        # VTG of the same fix: no second speed; GSV carries nothing read, the first VTG was corrupt
+        ("bus7", "latitude", 48.1173333, "lat"),  # GGA of the next fix
         ("bus7", "longitude", 11.5166667, "lon"),
         ("bus7", "fixQuality", 1, ""),
-        ("bus7", "satellites", 8, "count"),
-        ("bus7", "speed", 10.2, "km/h"),  # VTG; GSV carries nothing read, the first VTG was corrupt
+        ("bus7", "satellites", 9, "count"),
     ]
     assert dict(gps_health["bus7"].errors) == {"checksum": 2}
     assert script(radar_readings, {("averageVehicleSpeed", 0), ("intensity", 0)}) == [
@@ -333,6 +345,142 @@ async def test_gps_and_line_protocol_devices(
         ("radar", "intensity", 2, "count"),
     ]
     assert dict(radar_health["radar"].errors) == {"syntax": 1}  # the banner line
+
+
+async def test_line_noise_is_logged_once_per_episode_and_counted(
+    tmp_path: Path,
+    key: Path,
+    devices: Callable[[str], PtyDevice],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Line noise full of false PMS5003 starts: thousands of refused frames, each with other bytes,
+    give one warning line per episode (the issue: 269,851 lines in 30 s), and every one is counted."""
+    sensor = devices("ttyNoisy")
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(sensor.link)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    rng = random.Random(15)
+
+    async def noise(frames: int) -> None:  # false starts with random bodies: each refused for its checksum
+        data = b"".join(PMS5003.sync + rng.randbytes(28) for _ in range(frames))
+        while data:  # as fast as the gateway takes it
+            try:
+                data = data[os.write(sensor.master, data) :]
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+
+    readings: list[Reading] = []
+    caplog.set_level(logging.INFO, logger="drivers.health")
+    async with bus_running(config, "u", readings) as health:
+        pm = health["pm"]
+        await send_until(sensor, F0, lambda: pm.frames > 0, "the port to open")
+        await noise(8000)
+        await eventually(lambda: pm.errors["checksum"] >= 8000, "the noise to be read")
+        await send_until(sensor, F2, lambda: pm.frames > 1, "a good frame amid the noise")
+        await noise(100)  # the same episode: a good frame alone does not end it
+        await eventually(lambda: pm.errors["checksum"] >= 8100, "more noise")
+        monkeypatch.setattr(health_module, "EPISODE_QUIET", 0.0, raising=False)  # the quiet spell has passed
+        await send_until(sensor, F3, lambda: pm.frames > 2, "a good frame after a quiet spell")
+        await noise(100)  # a new episode: logged again
+        await eventually(lambda: pm.errors["checksum"] >= 8200, "the next burst")
+    warnings = [r.getMessage() for r in caplog.records if "checksum" in r.getMessage()]
+    assert len(warnings) == 3, warnings  # the first episode, its count when it ended, the second
+    assert warnings[0].startswith("device pm: checksum: pms5003 frame 42 4d 00 1c")
+    assert (
+        warnings[1]
+        == f"device pm: {pm.errors['checksum'] - 100 - 1} more checksum errors after the one logged"
+    )
+    assert warnings[2].startswith("device pm: checksum: pms5003 frame")
+    assert pm.errors["checksum"] == 8200 and pm.frames == 3
+
+
+async def citygw_probe(config: Path, device: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "probe",
+        "-c",
+        str(config),
+        device,
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def feed_until_exit(
+    proc: asyncio.subprocess.Process, sensor: PtyDevice, data: bytes
+) -> tuple[str, str]:
+    """Be the sensor, sending ``data`` at its cadence, until the probe exits; its stdout and stderr."""
+    done = asyncio.create_task(proc.communicate())
+    while not done.done():
+        with contextlib.suppress(BlockingIOError):
+            sensor.write(data)
+        await asyncio.wait({done}, timeout=CADENCE)
+    out, err = done.result()
+    return out.decode(), err.decode()
+
+
+async def test_probe_of_a_serial_device_shows_its_next_frame_decoded(
+    tmp_path: Path, key: Path, devices: Callable[[str], PtyDevice]
+) -> None:
+    sensor = devices("ttyPMS")
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(sensor.link)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    proc = await citygw_probe(config, "pm", "--timeout", "20")
+    out, err = await feed_until_exit(proc, sensor, b"\x00\x42" + F2)  # noise and a frame, again and again
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(line["device"], line["name"], line["value"], line["unit"]) for line in lines] == pm(F2)
+    assert f"citygw probe: listening for pm's next frame on bus u ({sensor.link}), up to 20 s" in err
+
+
+async def test_probe_of_a_serial_device_that_sends_only_bad_frames_says_what_it_heard(
+    tmp_path: Path, key: Path, devices: Callable[[str], PtyDevice]
+) -> None:
+    sensor = devices("ttyPMS")
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(sensor.link)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    proc = await citygw_probe(config, "pm", "--timeout", "1.5")
+    out, err = await feed_until_exit(proc, sensor, CORRUPT)
+    assert (proc.returncode, out) == (1, "")
+    assert "citygw probe: pm gave no reading within 1.5 s on bus u" in err
+    assert ": 0 frame(s) without readings, checksum " in err
+    assert "last refused: checksum: pms5003 frame 42 4d 00 1c" in err
+    assert "check the line settings: 9600 baud, parity none, 1 stop bit(s)" in err
+    assert "check the wiring: the sensor's TX to the adapter's RX" in err
+
+
+async def test_probe_of_a_serial_device_whose_port_is_missing_says_so_at_once(
+    tmp_path: Path, key: Path
+) -> None:
+    port = tmp_path / "ttyUSB-gone"
+    config = config_file(
+        tmp_path,
+        key,
+        {"u": {"type": "serial", "port": str(port)}},
+        {"pm": {"bus": "u", "protocol": "pms5003"}},
+    )
+    started = time.monotonic()
+    proc = await citygw_probe(config, "pm", "--timeout", "60")
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (1, b"")
+    assert time.monotonic() - started < 30  # not the whole timeout
+    assert f"citygw probe: pm was not heard: cannot open {port}: no such device: {port}" in err.decode()
 
 
 async def test_a_port_name_that_moves_to_another_device_is_reopened(

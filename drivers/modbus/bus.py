@@ -56,6 +56,7 @@ class PollResult:
     errors: list[TransactionError | DecodeError] = field(default_factory=list)
     outcomes: list[tuple[Request, str]] = field(default_factory=list)  # each request sent: "ok" or the error
     answered: bool = False
+    split: list[Request] = field(default_factory=list)  # refused as spanning unused addresses, read again
 
     @property
     def tried(self) -> list[str]:
@@ -77,7 +78,10 @@ class DevicePoller:
         self.backoff = Backoff(device.interval, max(device.backoff_max, device.interval), retry_on=_silent)
         self._health: DeviceHealth | None = None
         self._overrun_logged = False
+        self._late = 0  # the link's count of late answers from this unit, already reported
         self.skipped = 0  # ticks skipped because a poll (or a backoff) outlasted the interval
+        self.splits: list[Request] = []  # requests split for good (refused for spanning unused addresses)
+        self.log_splits = True
 
     async def poll(self) -> PollResult:
         """Read every request of the plan once, holding the bus; stop at the first one unanswered."""
@@ -99,6 +103,8 @@ class DevicePoller:
                     result.errors.append(exc)
                     result.outcomes.append((request, exc.detail))
                     break  # a silent device would cost a timeout per request
+                finally:
+                    self._report_late(result)
                 self._timed(started)
                 result.answered = True
                 result.outcomes.append((request, "ok"))
@@ -121,8 +127,23 @@ class DevicePoller:
         if self._health is not None and self._health.observe_transaction is not None:
             self._health.observe_transaction(time.monotonic() - started)
 
+    def _report_late(self, result: PollResult) -> None:
+        late = self.link.late[self.unit]
+        if late > self._late:
+            self._late = late
+            result.errors.append(
+                NoAnswer(
+                    "late",
+                    f"unit {self.unit}: an answer came after the {self.link.timeout:g} s timeout and was "
+                    "discarded; if the device is this slow, raise the bus timeout",
+                )
+            )
+
     def _split(self, request: Request) -> None:
         self.plan = self.plan.split(request)
+        self.splits.append(request)
+        if not self.log_splits:
+            return
         log.warning(
             "device %s: unit %d refused %s, which spans unused addresses; reading those registers "
             "without gaps from now on (set max_gap: 0 for this device to skip the failed read)",
@@ -232,10 +253,17 @@ async def run_bus(
 async def probe(
     bus_name: str, bus: ModbusBus, name: str, device: ModbusDeviceModel, *, timeout: float | None = None
 ) -> PollResult:
-    """Read one device once (``citygw probe``)."""
+    """Read one device once (``citygw probe``), as the daemon would: a request refused for spanning
+    unused addresses is split and the device read again at once; ``split`` says which."""
     link = ModbusLink(bus_name, bus, timeout=timeout)
     try:
-        return await DevicePoller(name, device, link).poll()
+        poller = DevicePoller(name, device, link)
+        poller.log_splits = False  # the probe says it in its own words
+        result = await poller.poll()
+        if poller.splits:
+            result = await poller.poll()
+            result.split = list(poller.splits)
+        return result
     finally:
         link.close()
 
@@ -259,7 +287,7 @@ async def scan(
                 except ExceptionAnswer as exc:
                     yield ScanAnswer(unit, exc.detail.split(": ", 1)[-1])
                 except NoAnswer as exc:
-                    if exc.reason == "connection":
+                    if exc.link_down:
                         raise
                 else:
                     yield ScanAnswer(unit, "registers")

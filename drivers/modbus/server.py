@@ -1,10 +1,10 @@
 """A simulated Modbus line: a real pymodbus server with scriptable units, for tests, benches and demos.
 
 Not used by the daemon. Each :class:`Unit` holds register images per table, may answer late
-(``delay``), never (``silent``: a dead unit) or with a corrupted CRC (``garbled``). Unit ids the
-server does not hold do not answer, as on an RS-485 line. The server counts transactions and
-the time it spent on them (request decoded to response sent), so a benchmark can subtract the
-server's share from the wall time it measures.
+(``delay``, or ``delays`` per start address), never (``silent``: a dead unit) or with a corrupted
+CRC (``garbled``). Unit ids the server does not hold do not answer, as on an RS-485 line. The
+server counts transactions and the time it spent on them (request decoded to response sent), so
+a benchmark can subtract the server's share from the wall time it measures.
 
 Run as ``python -m drivers.modbus.server --units 1-50 --registers 10`` it serves on a loopback
 TCP port (printed as JSON on stdout) until stdin closes; a line ``stats`` on stdin prints the
@@ -46,6 +46,7 @@ class Unit:
     coils: dict[int, bool] = field(default_factory=dict)
     discrete: dict[int, bool] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
+    delays: dict[int, float] = field(default_factory=dict)  # start address -> seconds before answering it
     silent: bool = False  # never answers
     garbled: bool = False  # answers with a corrupted CRC (RTU framing)
     fill_gaps: bool = True  # unused addresses between registers read as 0 (else exception 2)
@@ -155,8 +156,8 @@ class ModbusSimulator:
                 for a in range(address, address + count):
                     if a in table:
                         registers[a - start] = table[a]
-            if unit.delay:
-                await asyncio.sleep(unit.delay)
+            if delay := unit.delays.get(address, unit.delay):
+                await asyncio.sleep(delay)
 
         simdata = (
             _bit_blocks(unit.coils),

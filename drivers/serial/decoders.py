@@ -297,12 +297,41 @@ def split_sentence(frame: bytes) -> list[str]:
     return text.split(",")
 
 
-def decode_nmea(frame: bytes) -> list[Measurement]:
-    """Location (lat/lon, WGS 84 decimal degrees), speed (km/h), fix quality and satellites in use
-    from one NMEA 0183 sentence (with or without its CR LF). Other sentence types give nothing."""
-    fields = split_sentence(frame)
+def _read(fields: list[str]) -> list[Measurement]:
     address = fields[0]
     if len(address) != 5 or not address.isalnum():
         return []  # proprietary ($P...) or malformed address: not a sentence this decoder reads
     read = _SENTENCES.get(address[2:])
     return read(fields) if read is not None else []
+
+
+def decode_nmea(frame: bytes) -> list[Measurement]:
+    """Location (lat/lon, WGS 84 decimal degrees), speed (km/h), fix quality and satellites in use
+    from one NMEA 0183 sentence (with or without its CR LF). Other sentence types give nothing."""
+    return _read(split_sentence(frame))
+
+
+class NmeaFix:
+    """One report per fix from a GPS that sends several sentences per fix (RMC + GGA + VTG each
+    second gave three locations, or two, and two speeds): :meth:`decode` is :func:`decode_nmea`
+    keeping, of each quantity, only the first a fix gives.
+
+    A fix is told by the UTC time RMC and GGA carry (field 1); VTG has no time and belongs to the
+    fix of the sentences before it. Until a sentence with a time comes, nothing is held back (a
+    GPS sending VTG alone reports every one). Pure: state in, state out, no clock."""
+
+    def __init__(self) -> None:
+        self.time: str | None = None  # the fix being reported, by its UTC time field
+        self.reported: set[str] = set()  # quantities already reported for it
+
+    def decode(self, frame: bytes) -> list[Measurement]:
+        fields = split_sentence(frame)
+        measurements = _read(fields)
+        if fields[0][2:] in ("RMC", "GGA") and len(fields) > 1 and fields[1]:
+            if fields[1] != self.time:
+                self.time, self.reported = fields[1], set()
+        elif self.time is None:
+            return measurements
+        out = [m for m in measurements if m.name not in self.reported]
+        self.reported.update(m.name for m in out)
+        return out

@@ -10,7 +10,8 @@ Nothing a device does is raised into the daemon: bad frames and missing answers 
 :class:`~drivers.health.DeviceHealth`. A port that cannot be opened, fails on read (the device was
 unplugged) or whose device file vanished or was replaced is closed and reopened after a backoff
 with full jitter (``reopen_initial`` doubling up to ``reopen_max``), reset by the next good frame.
-A device with no good frame for ``stale_after`` is reported stale.
+A device with no good frame for ``stale_after`` is reported stale, unless its port is down: then it
+stays failing, with the port's reason (``no-port``, ``permission``, ``busy``, ``port``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from drivers.serial.decoders import (
     DecodeError,
     Decoder,
     FixedFormat,
+    NmeaFix,
     decode_mhz19,
     decode_nmea,
     decode_pms5003,
@@ -43,6 +45,7 @@ from drivers.serial.decoders import (
 )
 from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer
 from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
+from drivers.serial.port import diagnose
 from gateway.backoff import Backoff
 from gateway.errors import CitygwError
 from gateway.reading import Reading
@@ -63,16 +66,25 @@ _PARITY = {"none": "N", "even": "E", "odd": "O"}
 
 
 class PortError(CitygwError):
-    """The port cannot be opened, failed, or its device file is gone; it is reopened with backoff."""
+    """The port cannot be opened, failed, or its device file is gone; it is reopened with backoff.
+
+    ``reason`` is ``port``, or for a port that does not open the cause :func:`diagnose` names
+    (``no-port``, ``permission``, ``busy``)."""
+
+    def __init__(self, message: str, *, reason: str = "port") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
 class Wire:
-    """How a protocol is spoken: a fresh framer per opening, the frame decoder, a request to poll."""
+    """How a protocol is spoken: a fresh framer per opening, the frame decoder, a request to poll;
+    ``decoder`` makes a decoder with its own state per device instead (one report per GPS fix)."""
 
     framer: Callable[[], Framer]
     decode: Decoder
     request: bytes | None = None
+    decoder: Callable[[], Decoder] | None = None
 
 
 def _fixed(fmt: FixedFormat, decode: Decoder, request: bytes | None = None) -> Wire:
@@ -85,7 +97,7 @@ WIRES: Mapping[str, Wire] = {
     "pmsa003": _fixed(PMS5003, decode_pms5003),
     "sds011": _fixed(SDS011, decode_sds011),
     "mhz19": _fixed(MHZ19, decode_mhz19, MHZ19_READ),
-    "nmea": Wire(NmeaFramer, decode_nmea),
+    "nmea": Wire(NmeaFramer, decode_nmea, decoder=lambda: NmeaFix().decode),
 }
 """The framed protocols by config name; ``lines`` is built from the device's config."""
 
@@ -121,7 +133,9 @@ class SerialLink:
         self.sink = sink
         self.health = health
         self.wire = wire_for(device)
+        self._decode = self.wire.decoder() if self.wire.decoder is not None else self.wire.decode
         self._framer: Framer = self.wire.framer()
+        self._port_down = False  # the port failed and is not open again yet
         self._backoff = Backoff(
             bus.reopen_initial, bus.reopen_max, retry_on=lambda exc: isinstance(exc, PortError)
         )
@@ -135,7 +149,8 @@ class SerialLink:
                     try:
                         await self._session()
                     except PortError as exc:
-                        self.health.error("port", str(exc))
+                        self._port_down = True
+                        self.health.error(exc.reason, str(exc))
                         self.health.failing()
                         raise
 
@@ -146,7 +161,8 @@ class SerialLink:
             now = time.monotonic()
             due = (self.health.last_seen or started) + self.device.stale_after
             if now >= due:
-                self.health.stale()
+                if not self._port_down:  # a port that is down is failing, with its reason, not stale
+                    self.health.stale()
                 due = now + self.device.stale_after
             await asyncio.sleep(due - now)
 
@@ -163,7 +179,11 @@ class SerialLink:
                 exclusive=True,
             )
         except (OSError, ValueError) as exc:  # pyserial's SerialException is an OSError
-            raise PortError(f"cannot open {port}: {exc}") from exc
+            problem = diagnose(port, exc) if isinstance(exc, OSError) else None
+            if problem is None:
+                raise PortError(f"cannot open {port}: {exc}") from exc
+            raise PortError(f"cannot open {port}: {problem}", reason=problem.reason) from exc
+        self._port_down = False
         self._framer = self.wire.framer()  # nothing from before an unplug is joined to what follows
         log.info("device %s: %s open (%d baud, %s)", self.name, port, self.bus.baudrate, self.device.protocol)
         try:
@@ -248,7 +268,7 @@ class SerialLink:
         if not frames:
             return len(rejects)
         now = time.time()
-        name, decode = self.name, self.wire.decode
+        name, decode = self.name, self._decode
         readings: list[Reading] = []
         good = 0
         for frame in frames:
