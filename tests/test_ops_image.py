@@ -65,7 +65,7 @@ def _tree(top: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(top)): (p.lstat().st_uid, p.lstat().st_gid) for p in top.rglob("*")}
 
 
-def _image_root(tmp_path: Path, name: str) -> Path:
+def image_root(tmp_path: Path, name: str) -> Path:
     root = tmp_path / name
     etc = root / "etc"
     etc.mkdir(parents=True)
@@ -79,7 +79,7 @@ def _image_root(tmp_path: Path, name: str) -> Path:
     return root
 
 
-def _on_box(root: Path, *command: str, cpuinfo: Path | None = None) -> subprocess.CompletedProcess[str]:
+def on_box(root: Path, *command: str, cpuinfo: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``command`` with the image mounted where the box has it."""
     mounts = [f"mount --bind {root / d} /{d}" for d in MOUNTED]
     if cpuinfo is not None:
@@ -123,7 +123,7 @@ def _kid(pub: Path) -> str:
 def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path) -> None:
     clone = _clone(tmp_path)
     before = _tree(clone)
-    image = _image_root(tmp_path, "image")
+    image = image_root(tmp_path, "image")
     version = subprocess.run(
         ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True,
@@ -177,7 +177,7 @@ def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path
     # box A: an installer wrote its id on the boot partition after flashing
     (image / "boot/firmware/citygw").mkdir()
     (image / "boot/firmware/citygw/id").write_text("bkk-pathumwan-0042\r\n")  # Notepad's line end
-    boot = _on_box(image, FIRSTBOOT)
+    boot = on_box(image, FIRSTBOOT)
     assert boot.returncode == 0, boot.stdout + boot.stderr
     venv = image / "opt/citygw"
     cfg = (venv / "pyvenv.cfg").read_text()
@@ -192,7 +192,7 @@ def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path
             assert head.split(b"\n")[0] == b"#!/opt/citygw/bin/python", script
     site = next((venv / "lib").glob("python3.*/site-packages"))
     assert not [p.name for p in site.iterdir() if p.name.split("-")[0] in ("pip", "setuptools")]
-    version_on_box = _on_box(image, "/usr/local/bin/citygw", "--version")
+    version_on_box = on_box(image, "/usr/local/bin/citygw", "--version")
     assert version_on_box.returncode == 0 and version_on_box.stdout.startswith("citygw "), version_on_box
 
     key = image / "etc/citygw/signing.key"
@@ -211,7 +211,7 @@ def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path
     assert [_kid(p) for p in (keys_dir / "bkk-pathumwan-0042").glob("*.pub")] == [kid_a]
 
     # box B: nothing written on the card; its id comes from the board's serial number
-    boot = _on_box(flashed[0], FIRSTBOOT, cpuinfo=_cpuinfo(tmp_path, SERIAL))
+    boot = on_box(flashed[0], FIRSTBOOT, cpuinfo=_cpuinfo(tmp_path, SERIAL))
     assert boot.returncode == 0, boot.stdout + boot.stderr
     assert _config_id(flashed[0]) == f"rpi-{SERIAL}"
     kid_b = _kid(flashed[0] / "etc/citygw/signing.key.pub")
@@ -219,14 +219,14 @@ def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path
     assert (flashed[0] / f"boot/firmware/citygw/keys/rpi-{SERIAL}/{kid_b}.pub").exists()
 
     # box C: no id anywhere (and a hostname is never one): it says what to do and stays pending
-    boot = _on_box(flashed[1], FIRSTBOOT, cpuinfo=_cpuinfo(tmp_path, None))
+    boot = on_box(flashed[1], FIRSTBOOT, cpuinfo=_cpuinfo(tmp_path, None))
     assert boot.returncode == 1
     assert "no gateway id: write one" in boot.stderr and "/boot/firmware/citygw/id" in boot.stderr
     assert (flashed[1] / "etc/citygw/firstboot.pending").exists()
     assert not (flashed[1] / "etc/citygw/signing.key").exists()
 
     # box A again, with another --id (install.sh passes its --id on): the id changes, the key stays
-    again = _on_box(image, FIRSTBOOT, "--id", "bkk-pathumwan-0043")
+    again = on_box(image, FIRSTBOOT, "--id", "bkk-pathumwan-0043")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "changed gateway id from bkk-pathumwan-0042 to bkk-pathumwan-0043" in again.stdout
     assert _config_id(image) == "bkk-pathumwan-0043"
@@ -249,7 +249,7 @@ def test_install_on_32_bit_arm_says_what_the_box_needs_before_anything_is_done(
     tmp_path: Path, how: str
 ) -> None:
     shim = _uname_shim("armv7l")
-    root = _image_root(tmp_path, "image")
+    root = image_root(tmp_path, "image")
     before = _tree(root)
     env = dict(_env(), PATH=f"{shim}:{os.environ['PATH']}")
     if how == "this machine":

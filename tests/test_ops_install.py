@@ -19,6 +19,8 @@ from ruamel.yaml import YAML
 
 from gateway.logging_setup import KeyValueFormatter, setup
 
+from .test_ops_image import FIRSTBOOT, image_root, on_box
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "citygw.service"
 SCHEMA = REPO / "config" / "citygw.schema.json"
@@ -103,14 +105,6 @@ def test_the_unit_is_a_watched_notify_service_with_its_own_user_and_directories(
 # --- the install script, into a throwaway root --------------------------------------------------
 
 
-def _fake_root(root: Path) -> None:
-    etc = root / "etc"
-    etc.mkdir(parents=True)
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\ndialout:x:20:\nbluetooth:x:112:\n")
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (etc / "gshadow").write_text("root:*::\ndialout:*::\nbluetooth:!::\n")
-
 
 def _install(root: Path, wrapper: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -138,18 +132,18 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd (--prefix)"
+    os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("unshare") is None,
+    reason="needs root, useradd (--prefix) and unshare",
 )
 def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    _fake_root(root)
+    root = image_root(tmp_path, "root")
     wrapper = tmp_path / "citygw"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gateway "$@"\n')
     wrapper.chmod(0o755)
 
     done = _install(root, wrapper, "--id", "gw-pole-7")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ok: gateway gw-pole-7" in done.stdout, "the skeleton config passes citygw check"
+    assert "id=gw-pole-7" in (root / "etc/citygw/firstboot.pending").read_text()
     uid = _uid(root, "citygw")
     group = (root / "etc" / "group").read_text()
     assert re.search(r"^dialout:x:20:citygw$", group, re.M) and re.search(
@@ -157,7 +151,7 @@ def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: 
     )
     etc, state = root / "etc" / "citygw", root / "var" / "lib" / "citygw"
     key = etc / "signing.key"
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
+    assert not key.exists(), "an image carries no key: each box makes its own at first boot"
     assert stat.S_IMODE(etc.stat().st_mode) == 0o750 and etc.stat().st_uid == 0
     assert stat.S_IMODE((etc / "credentials").stat().st_mode) == 0o700
     assert stat.S_IMODE(state.stat().st_mode) == 0o700 and state.stat().st_uid == uid
@@ -166,22 +160,33 @@ def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: 
     assert (root / "usr/local/share/citygw/citygw.schema.json").read_bytes() == SCHEMA.read_bytes()
     unit = (root / "etc/systemd/system/citygw.service").read_text()
     assert f"ExecStart={wrapper} run -c /etc/citygw/config.yaml" in unit
+    firstboot_unit = (root / "etc/systemd/system/citygw-firstboot.service").read_text()
+    assert f"ExecStart=/usr/local/lib/citygw/firstboot --citygw {wrapper}\n" in firstboot_unit
     assert "usbserial" in (root / "etc/modules-load.d/citygw.conf").read_text()
     if shutil.which("systemctl"):
         assert (root / "etc/systemd/system/multi-user.target.wants/citygw.service").is_symlink()
 
-    (etc / "config.yaml").write_text(config + "# a technician's edit\n")
-    (state / "buffer.db").write_bytes(b"data")
     before = _snapshot(root)
-    again = _install(root, wrapper)
+    again = _install(root, wrapper, "--id", "gw-pole-7")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _snapshot(root) == before, "a second run changes nothing"
-    assert "kept signing key" in again.stdout and "kept config" in again.stdout
+    assert "kept config" in again.stdout
+
+    boot = on_box(root, FIRSTBOOT, "--citygw", str(wrapper))
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    assert "ok: gateway gw-pole-7" in boot.stdout, "the skeleton config passes citygw check"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
+    refused = _install(root, wrapper)
+    assert refused.returncode == 1 and "every box flashed from it would share one identity" in refused.stderr
+
+    (etc / "config.yaml").write_text(config + "# a technician's edit\n")
+    (state / "buffer.db").write_bytes(b"data")
 
     done = _install(root, wrapper, "--uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (root / "etc/systemd/system/citygw.service").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants/citygw.service").exists()
+    assert not (root / "etc/systemd/system/citygw-firstboot.service").exists()
     assert key.exists() and (state / "buffer.db").read_bytes() == b"data"
     assert "# a technician's edit" in (etc / "config.yaml").read_text()
     assert _uid(root, "citygw") == uid
