@@ -105,7 +105,6 @@ def test_the_unit_is_a_watched_notify_service_with_its_own_user_and_directories(
 # --- the install script, into a throwaway root --------------------------------------------------
 
 
-
 def _install(root: Path, wrapper: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper), *args],
