@@ -285,3 +285,72 @@ def test_first_boot_on_32_bit_arm_says_what_the_box_needs() -> None:
         shutil.rmtree(shim)
     assert done.returncode == 1
     assert "32-bit system (armv7l): citygw needs 64-bit Raspberry Pi OS" in done.stderr
+
+
+def _on_this_machine(
+    changes: Path, *command: str, cpuinfo: Path, shims: Path
+) -> subprocess.CompletedProcess[str]:
+    """``command`` as root on this machine, with every write to /etc, /opt, /var, /usr/local and
+    /boot going to an overlay's upper directory under ``changes`` (the machine itself is untouched),
+    and ``systemctl`` and ``modprobe`` answered by ``shims`` (which log their arguments)."""
+    mounts = []
+    for d in MOUNTED:
+        upper, work = changes / d.replace("/", "-") / "upper", changes / d.replace("/", "-") / "work"
+        upper.mkdir(parents=True)
+        work.mkdir()
+        mounts.append(f"mount -t overlay overlay -o lowerdir=/{d},upperdir={upper},workdir={work} /{d}")
+    mounts.append(f"mount --bind {cpuinfo} /proc/cpuinfo")
+    script = " && ".join([*mounts, 'exec "$@"'])
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "box", *command],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}"),
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.long  # two installs, each building every wheel: a minute or two
+def test_sudo_install_from_a_clone_on_a_box_leaves_the_clone_alone_and_prints_the_ids(
+    tmp_path: Path,
+) -> None:
+    clone = _clone(tmp_path)
+    before = _tree(clone)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    calls = tmp_path / "calls.log"
+    for tool in ("systemctl", "modprobe"):
+        (shims / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\n')
+        (shims / tool).chmod(0o755)
+    changes = tmp_path / "changes"
+    on_box_script = ["bash", str(clone / "scripts/install.sh")]
+    cpuinfo = _cpuinfo(tmp_path, SERIAL)
+    probe = (
+        "set -e; {install}; echo '--- after'; ls /opt/citygw/lib/*/site-packages; "
+        "head -n 1 /opt/citygw/bin/citygw; cat /opt/citygw/pyvenv.cfg; /usr/local/bin/citygw --version; "
+        "stat -c '%a %U' /etc/citygw/signing.key; sed -n 's/^  id: //p' /etc/citygw/config.yaml; "
+        "{again}; sed -n 's/^  id: //p' /etc/citygw/config.yaml"
+    ).format(
+        install=" ".join(on_box_script),
+        again=" ".join([*on_box_script, "--id", "bkk-pathumwan-0042"]),
+    )
+    done = _on_this_machine(changes, "bash", "-c", probe, cpuinfo=cpuinfo, shims=shims)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert _tree(clone) == before, "sudo install.sh wrote into the clone"
+
+    first, after = out.split("--- after\n", 1)
+    assert f"gateway id rpi-{SERIAL} (from the board's serial number)" in first
+    kid = re.search(r"key id (\S+): the platform's keys DIR needs", first)
+    assert kid is not None, first
+    listed = after.split("#!", 1)[0].split()
+    assert not [n for n in listed if n.split("-")[0] in ("pip", "setuptools")], listed
+    assert "#!/opt/citygw/bin/python\n" in after
+    assert "home = /usr/bin\n" in after and str(tmp_path) not in after.split("citygw ", 1)[0]
+    assert re.search(r"^citygw \S+$", after, re.M), "the installed citygw runs"
+    assert "\n600 citygw\n" in after
+    assert f"\nrpi-{SERIAL}\n" in after
+    assert "changed gateway id from rpi-" in after and after.rstrip().endswith("bkk-pathumwan-0042")
+    assert after.count(f"key id {kid[1]}") == 1, "the second run kept the key"
+    assert "enable citygw.service" in calls.read_text()
