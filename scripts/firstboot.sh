@@ -6,9 +6,9 @@
 # `sudo scripts/install.sh` on a box runs it too, as its last step. It:
 #   1. picks the gateway id, first found of: --id; the provisioning file citygw/id on the boot
 #      partition (/boot/firmware/citygw/id, written on the card after flashing); the id the image was
-#      prepared with (install.sh --root --id); the one already in the config; the board's serial
-#      number (rpi-<serial>). Never the hostname: every stock image has the same one. The id goes
-#      into /etc/citygw/config.yaml;
+#      prepared with (install.sh --root --id); the one already in the config, but not at first
+#      boot (a config in an image is every box's); the board's serial number (rpi-<serial>). Never
+#      the hostname: every stock image has the same one. The id goes into /etc/citygw/config.yaml;
 #   2. installs citygw into the virtualenv /opt/citygw from the wheels given (offline, with this
 #      box's own /usr/bin/python3, so every path in the virtualenv is this box's; no pip, no
 #      setuptools in it: the service never uses them);
@@ -75,7 +75,8 @@ ID="" ; FROM=""
 if [ -n "$ID_ARG" ]; then ID="$ID_ARG"; FROM="--id"
 elif [ -s "$BOOT/citygw/id" ]; then ID="$(tr -d ' \r\n\t' <"$BOOT/citygw/id")"; FROM="$BOOT/citygw/id"
 elif [ -n "$(pending_id)" ]; then ID="$(pending_id)"; FROM="the image (install.sh --id)"
-elif [ -n "$(config_id)" ] && [ "$(config_id)" != "$PLACEHOLDER" ]; then ID="$(config_id)"; FROM="$CONFIG"
+elif [ ! -f "$PENDING" ] && [ -n "$(config_id)" ] && [ "$(config_id)" != "$PLACEHOLDER" ]; then
+  ID="$(config_id)"; FROM="$CONFIG"  # not at first boot: an image's config is every box's
 else ID="$(serial_id)"; FROM="the board's serial number"
 fi
 if [ -z "$ID" ]; then

@@ -210,7 +210,10 @@ def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path
     shutil.copytree(image / "boot/firmware/citygw/keys", keys_dir)
     assert [_kid(p) for p in (keys_dir / "bkk-pathumwan-0042").glob("*.pub")] == [kid_a]
 
-    # box B: nothing written on the card; its id comes from the board's serial number
+    # box B: nothing written on the card; its id comes from the board's serial number, also when
+    # the image holds a config of the fleet's with an id of its own
+    config_b = flashed[0] / "etc/citygw/config.yaml"
+    config_b.write_text(config_b.read_text().replace("  id: set-at-first-boot", "  id: fleet-template"))
     boot = on_box(flashed[0], FIRSTBOOT, cpuinfo=_cpuinfo(tmp_path, SERIAL))
     assert boot.returncode == 0, boot.stdout + boot.stderr
     assert _config_id(flashed[0]) == f"rpi-{SERIAL}"
