@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --id) ID_ARG="${2:?--id needs a gateway id}"; shift 2 ;;
     --wheels) WHEELS="${2:?--wheels needs a directory}"; shift 2 ;;
     --citygw) CITYGW="${2:?--citygw needs a path}"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "firstboot: unknown option $1" >&2; exit 2 ;;
   esac
 done
