@@ -109,6 +109,12 @@ else
   shopt -u nullglob
   if [ ${#citygws[@]} -gt 0 ]; then
     [ ${#pips[@]} -gt 0 ] || fail "no pip wheel in $WHEELS"
+    # wheels made for another python (an image for Raspberry Pi OS 12 on a card with 13): say so
+    made_for="$(find "$WHEELS" -name '*-cp3*-cp3*-*.whl' | sed -n 's/.*-cp\(3[0-9]*\)-cp3.*/\1/p' | head -n 1)"
+    this_one="$("$PYTHON" -c 'import sys; print("%d%d" % sys.version_info[:2])')"
+    if [ -n "$made_for" ] && [ "$made_for" != "$this_one" ]; then
+      fail "the wheels in $WHEELS are for python ${made_for:0:1}.${made_for:1}, this box has $("$PYTHON" --version 2>&1): prepare the image again with install.sh --root DIR --python ${this_one:0:1}.${this_one:1}"
+    fi
     pip=("$VENV/bin/python" "${pips[-1]}/pip" --disable-pip-version-check --no-input)
     if [ ! -x "$VENV/bin/python" ]; then
       "$PYTHON" -m venv --without-pip "$VENV"

@@ -357,3 +357,26 @@ def test_sudo_install_from_a_clone_on_a_box_leaves_the_clone_alone_and_prints_th
     assert "changed gateway id from rpi-" in after and after.rstrip().endswith("bkk-pathumwan-0042")
     assert after.count(f"key id {kid[1]}") == 1, "the second run kept the key"
     assert "enable citygw.service" in calls.read_text()
+
+
+def test_first_boot_names_the_python_an_image_was_made_for_when_the_box_has_another(
+    tmp_path: Path,
+) -> None:
+    root = image_root(tmp_path, "image")
+    (root / "etc/citygw").mkdir()
+    (root / "etc/citygw/config.yaml").write_text("gateway:\n  id: set-at-first-boot\n")
+    (root / "etc/citygw/firstboot.pending").write_text("id=gw-1\n")
+    lib = root / "usr/local/lib/citygw"
+    (lib / "wheels").mkdir(parents=True)
+    shutil.copy(REPO / "scripts/firstboot.sh", lib / "firstboot")
+    for name in ("pip-26.0-py3-none-any.whl", "citygw-0.1.0-py3-none-any.whl"):
+        (lib / "wheels" / name).touch()
+    (lib / "wheels/frozenlist-1.8.0-cp399-cp399-manylinux_2_17_aarch64.whl").touch()
+    done = on_box(root, FIRSTBOOT)
+    assert done.returncode == 1
+    assert (
+        "the wheels in /usr/local/lib/citygw/wheels are for python 3.99, this box has Python 3."
+        in done.stderr
+    )
+    assert "prepare the image again with install.sh --root DIR --python 3." in done.stderr
+    assert not (root / "opt/citygw").exists()
