@@ -285,10 +285,27 @@ if [ ! -f "$MODULES" ] || [ "$(cat "$MODULES")" != "$modules_text" ]; then
   say "installed $MODULES"
   if [ -z "$ROOT" ] && command -v modprobe >/dev/null; then modprobe -q usbserial 2>/dev/null || true; modprobe -q cdc_acm 2>/dev/null || true; fi
 fi
+# enable UNIT in the tree: what `systemctl --root enable` does, by hand where it cannot run (a
+# build machine without systemd must not yield an image whose units never start)
+enable_in_tree() {
+  local unit="$1" kind targets target suffix
+  if command -v systemctl >/dev/null && systemctl --root="${ROOT:-/}" enable "$unit" >/dev/null 2>&1; then
+    say "enabled $unit"
+    return 0
+  fi
+  while IFS='=' read -r kind targets; do
+    case "$kind" in WantedBy) suffix=wants ;; RequiredBy) suffix=requires ;; *) continue ;; esac
+    for target in $targets; do
+      install -d -m 0755 "$ROOT/etc/systemd/system/$target.$suffix"
+      ln -sfn "/etc/systemd/system/$unit" "$ROOT/etc/systemd/system/$target.$suffix/$unit"
+    done
+  done <"$ROOT/etc/systemd/system/$unit"
+  say "enabled $unit (links made by hand)"
+}
 if live_systemd; then
   systemctl enable citygw.service >/dev/null 2>&1 && say "enabled citygw.service"
-elif command -v systemctl >/dev/null; then
-  systemctl --root="${ROOT:-/}" enable citygw.service >/dev/null 2>&1 && say "enabled citygw.service" || true
+else
+  enable_in_tree citygw.service
 fi
 
 # an image: each box makes its id and key at its first boot
@@ -297,10 +314,7 @@ if [ -n "$ROOT" ]; then
     "$SRC/systemd/citygw-firstboot.service")"
   printf '%s\n' "$fb_text" >"$FB_UNIT"
   chmod 0644 "$FB_UNIT"
-  if command -v systemctl >/dev/null; then
-    systemctl --root="$ROOT" enable citygw-firstboot.service >/dev/null 2>&1 \
-      && say "enabled citygw-firstboot.service" || true
-  fi
+  enable_in_tree citygw-firstboot.service
   umask 027
   {
     printf '# while this file exists, citygw-firstboot.service runs %s at boot\n' "$FIRSTBOOT"

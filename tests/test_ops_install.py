@@ -285,3 +285,35 @@ def test_setup_sends_one_line_per_event_to_the_stream(monkeypatch: pytest.Monkey
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
     assert stream.getvalue() == "<6>level=info logger=gateway.test uplink=cdp msg=shown\n"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd (--prefix)"
+)
+def test_an_image_made_where_systemctl_cannot_run_still_enables_its_units(tmp_path: Path) -> None:
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "systemctl").write_text("#!/bin/sh\nexit 1\n")
+    (shims / "systemctl").chmod(0o755)
+    root = image_root(tmp_path, "root")
+    wrapper = tmp_path / "citygw"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gateway "$@"\n')
+    wrapper.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}"),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "enabled citygw-firstboot.service (links made by hand)" in done.stdout
+    system = root / "etc/systemd/system"
+    for link in (
+        "multi-user.target.wants/citygw.service",
+        "multi-user.target.wants/citygw-firstboot.service",
+        "citygw.service.requires/citygw-firstboot.service",
+    ):
+        name = link.rsplit("/", 1)[1]
+        assert os.readlink(system / link) == f"/etc/systemd/system/{name}", link
