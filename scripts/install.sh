@@ -2,6 +2,7 @@
 # Install citygw as a systemd service on a Raspberry Pi (or any Debian-like machine with systemd).
 #
 #   sudo scripts/install.sh [--id GATEWAY_ID] [--start]   install, or upgrade in place
+#   sudo scripts/install.sh --root DIR [--id GATEWAY_ID]  prepare a mounted SD-card image (below)
 #   sudo scripts/install.sh --uninstall                   remove the software and the unit; keep the
 #                                                         config, the signing key and the buffered data
 #   sudo scripts/install.sh --uninstall --purge           remove those too, and the citygw user
@@ -9,17 +10,26 @@
 # What it does (each step only when needed, so running it again changes nothing):
 #   - a system user citygw (no login, no home), in groups dialout (serial ports) and, where they
 #     exist, plugdev (some distributions' USB serial adapters) and bluetooth (BlueZ over D-Bus);
-#   - citygw in a virtualenv at /opt/citygw, /usr/local/bin/citygw pointing at it;
-#   - /etc/citygw (root:citygw 0750) with a config skeleton (kept if present), the signing key
-#     (citygw:citygw 0600, created once: it is the gateway's identity) and credentials/ (root 0700,
-#     handed to the service by systemd's LoadCredential=);
+#   - citygw and its dependencies as wheels, citygw's built from a copy of this source (nothing is
+#     written into the clone), installed into a virtualenv /opt/citygw without pip or setuptools;
+#     /usr/local/bin/citygw pointing at it;
+#   - /etc/citygw (root:citygw 0750) with a config skeleton (kept if present) and credentials/
+#     (root 0700, handed to the service by systemd's LoadCredential=);
 #   - /var/lib/citygw (citygw 0700), the buffer's home;
 #   - the unit /etc/systemd/system/citygw.service, enabled; usbserial and cdc_acm loaded at boot
-#     (the unit's device allow-list names their device groups, which must exist when it starts).
+#     (the unit's device allow-list names their device groups, which must exist when it starts);
+#   - last, scripts/firstboot.sh: the gateway id (--id; else the one in the config; else the board's
+#     serial number; never the hostname) and the signing key (citygw 0600, made once: the box's
+#     identity); it prints the key id the platform needs.
+#
+# An SD-card image (--root DIR, the image's root file system mounted at DIR): the same tree, but
+# the software ships as wheels for the Pi and is installed by the Pi's own python3, and the id and
+# key are made on each box at its first boot (citygw-firstboot.service runs firstboot.sh), never in
+# the image, so every box flashed from it gets its own. docs/operations.md, "Provisioning a fleet".
+#   --arch ARCH     the Pi's machine: aarch64 (default: 64-bit Raspberry Pi OS) or x86_64
+#   --python X.Y    the Pi's python3 (default 3.11: Raspberry Pi OS 12 "bookworm"; 3.13 for 13)
 #
 # For packagers and tests:
-#   --root DIR      install into the tree DIR instead of / (users via useradd --prefix, units
-#                   enabled with systemctl --root, nothing started)
 #   --citygw PATH   use this citygw executable (and put it in ExecStart=) instead of the virtualenv
 set -euo pipefail
 
@@ -27,17 +37,21 @@ SRC="$(cd "$(dirname "$0")/.." && pwd)"
 ROOT=""
 CITYGW=""
 GATEWAY_ID=""
+ARCH=aarch64
+PY_VERSION=3.11
 MODE=install
 PURGE=0
 START=0
 USER_NAME=citygw
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
     --citygw) CITYGW="${2:?--citygw needs a path}"; shift 2 ;;
     --id) GATEWAY_ID="${2:?--id needs a gateway id}"; shift 2 ;;
+    --arch) ARCH="${2:?--arch needs a machine name}"; shift 2 ;;
+    --python) PY_VERSION="${2:?--python needs a version, e.g. 3.11}"; shift 2 ;;
     --uninstall) MODE=uninstall; shift ;;
     --purge) PURGE=1; shift ;;
     --start) START=1; shift ;;
@@ -48,9 +62,32 @@ done
 ROOT="${ROOT%/}"
 if [ -n "$ROOT" ] && [ ! -d "$ROOT" ]; then echo "install.sh: --root $ROOT is not a directory" >&2; exit 2; fi
 if [ "$PURGE" = 1 ] && [ "$MODE" != uninstall ]; then echo "install.sh: --purge goes with --uninstall" >&2; exit 2; fi
-if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then echo "install.sh: run as root (sudo)" >&2; exit 1; fi
+if [ -n "$GATEWAY_ID" ] && ! printf '%s\n' "$GATEWAY_ID" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'; then
+  echo "install.sh: --id $GATEWAY_ID: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit" >&2
+  exit 2
+fi
 
 say() { printf '%s\n' "$*"; }
+
+# 32-bit ARM (32-bit Raspberry Pi OS, armhf): PyPI has no wheels of cffi and dbus-fast for it.
+# Say so before anything is done (docs/technician.md, "Which Pi, which OS").
+if [ "$MODE" = install ]; then
+  if [ -n "$ROOT" ]; then target="$ARCH"; else target="$(uname -m)"; fi
+  case "$target" in
+    aarch64|x86_64) ;;
+    armv6l|armv7l|armv8l|armhf|arm)
+      cat >&2 <<EOF
+install.sh: this is a 32-bit ARM system ($target). citygw needs 64-bit Raspberry Pi OS (aarch64):
+two of its dependencies, cffi and dbus-fast, have no 32-bit ARM wheels on PyPI. Flash
+"Raspberry Pi OS (64-bit)" (the Raspberry Pi 3, 4, 5 and Zero 2 W run it) and run install.sh
+again; docs/technician.md, "Which Pi, which OS", says more.
+EOF
+      exit 1 ;;
+    *) echo "install.sh: machine $target: citygw is installed on aarch64 (64-bit Raspberry Pi OS) or x86_64" >&2; exit 2 ;;
+  esac
+fi
+if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then echo "install.sh: run as root (sudo)" >&2; exit 1; fi
+
 # systemd is running here and we install into this machine (not into a tree for an image)
 live_systemd() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
 prefix_opt() { if [ -n "$ROOT" ]; then printf -- '--prefix\n%s\n' "$ROOT"; fi; }
@@ -62,28 +99,35 @@ uid_of() { awk -F: -v u="$USER_NAME" '$1 == u { print $3 }' "$ROOT/etc/passwd"; 
 gid_of() { awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group"; }
 
 UNIT="$ROOT/etc/systemd/system/citygw.service"
+FB_UNIT="$ROOT/etc/systemd/system/citygw-firstboot.service"
 MODULES="$ROOT/etc/modules-load.d/citygw.conf"
 ETC="$ROOT/etc/citygw"
 STATE="$ROOT/var/lib/citygw"
 VENV=/opt/citygw
 LINK="$ROOT/usr/local/bin/citygw"
 SHARE="$ROOT/usr/local/share/citygw"
+LIB=/usr/local/lib/citygw          # firstboot, and in an image the wheels it installs
+FIRSTBOOT="$LIB/firstboot"
 
 # --- uninstall -----------------------------------------------------------------------------------
 
 if [ "$MODE" = uninstall ]; then
   if live_systemd; then
     systemctl disable --now citygw.service 2>/dev/null || true
+    systemctl disable citygw-firstboot.service 2>/dev/null || true
   elif [ -n "$ROOT" ] && [ -f "$UNIT" ] && command -v systemctl >/dev/null; then
-    systemctl --root="$ROOT" disable citygw.service >/dev/null 2>&1 || true
+    systemctl --root="$ROOT" disable citygw.service citygw-firstboot.service >/dev/null 2>&1 || true
   fi
-  for path in "$UNIT" "$MODULES"; do
+  for path in "$UNIT" "$FB_UNIT" "$MODULES"; do
     if [ -e "$path" ]; then rm -f "$path"; say "removed $path"; fi
   done
-  rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/citygw.service"
+  rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/citygw.service" \
+    "$ROOT/etc/systemd/system/multi-user.target.wants/citygw-firstboot.service"
+  rm -rf "$ROOT/etc/systemd/system/citygw.service.requires"
   if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$VENV/bin/citygw" ]; then rm -f "$LINK"; say "removed $LINK"; fi
-  if [ -d "$ROOT$VENV" ]; then rm -rf "$ROOT$VENV"; say "removed $ROOT$VENV"; fi
-  if [ -d "$SHARE" ]; then rm -rf "$SHARE"; say "removed $SHARE"; fi
+  for path in "$ROOT$VENV" "$ROOT$LIB" "$SHARE"; do
+    if [ -d "$path" ]; then rm -rf "$path"; say "removed $path"; fi
+  done
   if live_systemd; then systemctl daemon-reload; fi
   if [ "$PURGE" = 1 ]; then
     for path in "$ETC" "$STATE"; do
@@ -102,6 +146,16 @@ fi
 
 # --- install -------------------------------------------------------------------------------------
 
+# an image must not carry a key: every box flashed from it would share one identity
+KEY="$ETC/signing.key"
+if [ -n "$ROOT" ] && [ -e "$KEY" ]; then
+  cat >&2 <<EOF
+install.sh: $KEY exists in the image: every box flashed from it would share one identity.
+Remove it (and $KEY.pub) and run install.sh --root again; each box makes its own at first boot.
+EOF
+  exit 1
+fi
+
 # the user
 if has_user; then
   say "user $USER_NAME exists"
@@ -116,24 +170,52 @@ for group in dialout plugdev bluetooth; do
     say "added $USER_NAME to group $group"
   fi
 done
-UID_N="$(uid_of)"
 GID_N="$(gid_of "$USER_NAME")"
+UID_N="$(uid_of)"
 
-# the software
+# the software: wheels, installed by firstboot.sh (now, or in an image at the first boot)
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir "$WORK/wheels"
 if [ -n "$CITYGW" ]; then
   BIN="$CITYGW"
-  RUN="$CITYGW"
 else
   BIN="$VENV/bin/citygw"
-  RUN="$ROOT$BIN"
-  if [ ! -x "$ROOT$VENV/bin/python" ]; then
-    python3 -m venv "$ROOT$VENV"
-    say "created virtualenv $ROOT$VENV"
+  # citygw is built from a copy of the source: a build in the clone leaves root-owned build/ and
+  # citygw.egg-info/ in it (sudo), which break the next `scripts/dev` of the clone's owner
+  mkdir "$WORK/src"
+  tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+    --exclude=__pycache__ --exclude=./state --exclude=.pytest_cache --exclude=.mypy_cache \
+    --exclude=.ruff_cache -cf - . | tar -C "$WORK/src" -xf -
+  "${CITYGW_PYTHON:-/usr/bin/python3}" -m venv "$WORK/pip" || {
+    echo "install.sh: cannot make a virtualenv: sudo apt-get install python3-venv" >&2; exit 1; }
+  pip=("$WORK/pip/bin/python" -m pip --disable-pip-version-check --no-input)
+  "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$WORK/wheels" "$WORK/src"
+  wheel="$(ls "$WORK"/wheels/citygw-*.whl)"
+  host_py="$("$WORK/pip/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  if [ -z "$ROOT" ] || { [ "$ARCH" = "$(uname -m)" ] && [ "$PY_VERSION" = "$host_py" ]; }; then
+    # for this machine's platform and python (a dependency without a wheel is built here)
+    "${pip[@]}" wheel --quiet --wheel-dir "$WORK/wheels" "$wheel" pip
+    for_what="this machine ($(uname -m), python $host_py)"
+  else
+    # for the Pi: its platform's wheels only (manylinux, glibc 2.17 up to Debian 12's 2.36)
+    platforms=(--platform "manylinux2014_$ARCH")
+    for v in $(seq 36 -1 17); do platforms+=(--platform "manylinux_2_${v}_$ARCH"); done
+    "${pip[@]}" download --quiet --only-binary=:all: "${platforms[@]}" --python-version "$PY_VERSION" \
+      --implementation cp --dest "$WORK/wheels" "$wheel" pip
+    for_what="$ARCH, python $PY_VERSION"
   fi
-  "$ROOT$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC"
-  say "installed citygw $("$RUN" --version | cut -d' ' -f2) into $ROOT$VENV"
+  say "built $(find "$WORK/wheels" -name '*.whl' | wc -l) wheels ($(du -sh "$WORK/wheels" | cut -f1)) for $for_what"
   install -d -m 0755 "$(dirname "$LINK")"
   ln -sfn "$BIN" "$LINK"
+fi
+install -d -m 0755 "$ROOT$LIB"
+install -m 0755 "$SRC/scripts/firstboot.sh" "$ROOT$FIRSTBOOT"
+if [ -n "$ROOT" ] && [ -z "$CITYGW" ]; then
+  rm -rf "$ROOT$LIB/wheels"
+  cp -r "$WORK/wheels" "$ROOT$LIB/wheels"
+  chmod -R a+rX "$ROOT$LIB/wheels"
+  say "wheels for the first boot in $ROOT$LIB/wheels"
 fi
 
 # directories
@@ -145,30 +227,18 @@ install -d -m 0700 -o "$UID_N" -g "$GID_N" "$STATE"
 install -d -m 0755 "$SHARE"
 install -m 0644 "$SRC/config/citygw.schema.json" "$SHARE/citygw.schema.json"
 
-# the signing key: created once, then only its owner and mode are kept right
-KEY="$ETC/signing.key"
-if [ -e "$KEY" ]; then
-  say "kept signing key $KEY"
-else
-  "$RUN" keygen --out "$KEY" >/dev/null 2>&1
-  say "created signing key $KEY; give the platform $KEY.pub"
-fi
-chown "$UID_N:$GID_N" "$KEY"
-chmod 0600 "$KEY"
-if [ -e "$KEY.pub" ]; then chmod 0644 "$KEY.pub"; fi
-
-# the config: a skeleton, never overwritten
+# the config: a skeleton, never overwritten; firstboot.sh puts the gateway id in
 CONFIG="$ETC/config.yaml"
 if [ -e "$CONFIG" ]; then
   say "kept config $CONFIG"
 else
-  id="${GATEWAY_ID:-$(hostname -s 2>/dev/null || echo citygw)}"
+  id=set-at-first-boot
   umask 027
   cat >"$CONFIG" <<EOF
 # yaml-language-server: \$schema=/usr/local/share/citygw/citygw.schema.json
 # citygw config: every key is described in config/example.yaml of the source, and in the
 # schema above (an editor with yaml-language-server completes and checks this file).
-# After editing: citygw check -c /etc/citygw/config.yaml && systemctl restart citygw
+# After editing: sudo citygw check -c /etc/citygw/config.yaml && sudo systemctl restart citygw
 gateway:
   id: $id
   key_file: signing.key               # relative to this directory
@@ -176,14 +246,15 @@ gateway:
 buffer:
   max_disk: 2GiB
 
-# Secrets: put each in /etc/citygw/credentials/NAME (root, 0600); the service reads it as
-# \${CREDENTIALS_DIRECTORY}/citygw_NAME (systemd LoadCredential=), never from this file.
+# Secrets: put each in /etc/citygw/credentials/NAME (root, 0600) and name it
+# \${CREDENTIALS_DIRECTORY}/NAME: the service gets it from systemd (LoadCredential=), and
+# sudo citygw check, status, probe and resend read it in /etc/citygw/credentials.
 uplinks: {}
 #  cdp:
 #    type: mqtt
 #    url: mqtts://broker.example.city:8883
 #    username: $id
-#    password_file: \${CREDENTIALS_DIRECTORY}/citygw_cdp-password
+#    password_file: \${CREDENTIALS_DIRECTORY}/cdp-password
 
 buses: {}
 devices: {}
@@ -191,10 +262,10 @@ EOF
   umask 022
   chown "0:$GID_N" "$CONFIG"
   chmod 0640 "$CONFIG"
-  say "created config $CONFIG (gateway id $id): add uplinks, buses and devices"
+  say "created config $CONFIG: add uplinks, buses and devices"
 fi
 
-# the unit, with ExecStart= pointing at this installation
+# the units, with ExecStart= pointing at this installation
 install -d -m 0755 "$ROOT/etc/systemd/system"
 unit_text="$(sed "s|^ExecStart=/usr/bin/citygw |ExecStart=$BIN |" "$SRC/systemd/citygw.service")"
 if [ -f "$UNIT" ] && [ "$(cat "$UNIT")" = "$unit_text" ]; then
@@ -214,20 +285,56 @@ if [ ! -f "$MODULES" ] || [ "$(cat "$MODULES")" != "$modules_text" ]; then
   say "installed $MODULES"
   if [ -z "$ROOT" ] && command -v modprobe >/dev/null; then modprobe -q usbserial 2>/dev/null || true; modprobe -q cdc_acm 2>/dev/null || true; fi
 fi
+# enable UNIT in the tree: what `systemctl --root enable` does, by hand where it cannot run (a
+# build machine without systemd must not yield an image whose units never start)
+enable_in_tree() {
+  local unit="$1" kind targets target suffix
+  if command -v systemctl >/dev/null && systemctl --root="${ROOT:-/}" enable "$unit" >/dev/null 2>&1; then
+    say "enabled $unit"
+    return 0
+  fi
+  while IFS='=' read -r kind targets; do
+    case "$kind" in WantedBy) suffix=wants ;; RequiredBy) suffix=requires ;; *) continue ;; esac
+    for target in $targets; do
+      install -d -m 0755 "$ROOT/etc/systemd/system/$target.$suffix"
+      ln -sfn "/etc/systemd/system/$unit" "$ROOT/etc/systemd/system/$target.$suffix/$unit"
+    done
+  done <"$ROOT/etc/systemd/system/$unit"
+  say "enabled $unit (links made by hand)"
+}
 if live_systemd; then
   systemctl enable citygw.service >/dev/null 2>&1 && say "enabled citygw.service"
-elif command -v systemctl >/dev/null; then
-  systemctl --root="${ROOT:-/}" enable citygw.service >/dev/null 2>&1 && say "enabled citygw.service" || true
+else
+  enable_in_tree citygw.service
 fi
 
-# a last look at the config, as the daemon will read it
-if "$RUN" check -c "$CONFIG"; then
-  if [ "$START" = 1 ] && live_systemd; then
-    systemctl restart citygw.service
-    say "started citygw.service: journalctl -u citygw -f; citygw status -c $CONFIG"
-  else
-    say "next: edit $CONFIG, then systemctl restart citygw"
-  fi
+# an image: each box makes its id and key at its first boot
+if [ -n "$ROOT" ]; then
+  fb_text="$(sed "s|^ExecStart=/usr/local/lib/citygw/firstboot\$|ExecStart=$FIRSTBOOT${CITYGW:+ --citygw $CITYGW}|" \
+    "$SRC/systemd/citygw-firstboot.service")"
+  printf '%s\n' "$fb_text" >"$FB_UNIT"
+  chmod 0644 "$FB_UNIT"
+  enable_in_tree citygw-firstboot.service
+  umask 027
+  {
+    printf '# while this file exists, citygw-firstboot.service runs %s at boot\n' "$FIRSTBOOT"
+    if [ -n "$GATEWAY_ID" ]; then printf 'id=%s\n' "$GATEWAY_ID"; fi
+  } >"$ETC/firstboot.pending"
+  umask 022
+  say "image ready: each box makes its gateway id and signing key at its first boot"
+  say "  gateway id: citygw/id on the boot partition, else ${GATEWAY_ID:+$GATEWAY_ID, else }the board's serial number (rpi-<serial>)"
+  say "  public key: left on the boot partition as citygw/keys/<gateway id>/<key id>.pub for the receiver's keys DIR"
+  exit 0
+fi
+
+# this machine: now
+firstboot=("$ROOT$FIRSTBOOT" --wheels "$WORK/wheels")
+if [ -n "$CITYGW" ]; then firstboot+=(--citygw "$CITYGW"); fi
+if [ -n "$GATEWAY_ID" ]; then firstboot+=(--id "$GATEWAY_ID"); fi
+"${firstboot[@]}"
+if [ "$START" = 1 ] && live_systemd; then
+  systemctl restart citygw.service
+  say "started citygw.service: journalctl -u citygw -f; sudo citygw status -c $CONFIG"
 else
-  say "the config has problems (above): fix them, then systemctl restart citygw" >&2
+  say "next: edit $CONFIG, then sudo systemctl restart citygw"
 fi

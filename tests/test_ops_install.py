@@ -19,8 +19,11 @@ from ruamel.yaml import YAML
 
 from gateway.logging_setup import KeyValueFormatter, setup
 
+from .test_ops_image import FIRSTBOOT, image_root, on_box
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "citygw.service"
+FIRSTBOOT_UNIT = REPO / "systemd" / "citygw-firstboot.service"
 SCHEMA = REPO / "config" / "citygw.schema.json"
 MAX_EXPOSURE = 2.0
 
@@ -66,13 +69,17 @@ def test_systemd_analyze_rates_the_unit_exposure_at_most_2() -> None:
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze (Debian package systemd)"
 )
-def test_systemd_analyze_verify_finds_nothing_wrong_with_the_unit(tmp_path: Path) -> None:
+def test_systemd_analyze_verify_finds_nothing_wrong_with_the_units(tmp_path: Path) -> None:
     unit = tmp_path / "citygw.service"
     unit.write_text(UNIT.read_text().replace("ExecStart=/usr/bin/citygw ", "ExecStart=/bin/true "))
-    done = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    firstboot = tmp_path / "citygw-firstboot.service"
+    firstboot.write_text(
+        FIRSTBOOT_UNIT.read_text().replace("ExecStart=/usr/local/lib/citygw/firstboot", "ExecStart=/bin/true")
     )
-    assert done.returncode == 0 and "citygw.service" not in done.stderr, done.stderr
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit), str(firstboot)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "citygw" not in done.stderr, done.stderr
 
 
 def test_the_unit_is_a_watched_notify_service_with_its_own_user_and_directories() -> None:
@@ -103,15 +110,6 @@ def test_the_unit_is_a_watched_notify_service_with_its_own_user_and_directories(
 # --- the install script, into a throwaway root --------------------------------------------------
 
 
-def _fake_root(root: Path) -> None:
-    etc = root / "etc"
-    etc.mkdir(parents=True)
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\ndialout:x:20:\nbluetooth:x:112:\n")
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (etc / "gshadow").write_text("root:*::\ndialout:*::\nbluetooth:!::\n")
-
-
 def _install(root: Path, wrapper: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper), *args],
@@ -138,18 +136,18 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd (--prefix)"
+    os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("unshare") is None,
+    reason="needs root, useradd (--prefix) and unshare",
 )
 def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    _fake_root(root)
+    root = image_root(tmp_path, "root")
     wrapper = tmp_path / "citygw"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gateway "$@"\n')
     wrapper.chmod(0o755)
 
     done = _install(root, wrapper, "--id", "gw-pole-7")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ok: gateway gw-pole-7" in done.stdout, "the skeleton config passes citygw check"
+    assert "id=gw-pole-7" in (root / "etc/citygw/firstboot.pending").read_text()
     uid = _uid(root, "citygw")
     group = (root / "etc" / "group").read_text()
     assert re.search(r"^dialout:x:20:citygw$", group, re.M) and re.search(
@@ -157,7 +155,7 @@ def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: 
     )
     etc, state = root / "etc" / "citygw", root / "var" / "lib" / "citygw"
     key = etc / "signing.key"
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
+    assert not key.exists(), "an image carries no key: each box makes its own at first boot"
     assert stat.S_IMODE(etc.stat().st_mode) == 0o750 and etc.stat().st_uid == 0
     assert stat.S_IMODE((etc / "credentials").stat().st_mode) == 0o700
     assert stat.S_IMODE(state.stat().st_mode) == 0o700 and state.stat().st_uid == uid
@@ -166,22 +164,33 @@ def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: 
     assert (root / "usr/local/share/citygw/citygw.schema.json").read_bytes() == SCHEMA.read_bytes()
     unit = (root / "etc/systemd/system/citygw.service").read_text()
     assert f"ExecStart={wrapper} run -c /etc/citygw/config.yaml" in unit
+    firstboot_unit = (root / "etc/systemd/system/citygw-firstboot.service").read_text()
+    assert f"ExecStart=/usr/local/lib/citygw/firstboot --citygw {wrapper}\n" in firstboot_unit
     assert "usbserial" in (root / "etc/modules-load.d/citygw.conf").read_text()
     if shutil.which("systemctl"):
         assert (root / "etc/systemd/system/multi-user.target.wants/citygw.service").is_symlink()
 
-    (etc / "config.yaml").write_text(config + "# a technician's edit\n")
-    (state / "buffer.db").write_bytes(b"data")
     before = _snapshot(root)
-    again = _install(root, wrapper)
+    again = _install(root, wrapper, "--id", "gw-pole-7")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _snapshot(root) == before, "a second run changes nothing"
-    assert "kept signing key" in again.stdout and "kept config" in again.stdout
+    assert "kept config" in again.stdout
+
+    boot = on_box(root, FIRSTBOOT, "--citygw", str(wrapper))
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    assert "ok: gateway gw-pole-7" in boot.stdout, "the skeleton config passes citygw check"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
+    refused = _install(root, wrapper)
+    assert refused.returncode == 1 and "every box flashed from it would share one identity" in refused.stderr
+
+    (etc / "config.yaml").write_text(config + "# a technician's edit\n")
+    (state / "buffer.db").write_bytes(b"data")
 
     done = _install(root, wrapper, "--uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (root / "etc/systemd/system/citygw.service").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants/citygw.service").exists()
+    assert not (root / "etc/systemd/system/citygw-firstboot.service").exists()
     assert key.exists() and (state / "buffer.db").read_bytes() == b"data"
     assert "# a technician's edit" in (etc / "config.yaml").read_text()
     assert _uid(root, "citygw") == uid
@@ -276,3 +285,35 @@ def test_setup_sends_one_line_per_event_to_the_stream(monkeypatch: pytest.Monkey
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
     assert stream.getvalue() == "<6>level=info logger=gateway.test uplink=cdp msg=shown\n"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd (--prefix)"
+)
+def test_an_image_made_where_systemctl_cannot_run_still_enables_its_units(tmp_path: Path) -> None:
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "systemctl").write_text("#!/bin/sh\nexit 1\n")
+    (shims / "systemctl").chmod(0o755)
+    root = image_root(tmp_path, "root")
+    wrapper = tmp_path / "citygw"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gateway "$@"\n')
+    wrapper.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}"),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "enabled citygw-firstboot.service (links made by hand)" in done.stdout
+    system = root / "etc/systemd/system"
+    for link in (
+        "multi-user.target.wants/citygw.service",
+        "multi-user.target.wants/citygw-firstboot.service",
+        "citygw.service.requires/citygw-firstboot.service",
+    ):
+        name = link.rsplit("/", 1)[1]
+        assert os.readlink(system / link) == f"/etc/systemd/system/{name}", link

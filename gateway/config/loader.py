@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ SECRET_FILES: Mapping[str, str] = {
     "bindkey_file": "bindkey",
 }
 """Keys naming a file whose content (less trailing newlines) becomes the value of another key."""
+
+CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
+CREDENTIALS_STORE = Path("/etc/citygw/credentials")
+"""The directory systemd's ``LoadCredential=`` reads (systemd/citygw.service), root 0700."""
+CREDENTIALS_STORE_VARIABLE = "CITYGW_CREDENTIALS_STORE"
+"""Environment variable naming another store (a unit that loads credentials from elsewhere)."""
+CREDENTIAL_PREFIX = "citygw_"
+"""The unit's ``LoadCredential=citygw:DIR`` names the credential of file ``NAME`` ``citygw_NAME``."""
 
 _ID_SECTIONS = ("uplinks", "buses", "devices")
 _VARIABLE = re.compile(r"\$\$\{|\$\{(?P<name>[^}]*)(?P<close>\}?)")
@@ -98,9 +107,10 @@ def load(path: str | os.PathLike[str], *, environ: Mapping[str, str]) -> Config:
     if root is None:
         raise ConfigError(problems.found)
     base_dir = Path(os.path.abspath(path)).parent
-    _substitute_all(root, environ, problems)
+    credentials = Credentials.from_environ(environ)
+    _substitute_all(root, credentials.environ(environ), problems)
     data = _plain(root)
-    _read_secrets(root, data, base_dir, problems)
+    _read_secrets(root, data, base_dir, problems, credentials)
     if "source" in root:
         message = f"unknown key 'source'; allowed here: {', '.join(Config.yaml_keys())}"
         problems.add(_line(root.lc.key("source")), "source", message, ("source",))
@@ -281,7 +291,45 @@ def _substitute(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
     return _VARIABLE.sub(replace, text), faults
 
 
-def _read_secrets(node: Any, data: Any, base_dir: Path, problems: _Problems, path: Loc = ()) -> None:
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Where ``${CREDENTIALS_DIRECTORY}`` points, in the service and outside it.
+
+    The unit's ``LoadCredential=citygw:/etc/citygw/credentials`` hands each file ``NAME`` of that
+    store to the service as ``$CREDENTIALS_DIRECTORY/citygw_NAME``. So that one config works in the
+    service and in a technician's ``citygw check`` / ``status`` / ``probe`` / ``resend`` (and in a
+    deploy's ``validate: citygw check -c %s``), a secret file in that directory is found under either
+    name: ``${CREDENTIALS_DIRECTORY}/NAME`` and ``.../citygw_NAME`` both mean credential ``NAME``.
+    Outside the service (no ``CREDENTIALS_DIRECTORY``), the directory is the store itself.
+    """
+
+    directory: Path
+    in_service: bool
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Credentials:
+        given = environ.get(CREDENTIALS_VARIABLE)
+        if given:
+            return cls(Path(given), in_service=True)
+        return cls(Path(environ.get(CREDENTIALS_STORE_VARIABLE) or CREDENTIALS_STORE), in_service=False)
+
+    def environ(self, environ: Mapping[str, str]) -> Mapping[str, str]:
+        """``environ`` with ``CREDENTIALS_DIRECTORY`` set to where the credentials are."""
+        return environ if self.in_service else {**environ, CREDENTIALS_VARIABLE: str(self.directory)}
+
+    def candidates(self, path: Path) -> list[Path]:
+        """The files ``path`` may be, first the one named in error messages."""
+        if path.parent != self.directory:
+            return [path]
+        name = path.name.removeprefix(CREDENTIAL_PREFIX)
+        loaded = self.directory / (CREDENTIAL_PREFIX + name)
+        stored = self.directory / name
+        return [path, loaded if self.in_service else stored]
+
+
+def _read_secrets(
+    node: Any, data: Any, base_dir: Path, problems: _Problems, credentials: Credentials, path: Loc = ()
+) -> None:
     """Put the content of each secret file (``password_file``) into ``data`` as its value (``password``)."""
     if isinstance(node, CommentedMap):
         for file_key, value_key in SECRET_FILES.items():
@@ -293,12 +341,29 @@ def _read_secrets(node: Any, data: Any, base_dir: Path, problems: _Problems, pat
                 message = f"{value_key} and {file_key} are mutually exclusive; keep one"
                 problems.add(_line(node.lc.key(file_key)), _dotted(loc), message, loc)
                 continue
-            secret, fault = _read_secret(base_dir / name)
+            secret, fault = _read_credential(base_dir / name, credentials)
             if fault is not None:
                 problems.add(_value_line(node, file_key), _dotted(loc), fault, loc)
             data[value_key] = secret
     for key, value in _children(node):
-        _read_secrets(value, data[key], base_dir, problems, (*path, key))
+        _read_secrets(value, data[key], base_dir, problems, credentials, (*path, key))
+
+
+def _read_credential(path: Path, credentials: Credentials) -> tuple[str | None, str | None]:
+    """The secret at ``path`` (or at the other name of the same credential), or what is wrong."""
+    candidates = list(dict.fromkeys(credentials.candidates(path)))
+    for candidate in candidates[1:]:
+        if candidate.exists():
+            return _read_secret(candidate)
+    secret, fault = _read_secret(candidates[0])
+    if fault is not None and len(candidates) > 1 and not candidates[0].exists():
+        fault = f"cannot read {' or '.join(map(str, candidates))}: No such file or directory"
+    if fault is not None and not credentials.in_service and path.parent == credentials.directory:
+        fault += (
+            f" (outside the service, ${{{CREDENTIALS_VARIABLE}}} is {credentials.directory}, the store"
+            " the unit's LoadCredential= reads; as root: sudo citygw ...)"
+        )
+    return secret, fault
 
 
 def _secret_source(root: CommentedMap, loc: Loc) -> Loc:
