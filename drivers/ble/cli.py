@@ -39,6 +39,7 @@ def decode_bthome(
     """
     key = None
     if bindkey is not None:
+        address = address or bthome.included_address(data)  # an advert may carry its MAC (info bit 1)
         if address is None:
             raise ValueError("--bindkey needs --address: the advertiser's MAC is part of the nonce")
         try:
