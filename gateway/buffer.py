@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -35,9 +34,10 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.errors import BufferError
+from gateway.logs import EventLog
 from gateway.senml import Record, encode_payload
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 SCHEMA_VERSION = 1
 KIND_DATA = 0
@@ -238,7 +238,7 @@ class Buffer:
             raise BufferError(f"buffer {self.path} has schema {version}, this citygw reads {SCHEMA_VERSION}")
         owner = meta.get("gateway")
         if owner is not None and owner != self.gateway:
-            log.warning(
+            log.event("buffer_owner_changed", path=self.path).warning(
                 "buffer %s was written by gateway %r; continuing as %r", self.path, owner, self.gateway
             )
         self._next_seq = int(meta.get("next_seq", 1))
@@ -264,9 +264,11 @@ class Buffer:
             self._cursors[name] = max(int(saved.get(name, floor)), floor)
         self._saved_cursors = dict(self._cursors)
         if self._staged:
-            log.info("buffer: %d readings staged from before the restart", len(self._staged))
+            log.event("buffer_restaged", path=self.path).info(
+                "buffer: %d readings staged from before the restart", len(self._staged)
+            )
         if not self._make_reserve():
-            log.warning(
+            log.event("buffer_no_reserve", path=self.path).warning(
                 "buffer: no room for the %d-byte reserve beside %s; a full disk will cost more data",
                 RESERVE_BYTES,
                 self.path,
@@ -372,7 +374,7 @@ class Buffer:
             result.gaps = self._retention()
         except sqlite3.Error as exc:  # the readings are accepted; retention tries again next commit
             if not _is_full(exc) or self.full_cap is None:
-                log.error("retention failed: %s", exc)
+                log.event("retention_failed", path=self.path).error("retention failed: %s", exc)
         return result
 
     def _plan(self, staged: list[Record], staged_bytes: int, age: float, *, seal_all: bool) -> list[_Sealed]:
@@ -586,7 +588,9 @@ class Buffer:
         try:
             self._require_db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
-            log.debug("checkpoint on a full disk failed: %s", exc)
+            log.event("buffer_checkpoint_failed", path=self.path).debug(
+                "checkpoint on a full disk failed: %s", exc
+            )
 
     def _make_room(self) -> list[Gap]:
         """A write failed with SQLITE_FULL: release the reserve, cap the buffer below its present
@@ -600,7 +604,7 @@ class Buffer:
             self.full_episodes += 1
             self._full_dropped = [0, 0]
             self._require_db().execute(f"PRAGMA wal_autocheckpoint={_FULL_WAL_PAGES}")
-            log.error(
+            log.event("disk_full", path=self.path).error(
                 "buffer: the file system holding %s is full (%d bytes buffered); dropping the oldest"
                 " undelivered batches (with gap records) to stay under %d bytes until space returns;"
                 " this is logged again when it ends",
@@ -631,7 +635,7 @@ class Buffer:
             return
         self._require_db().execute("PRAGMA wal_autocheckpoint=1000")
         gaps, readings = self._full_dropped
-        log.warning(
+        log.event("disk_room_again", path=self.path).warning(
             "buffer: the file system holding %s has room again (%d bytes free); emergency cap lifted"
             " after dropping %d readings behind %d gap records",
             self.path,
@@ -747,7 +751,7 @@ class Buffer:
             self._full_dropped[0] += 1
             self._full_dropped[1] += readings
             return gap
-        log.warning(
+        log.event("retention_dropped", reason=reason, seq=first).warning(
             "retention (%s): dropped batches %d..%d (%d readings) before delivery; a gap record says so",
             reason,
             first,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import CitygwError, ConfigError, KeyFileError
+from gateway.logs import EventLog
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -27,7 +27,7 @@ EXIT_CONFIG = 78
 
 DEFAULT_CONFIG = Path("/etc/citygw/config.yaml")
 
-log = logging.getLogger("citygw")
+log = EventLog("citygw")
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -81,12 +81,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway(config)
     except KeyFileError as exc:
-        log.error("%s: gateway.key_file: %s", path, exc)
+        log.event("config_invalid", path=str(path)).error("%s: gateway.key_file: %s", path, exc)
         return EXIT_CONFIG
     try:
         asyncio.run(gateway.run())
     except CitygwError as exc:
-        log.error("%s", exc)
+        log.event("failed").error("%s", exc)
         return EXIT_FAILURE
     return EXIT_OK
 

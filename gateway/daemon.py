@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import importlib
-import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer
 from gateway.config.report import report_policies
+from gateway.logs import EventLog
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
 from gateway.report import Reporter
@@ -32,7 +32,7 @@ from gateway.uplinks.base import UplinkState
 if TYPE_CHECKING:
     from gateway.config import Config
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
 
@@ -78,12 +78,11 @@ async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: fl
             raise
         except Exception:
             crashes += 1
-            log.exception(
+            log.event("task_crashed").exception(
                 "task %s crashed (%d times); restarting in %.0f s",
                 name,
                 crashes,
                 pause,
-                extra={"event": "task_crashed"},
             )
             await asyncio.sleep(pause)
 
@@ -206,13 +205,12 @@ class Gateway:
                 if self.reporter is not None:
                     windows = supervise("windows", self._close_windows)
                     others.append(group.create_task(windows, name="windows"))
-                log.info(
+                log.event("started").info(
                     "gateway %s running: %d buses, %d uplinks, buffer %s",
                     self.config.gateway.id,
                     len(buses),
                     len(uplinks),
                     self.buffer.path,
-                    extra={"event": "started"},
                 )
                 self.notifier.notify(ready=1, status=self.status_line())
                 self.ops.start()
@@ -230,11 +228,10 @@ class Gateway:
                 await self._drain(started + self.drain_timeout)
                 for task in [*uplinks, *others]:
                     task.cancel()
-            log.info(
+            log.event("stopped").info(
                 "stopped in %.2f s: %s",
                 time.monotonic() - started,
                 self.status_line(),
-                extra={"event": "stopped"},
             )
         finally:
             for sig in signals:

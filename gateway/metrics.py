@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import threading
 import time
@@ -44,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from drivers.health import DeviceHealth, DeviceState
 from gateway import __version__
+from gateway.logs import EventLog
 from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from gateway.daemon import Gateway
     from gateway.ops import Operations
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 T = TypeVar("T")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -283,17 +283,14 @@ class MetricsServer:
         try:
             self._server, self._thread = start_http_server(self.port, self.host, registry=self.registry)
         except OSError as exc:
-            log.error(
+            log.event("metrics_unavailable").error(
                 "metrics: cannot listen on %s:%d (%s); running without metrics",
                 self.host,
                 self.port,
                 exc.strerror or exc,
-                extra={"event": "metrics_unavailable"},
             )
             return False
-        log.info(
-            "metrics on http://%s:%d/metrics", self.host, self.port, extra={"event": "metrics_listening"}
-        )
+        log.event("metrics_listening").info("metrics on http://%s:%d/metrics", self.host, self.port)
         return True
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sqlite3
 import sys
@@ -28,11 +27,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.logs import EventLog
 from gateway.ngsi import samples
 from gateway.signing import chain_hash, load_public_keys
 from gateway.verify import ChainVerifier, Outcome
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -90,7 +90,7 @@ class Receiver:
         result = self.verifier.inspect(token)
         if result.outcome is not Outcome.OK or result.payload is None or result.gateway is None:
             self.counts.bad += 1
-            log.warning("refused a batch: %s", result.reason)
+            log.event("batch_refused", reason=result.reason).warning("refused a batch: %s", result.reason)
             return Verdict(400, "bad", result.reason)
         body, gateway, digest = result.payload, result.gateway, chain_hash(token)
         if "gap" in body:
@@ -120,7 +120,9 @@ class Receiver:
                 self.counts.duplicates += 1
                 return Verdict(200, "duplicate")
             self.counts.conflicts += 1
-            log.error("gateway %s seq %d arrived again with different content", gateway, seq)
+            log.event("batch_conflict", seq=seq).error(
+                "gateway %s seq %d arrived again with different content", gateway, seq
+            )
             return Verdict(409, "conflict", f"seq {seq} already received with different content")
         rows = [
             (
@@ -232,7 +234,7 @@ async def _serve_http(receiver: Receiver, host: str, port: int, stop: asyncio.Ev
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("receiving on http://%s:%d/batches", host, port)
+    log.event("receiving").info("receiving on http://%s:%d/batches", host, port)
     try:
         await stop.wait()
     finally:
@@ -249,7 +251,7 @@ async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Ev
         parts.hostname or "127.0.0.1", parts.port or 1883, identifier="citygw-receive", clean_session=False
     ) as client:
         await client.subscribe(topic, qos=1)
-        log.info("receiving from %s topic %s", url, topic)
+        log.event("receiving").info("receiving from %s topic %s", url, topic)
         async for message in client.messages:
             payload = message.payload
             if isinstance(payload, bytes | bytearray):
