@@ -11,19 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import CitygwError, DeliveryError
+from gateway.logs import EventLog
 
 if TYPE_CHECKING:
     from gateway.buffer import Outgoing
     from gateway.pipeline import Pipeline
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 RESEND_CHECK = 30.0  # seconds between looks for batches `citygw resend` asked for
 
@@ -51,7 +51,9 @@ class UplinkStatus:
         self.state = UplinkState.DISCONNECTED
         text = str(exc) or type(exc).__name__
         if text != self.last_error:
-            log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
+            log.event("uplink_retrying", uplink=self.name).warning(
+                "uplink %s: %s (retrying with backoff)", self.name, text
+            )
         self.last_error = text
 
 
@@ -97,7 +99,7 @@ class Delivery:
             task.result()
         except Rejected as exc:
             self.status.parked += 1
-            log.warning(
+            log.event("batch_rejected", uplink=self.name, seq=batch.seq).warning(
                 "uplink %s: batch %d rejected (%s); parked, the queue goes on", self.name, batch.seq, exc
             )
             await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
@@ -113,11 +115,15 @@ class Delivery:
                 await self.deliver(batch)
             except Rejected as exc:
                 await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
-                log.warning("uplink %s: resent batch %d rejected again (%s)", self.name, batch.seq, exc)
+                log.event("batch_rejected_again", uplink=self.name, seq=batch.seq).warning(
+                    "uplink %s: resent batch %d rejected again (%s)", self.name, batch.seq, exc
+                )
                 continue
             await store.call(store.buffer.unpark, self.name, batch.seq)
             self.status.parked = max(0, self.status.parked - 1)
-            log.info("uplink %s: parked batch %d resent and accepted", self.name, batch.seq)
+            log.event("batch_resent", uplink=self.name, seq=batch.seq).info(
+                "uplink %s: parked batch %d resent and accepted", self.name, batch.seq
+            )
 
     async def run(self, watcher: asyncio.Future[None] | None = None) -> None:
         """Deliver until a retryable error (raised) or until ``watcher`` ends (connection lost)."""
