@@ -30,8 +30,9 @@ from pymodbus.framer import FramerType
 from gateway.backoff import Backoff
 from gateway.config.modbus import ModbusBus, ModbusRtuBus, ModbusRtuOverTcpBus
 from gateway.errors import CitygwError
+from gateway.logs import EventLog
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 # pymodbus logs every timeout at ERROR with a dump of the last frames; each device's health
 # logs each distinct error once instead (a dead unit must not write a line per poll for days)
@@ -155,7 +156,7 @@ class ModbusLink:
             )
         if await self._client.connect():
             if self._connect_backoff.failures:
-                log.info("%s: connected again", self.where)
+                log.event("bus_connected", bus=self.name).info("%s: connected again", self.where)
             self._connect_backoff.reset()
             return
         self._connect_backoff.failures += 1
