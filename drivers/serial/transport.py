@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +44,7 @@ from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer
 from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
 from gateway.backoff import Backoff
 from gateway.errors import CitygwError
+from gateway.logs import EventLog
 from gateway.reading import Reading
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from gateway.config.serial import SerialBus, SerialDevice
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 Sink = Callable[[list[Reading]], Awaitable[None]]
 
@@ -165,7 +165,9 @@ class SerialLink:
         except (OSError, ValueError) as exc:  # pyserial's SerialException is an OSError
             raise PortError(f"cannot open {port}: {exc}") from exc
         self._framer = self.wire.framer()  # nothing from before an unplug is joined to what follows
-        log.info("device %s: %s open (%d baud, %s)", self.name, port, self.bus.baudrate, self.device.protocol)
+        log.event("port_open", device=self.name, path=port).info(
+            "device %s: %s open (%d baud, %s)", self.name, port, self.bus.baudrate, self.device.protocol
+        )
         try:
             identity = self._identity()
             if self.wire.request is None:
@@ -276,7 +278,7 @@ async def run_bus(
 ) -> None:
     """The device of one serial bus, until cancelled. A UART is point to point: one device per bus."""
     if len(devices) != 1:
-        log.error(
+        log.event("serial_bus_shared", bus=bus_name).error(
             "bus %s: a serial bus carries exactly one device, but %s name it; not reading it",
             bus_name,
             ", ".join(devices) or "none",
