@@ -7,12 +7,13 @@ device is in; it never raises a device's trouble into the daemon.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-log = logging.getLogger(__name__)
+from gateway.logs import EventLog
+
+log = EventLog(__name__)
 
 
 class DeviceState(enum.Enum):
@@ -36,7 +37,7 @@ class DeviceHealth:
     def seen(self, readings: int) -> None:
         """A good frame or transaction gave ``readings`` readings."""
         if self.state is not DeviceState.OK and self.state is not DeviceState.UNKNOWN:
-            log.info("device %s: answering again", self.device)
+            log.event("device_ok", device=self.device).info("device %s: answering again", self.device)
         self.state = DeviceState.OK
         self.frames += 1
         self.readings += readings
@@ -49,15 +50,21 @@ class DeviceHealth:
         self.consecutive_errors += 1
         text = f"{reason}: {detail}" if detail else reason
         if text != self.last_error:  # a repeated error is logged once
-            log.warning("device %s: %s", self.device, text)
+            log.event("device_error", device=self.device, reason=reason).warning(
+                "device %s: %s", self.device, text
+            )
         self.last_error = text
 
     def failing(self) -> None:
         if self.state is not DeviceState.FAILING:
-            log.warning("device %s: not answering; backing off", self.device)
+            log.event("device_failing", device=self.device).warning(
+                "device %s: not answering; backing off", self.device
+            )
         self.state = DeviceState.FAILING
 
     def stale(self) -> None:
         if self.state is not DeviceState.STALE:
-            log.warning("device %s: silent; reported stale", self.device)
+            log.event("device_stale", device=self.device).warning(
+                "device %s: silent; reported stale", self.device
+            )
         self.state = DeviceState.STALE
