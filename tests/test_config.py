@@ -51,6 +51,7 @@ WIRING = (
     "misspelt keys get a did-you-mean",
     "two devices with one unit id on one RS-485 line",
     "two buses on one serial port",
+    "two buses on one serial-to-Ethernet converter",
     "non-standard baud rates",
     "key_file names the public key",
 )
@@ -509,6 +510,20 @@ buses:
             "FILE:10: buses.dust.port: port /dev/ttyUSB0/ is already the port of bus 'meters' "
             "(/dev/ttyUSB0 is the same device); one port is one bus: put every device on that line "
             "under bus 'meters', or give this bus its own port",
+        ),
+    ),
+    Bad(
+        "two buses on one serial-to-Ethernet converter",
+        GATEWAY
+        + """\
+buses:
+  north: {type: modbus-rtu-over-tcp, host: 10.0.0.7, port: 4196}
+  south: {type: modbus-rtu-over-tcp, host: 10.0.0.7, port: 4196}
+  east: {type: modbus-rtu-over-tcp, host: 10.0.0.7, port: 4197}
+""",
+        (
+            "FILE:6: buses.south.port: port 10.0.0.7:4196 is already the port of bus 'north'; one port "
+            "is one bus: put every device on that line under bus 'north', or give this bus its own port",
         ),
     ),
     Bad(

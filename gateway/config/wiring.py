@@ -29,6 +29,10 @@ server may present several logical devices at one unit id, so it is not checked 
 PORT_TYPES = frozenset({"modbus-rtu", "serial"})
 """Bus types that open a local serial port."""
 
+CONVERTER_TYPES = frozenset({"modbus-rtu-over-tcp"})
+"""Bus types that reach a serial line through a converter's TCP port (transparent mode): one line
+per host and port, which two buses would drive at once, their frames colliding on the wire."""
+
 
 def standard_baudrate(value: int) -> int:
     """An after-validator: ``value`` is one of :data:`STANDARD_BAUDRATES` (else the nearest is named)."""
@@ -49,26 +53,30 @@ def _same_port(check_files: bool) -> Callable[[str], str]:
 
 
 def one_bus_per_port(buses: Mapping[str, object], *, check_files: bool) -> None:
-    """Refuse a second bus on a serial port already used by another bus, at its ``port`` key."""
+    """Refuse a second bus on a serial line already used by another bus, at its ``port`` key: a
+    local port (compared as the device it names), or a converter's host and TCP port."""
     key = _same_port(check_files)
     first: dict[str, tuple[str, str]] = {}
     for name, bus in buses.items():
-        port = getattr(bus, "port", None)
-        if getattr(bus, "type", None) not in PORT_TYPES or not isinstance(port, str):
+        kind, port = getattr(bus, "type", None), getattr(bus, "port", None)
+        if kind in PORT_TYPES and isinstance(port, str):
+            same, written = key(port), port
+        elif kind in CONVERTER_TYPES:
+            same = written = f"{getattr(bus, 'host', '')}:{port}"
+        else:
             continue
-        same = key(port)
         if same in first:
-            other, written = first[same]
-            alias = "" if written == port else f" ({written} is the same device)"
+            other, before = first[same]
+            alias = "" if before == written else f" ({before} is the same device)"
             located(
                 "config",
                 ("buses", name, "port"),
                 "port_shared",
-                f"port {port} is already the port of bus {other!r}{alias}; one port is one bus: "
+                f"port {written} is already the port of bus {other!r}{alias}; one port is one bus: "
                 f"put every device on that line under bus {other!r}, or give this bus its own port",
                 port,
             )
-        first[same] = (name, port)
+        first[same] = (name, written)
 
 
 def one_device_per_unit(buses: Mapping[str, object], devices: Mapping[str, object]) -> None:
