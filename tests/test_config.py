@@ -49,6 +49,7 @@ NOT_MQTT = "the scheme must be mqtt:// or mqtts:// (TLS), e.g. mqtts://broker.ex
 NAMES = ", ".join(QUANTITIES)
 WIRING = (
     "misspelt keys get a did-you-mean",
+    "a misspelt value gets a did-you-mean",
     "two devices with one unit id on one RS-485 line",
     "two buses on one serial port",
     "two buses on one serial-to-Ethernet converter",
@@ -468,6 +469,16 @@ devices:
             "FILE:15: devices.meter.intervall: unknown key 'intervall' (did you mean 'interval'?); "
             "allowed here: bus, unit, interval, profile, registers, skip, max_gap, profiles_dir, "
             "backoff_max, report",
+        ),
+    ),
+    Bad(
+        "a misspelt value gets a did-you-mean",
+        GATEWAY + "log: {level: warn}\nbuses:\n  uart: {type: serial, port: /dev/ttyS0, parity: evn}\n",
+        (
+            "FILE:4: log.level: must be 'debug', 'info', 'warning' or 'error'; got the text 'warn' "
+            "(did you mean 'warning'?)",
+            "FILE:6: buses.uart.parity: must be 'none', 'even' or 'odd'; got the text 'evn' "
+            "(did you mean 'even'?)",
         ),
     ),
     Bad(

@@ -14,6 +14,7 @@ Steps, each collecting problems rather than stopping at the first:
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -370,7 +371,9 @@ def _message(error: ErrorDetails) -> str:
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}; got {describe(given)}"
     if kind in ("enum", "literal_error"):
-        return f"must be {ctx['expected']}; got {describe(given)}"
+        close = difflib.get_close_matches(str(given), re.findall(r"'([^']*)'", ctx["expected"]), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if isinstance(given, str) and close else ""
+        return f"must be {ctx['expected']}; got {describe(given)}{guess}"
     if kind == "string_too_short":
         return (
             "must not be empty"
