@@ -446,6 +446,14 @@ devices:
         ),
     ),
     Bad(
+        "a key that is a mapping",
+        GATEWAY + "? uplinks: {}\n",
+        (
+            "FILE: (top level): not valid for a config: a key that is a mapping or a list ('? ...'); "
+            "write plain keys",
+        ),
+    ),
+    Bad(
         "misspelt keys get a did-you-mean",
         GATEWAY
         + """\

@@ -150,6 +150,11 @@ def _parse(text: str, problems: _Problems) -> CommentedMap | None:
             None, "", f"not valid YAML: a value looks like a number but is not one ({exc}); put it in quotes"
         )
         return None
+    except TypeError:  # ruamel.yaml hashes a complex key ("? a: {}") and fails
+        problems.add(
+            None, "", "not valid for a config: a key that is a mapping or a list ('? ...'); write plain keys"
+        )
+        return None
     except MarkedYAMLError as exc:
         where = exc.problem_mark or exc.context_mark
         started = (
