@@ -206,6 +206,7 @@ def test_a_daemon_through_a_broker_restart_a_dead_device_and_a_bad_frame_keeps_t
         key=key,
         port=broker.port,
         log={"level": "debug"},
+        metrics={"listen": f"127.0.0.1:{free_port()}"},  # not 9108, which another daemon may hold
         buses={
             "gen": {"type": "synthetic"},
             "cabinet": {"type": "modbus-tcp", "host": "127.0.0.1", "port": free_port(), "timeout": "200ms"},
