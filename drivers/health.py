@@ -7,13 +7,14 @@ device is in; it never raises a device's trouble into the daemon.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-log = logging.getLogger(__name__)
+from gateway.logs import EventLog
+
+log = EventLog(__name__)
 
 EPISODE_QUIET = 60.0  # seconds without an error of a reason, and a good frame, end its episode
 
@@ -43,7 +44,7 @@ class DeviceHealth:
     def seen(self, readings: int) -> None:
         """A good frame or transaction gave ``readings`` readings."""
         if self.state is not DeviceState.OK and self.state is not DeviceState.UNKNOWN:
-            log.info("device %s: answering again", self.device)
+            log.event("device_ok", device=self.device).info("device %s: answering again", self.device)
         if self._episodes:
             self._end_episodes()
         self.state = DeviceState.OK
@@ -59,7 +60,7 @@ class DeviceHealth:
         text = f"{reason}: {detail}" if detail else reason
         episode = self._episodes.get(reason)
         if episode is None:  # once per reason per episode; the rest are counted (errors, metrics)
-            log.warning(
+            log.event("device_error", device=self.device, reason=reason).warning(
                 "device %s: %s (more %s errors are counted, not logged, until the device has been "
                 "free of them for %g s)",
                 self.device,
@@ -77,14 +78,20 @@ class DeviceHealth:
             if last <= quiet:
                 del self._episodes[reason]
                 if more:
-                    log.info("device %s: %d more %s errors after the one logged", self.device, more, reason)
+                    log.event("device_errors_counted", device=self.device, reason=reason).info(
+                        "device %s: %d more %s errors after the one logged", self.device, more, reason
+                    )
 
     def failing(self) -> None:
         if self.state is not DeviceState.FAILING:
-            log.warning("device %s: not answering; backing off", self.device)
+            log.event("device_failing", device=self.device).warning(
+                "device %s: not answering; backing off", self.device
+            )
         self.state = DeviceState.FAILING
 
     def stale(self) -> None:
         if self.state is not DeviceState.STALE:
-            log.warning("device %s: silent; reported stale", self.device)
+            log.event("device_stale", device=self.device).warning(
+                "device %s: silent; reported stale", self.device
+            )
         self.state = DeviceState.STALE

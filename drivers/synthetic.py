@@ -9,20 +9,20 @@ exactly which readings arrived.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from drivers.health import DeviceHealth
+from gateway.logs import EventLog
 from gateway.reading import Reading
 from gateway.vocabulary import unit_of
 
 if TYPE_CHECKING:
     from gateway.config import SyntheticDevice
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 Sink = Callable[[list[Reading]], Awaitable[None]]
 
@@ -75,7 +75,9 @@ class SyntheticSource:
                 await asyncio.sleep(0)  # let the writer and uplinks run between chunks
             if self.produced >= due:
                 await asyncio.sleep(tick)
-        log.info("synthetic %s: produced its %d readings", self.device, self.produced)
+        log.event("device_done", device=self.device).info(
+            "synthetic %s: produced its %d readings", self.device, self.produced
+        )
 
 
 async def run_bus(

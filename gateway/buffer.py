@@ -24,7 +24,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -40,9 +39,10 @@ from typing import Protocol
 
 from gateway import wal
 from gateway.errors import BufferError, BufferOwnerError
+from gateway.logs import EventLog
 from gateway.senml import PAYLOAD_VERSION, Record, encode_payload
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 SCHEMA_VERSION = 2  # 2: batches.held (the buffer clock at sealing), meta.chain
 KIND_DATA = 0
@@ -323,9 +323,11 @@ class Buffer:
         if damage is not None and before is not None:
             self._account_wal_loss(damage, *before)
         if self._staged:
-            log.info("buffer: %d readings staged from before the restart", len(self._staged))
+            log.event("buffer_restaged", path=self.path).info(
+                "buffer: %d readings staged from before the restart", len(self._staged)
+            )
         if not self._make_reserve():
-            log.warning(
+            log.event("buffer_no_reserve", path=self.path).warning(
                 "buffer: no room for the %d-byte reserve beside %s; a full disk will cost more data",
                 RESERVE_BYTES,
                 self.path,
@@ -381,7 +383,7 @@ class Buffer:
             chain = new_chain_id()
             fresh["chain"] = chain
             if self._next_seq > 1:  # made by a citygw before chains: the chain starts here, seqs go on
-                log.info(
+                log.event("buffer_chain_assigned", path=self.path).info(
                     "buffer: %s gets chain id %s; its seq numbering goes on at %d",
                     self.path,
                     chain,
@@ -429,7 +431,9 @@ class Buffer:
                 finally:
                     db.close()
             except sqlite3.Error as exc:  # the damaged frame was the meta table's last image
-                log.debug("the repaired copy of the WAL cannot be read: %s", exc)
+                log.event("wal_copy_unreadable", path=self.path).debug(
+                    "the repaired copy of the WAL cannot be read: %s", exc
+                )
                 return kept, None
 
     def _account_wal_loss(self, damage: wal.WalDamage, kept: Path, held: dict[str, object] | None) -> None:
@@ -447,14 +451,13 @@ class Buffer:
             except (TypeError, ValueError):
                 lost = None
         if lost == 0 and to == first and last == prev:
-            log.warning(
+            log.event("wal_damaged_nothing_lost", path=self.path).warning(
                 "buffer: the WAL of %s was damaged (frame %d of %d); the transactions recovery dropped"
                 " held no readings; the damaged WAL is kept as %s",
                 self.path,
                 damage.bad,
                 damage.frames,
                 kept,
-                extra={"event": "wal_damaged"},
             )
             return
         if last is None or not re.fullmatch(r"[0-9a-f]{64}", last):
@@ -507,7 +510,7 @@ class Buffer:
             )
         self._next_seq, self._last_hash = to + 1, last
         self.wal_lost_readings = readings
-        log.error(
+        log.event("wal_damaged", path=self.path).error(
             "buffer: the WAL of %s was damaged (frame %d of %d): SQLite's recovery dropped committed"
             " transactions holding %s accepted readings; a signed gap record (seq %d..%d, reason"
             " corrupt) accounts for them; the damaged WAL is kept as %s",
@@ -518,7 +521,6 @@ class Buffer:
             first,
             to,
             kept,
-            extra={"event": "wal_damaged"},
         )
 
     def _abandon(self) -> None:
@@ -564,7 +566,7 @@ class Buffer:
             **({"reset": json.dumps(reset)} if reset is not None else {}),
         }
         self.moved_aside_now = aside
-        log.error(
+        log.event("buffer_moved_aside", path=self.path).error(
             "buffer: %s is damaged (%s); moved aside to %s (kept) and started a fresh buffer%s",
             self.path,
             why,
@@ -572,7 +574,6 @@ class Buffer:
             f" whose first batch says it replaces chain {reset['chain']} up to seq {reset['seq']}"
             if reset
             else "",
-            extra={"event": "buffer_moved_aside"},
         )
 
     def close(self) -> None:
@@ -685,7 +686,7 @@ class Buffer:
             result.gaps = self._retention()
         except sqlite3.Error as exc:  # the readings are accepted; retention tries again next commit
             if not _is_full(exc) or self.full_cap is None:
-                log.error("retention failed: %s", exc)
+                log.event("retention_failed", path=self.path).error("retention failed: %s", exc)
         return result
 
     def _plan(self, staged: list[Record], staged_bytes: int, age: float, *, seal_all: bool) -> list[_Sealed]:
@@ -788,13 +789,12 @@ class Buffer:
     def _quarantine(self, seq: int, kind: int, readings: int, why: str) -> None:
         """Replace the damaged batch ``seq`` by a signed gap record (reason ``corrupt``)."""
         self.corrupt_batches += 1
-        log.error(
+        log.event("batch_corrupt", seq=seq).error(
             "buffer: batch %d (%d readings) is damaged on disk (%s); replaced by a signed gap record"
             " (reason corrupt), delivery goes on",
             seq,
             readings,
             why,
-            extra={"event": "batch_corrupt"},
         )
         if kind == KIND_GAP:  # a damaged gap record: sign it again for its own seq
             readings = 0
@@ -934,11 +934,10 @@ class Buffer:
             return
         self._wall_offset = offset
         self.clock_steps += 1
-        log.warning(
+        log.event("buffer_clock_step", path=self.path).warning(
             "buffer: the wall clock stepped by %+.0f s; batch ages for max_age are measured on the"
             " buffer's monotonic clock, so the step drops nothing",
             step,
-            extra={"event": "buffer_clock_step"},
         )
 
     # -- a full file system ------------------------------------------------------------------
@@ -963,7 +962,9 @@ class Buffer:
         try:
             self._require_db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
-            log.debug("checkpoint on a full disk failed: %s", exc)
+            log.event("buffer_checkpoint_failed", path=self.path).debug(
+                "checkpoint on a full disk failed: %s", exc
+            )
 
     def _make_room(self) -> list[Gap]:
         """A write failed with SQLITE_FULL: release the reserve, cap the buffer below its present
@@ -977,7 +978,7 @@ class Buffer:
             self.full_episodes += 1
             self._full_dropped = [0, 0]
             self._require_db().execute(f"PRAGMA wal_autocheckpoint={_FULL_WAL_PAGES}")
-            log.error(
+            log.event("disk_full", path=self.path).error(
                 "buffer: the file system holding %s is full (%d bytes buffered); dropping the oldest"
                 " undelivered batches (with gap records) to stay under %d bytes until space returns;"
                 " this is logged again when it ends",
@@ -1008,7 +1009,7 @@ class Buffer:
             return
         self._require_db().execute("PRAGMA wal_autocheckpoint=1000")
         gaps, readings = self._full_dropped
-        log.warning(
+        log.event("disk_room_again", path=self.path).warning(
             "buffer: the file system holding %s has room again (%d bytes free); emergency cap lifted"
             " after dropping %d readings behind %d gap records",
             self.path,
@@ -1129,7 +1130,7 @@ class Buffer:
             self._full_dropped[0] += 1
             self._full_dropped[1] += readings
             return gap
-        log.warning(
+        log.event("retention_dropped", reason=reason, seq=first).warning(
             "retention (%s): dropped batches %d..%d (%d readings) before delivery; a gap record says so",
             reason,
             first,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import select
 import signal
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import BufferOwnerError, CitygwError, ConfigError, KeyFileError
+from gateway.logs import EventLog
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -31,7 +31,7 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader of stdout went away: as a 
 
 DEFAULT_CONFIG = Path("/etc/citygw/config.yaml")
 
-log = logging.getLogger("citygw")
+log = EventLog("citygw")
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -85,18 +85,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway(config)
     except KeyFileError as exc:
-        log.error("%s: gateway.key_file: %s", path, exc)
+        log.event("config_invalid", path=str(path)).error("%s: gateway.key_file: %s", path, exc)
         return EXIT_CONFIG
     try:
         asyncio.run(gateway.run())
     except BufferOwnerError as exc:  # another gateway's buffer: a config matter, not a restart's
-        log.error("%s: %s", path, exc)
+        log.event("config_invalid", path=path).error("%s: %s", path, exc)
         return EXIT_CONFIG
     except CitygwError as exc:  # a task's traceback (gateway.daemon.TaskFailed) is logged already
-        log.error("%s; exit %d", exc, EXIT_FAILURE, extra={"event": "exit"})
+        log.event("failed").error("%s; exit %d", exc, EXIT_FAILURE)
         return EXIT_FAILURE
     except Exception:  # a bug outside the tasks: logged once, with its traceback, then exit 1
-        log.error("stopped on an unexpected error (a bug)", exc_info=True, extra={"event": "crashed"})
+        log.event("crashed").error("stopped on an unexpected error (a bug)", exc_info=True)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -24,16 +24,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.logs import EventLog
 from gateway.reading import Flag
 from gateway.senml import Record
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 TEST_CLOCK_FILE = "CITYGW_TEST_CLOCK_FILE"
@@ -154,10 +154,9 @@ class ClockWatch:
     def _enter_unsynced(self) -> None:
         self.synced = False
         self._ref = self._offset()
-        log.warning(
+        log.event("clock_unsynced").warning(
             "clock: the system clock is not synchronised; readings are flagged clock-unsynced "
             "and their times corrected once it is",
-            extra={"event": "clock_unsynced"},
         )
 
     def check(self) -> Callable[[Record], Record] | None:
@@ -173,10 +172,9 @@ class ClockWatch:
         self.synced = True
         delta = self._offset() - self._ref
         self.last_correction = delta
-        log.warning(
+        log.event("clock_synced").warning(
             "clock: synchronised; correcting the times of flagged readings by %+.3f s",
             delta,
-            extra={"event": "clock_synced"},
         )
         return self.fix(delta)
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import importlib
-import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from gateway.config.location import places
 from gateway.config.report import report_policies
 from gateway.errors import CitygwError, DeliveryError
 from gateway.lock import BufferLock
+from gateway.logs import EventLog
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
 from gateway.report import Reporter
@@ -42,7 +42,7 @@ from gateway.uplinks.base import UplinkState
 if TYPE_CHECKING:
     from gateway.config import Config
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 RESTART_PAUSE = 5.0  # seconds between restarts of a crashed task
 
@@ -108,24 +108,22 @@ async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: fl
             raise
         except Exception as exc:
             if not expected(exc):
-                log.error(
+                log.event("task_failed").error(
                     "task %s failed on an unexpected error (a bug); stopping so that the service "
                     "manager restarts citygw",
                     name,
                     exc_info=True,
-                    extra={"event": "task_failed"},
                 )
                 raise TaskFailed(name, exc) from exc
             failures += 1
             reason = f"{type(exc).__name__}: {exc}"
             if reason != last:
-                log.warning(
+                log.event("task_restarting").warning(
                     "task %s stopped (%s); restarting in %.0f s, again after each failure (%d so far)",
                     name,
                     reason,
                     pause,
                     failures,
-                    extra={"event": "task_restarting"},
                 )
             last = reason
             await asyncio.sleep(pause)
@@ -248,11 +246,10 @@ class Gateway:
         try:
             await asyncio.wait_for(self.pipeline.flush(), max(self.drain_timeout, 5.0))
         except Exception as exc:  # the failure may be the buffer's own: say so, the exit goes on
-            log.warning(
+            log.event("salvage_failed").warning(
                 "after the failure, %d readings in memory could not be committed: %s",
                 self.pipeline.pending_count,
                 exc,
-                extra={"event": "salvage_failed"},
             )
 
     async def _run(self) -> None:
@@ -279,13 +276,12 @@ class Gateway:
                 if self.reporter is not None:
                     windows = supervise("windows", self._close_windows)
                     others.append(group.create_task(windows, name="windows"))
-                log.info(
+                log.event("started").info(
                     "gateway %s running: %d buses, %d uplinks, buffer %s",
                     self.config.gateway.id,
                     len(buses),
                     len(uplinks),
                     self.buffer.path,
-                    extra={"event": "started"},
                 )
                 self.notifier.notify(ready=1, status=self.status_line())
                 self.ops.start()
@@ -310,11 +306,10 @@ class Gateway:
             await self._salvage()
             raise failed[0] from None
         else:
-            log.info(
+            log.event("stopped").info(
                 "stopped in %.2f s: %s",
                 time.monotonic() - started,
                 self.status_line(),
-                extra={"event": "stopped"},
             )
         finally:
             for sig in signals:

@@ -18,7 +18,6 @@ gateway id. That suits checking one box's own file, not a fleet; the receiver wa
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,9 +27,10 @@ from pathlib import Path
 from joserfc.jwk import OKPKey
 
 from gateway.errors import KeyFileError
+from gateway.logs import EventLog
 from gateway.signing import load_public_keys
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 RESCAN_INTERVAL = 5.0  # seconds between looks at the directory for changes
 MISS_INTERVAL = 1.0  # seconds between looks prompted by an unknown kid (a flood of them costs little)
@@ -132,12 +132,14 @@ class Keyring:
         try:
             folders = sorted(p for p in self.directory.iterdir() if p.is_dir())
         except OSError as exc:
-            log.error("cannot read keys directory %s: %s; keeping the keys known so far", self.directory, exc)
+            log.event("keys_unreadable", path=self.directory).error(
+                "cannot read keys directory %s: %s; keeping the keys known so far", self.directory, exc
+            )
             return
         for stray in sorted(self.directory.glob("*.pub")):
             if str(stray) not in self._reported:
                 self._reported.add(str(stray))
-                log.warning(
+                log.event("key_outside_folder", path=stray).warning(
                     "keys directory: %s is in no gateway's folder, so ignored: move it to %s/<gateway id>/",
                     stray,
                     self.directory,
@@ -152,7 +154,7 @@ class Keyring:
                 except KeyFileError as exc:
                     if str(path) not in self._reported:
                         self._reported.add(str(path))
-                        log.error("keys directory: %s; skipped", exc)
+                        log.event("key_unreadable", path=path).error("keys directory: %s; skipped", exc)
                     continue
                 for kid, key in found.items():
                     keys[kid] = key
@@ -161,7 +163,7 @@ class Keyring:
         bindings = {kid: Binding(keys[kid], frozenset(gws)) for kid, gws in owners.items()}
         for kid, gateways in owners.items():
             if len(gateways) > 1 and before.get(kid) != frozenset(gateways):
-                log.warning(
+                log.event("key_shared", reason="shared").warning(
                     "keys directory: key %s is in the folders of %s: it may sign for each of them",
                     kid,
                     ", ".join(sorted(gateways)),
@@ -170,7 +172,9 @@ class Keyring:
             known = {g for gws in before.values() for g in gws}
             added = sorted({g for gws in owners.values() for g in gws} - known)
             if added:
-                log.info("keys directory: now also accepting %s", ", ".join(added))
+                log.event("keys_added", path=self.directory).info(
+                    "keys directory: now also accepting %s", ", ".join(added)
+                )
         self._bindings = {**{k: Binding(v, None) for k, v in self._unbound.items()}, **bindings}
 
     def _refresh_unbound(self) -> None:

@@ -1,12 +1,12 @@
 """Logs: one line per event on stderr, ``key=value`` fields with stable keys, for journald.
 
-Every line has ``level``, ``logger`` and ``msg``; a call may add fields with
-``extra={"event": "clock_synced", "device": "air-1"}`` (the keys in :data:`FIELDS`, in that
-order). An exception's traceback goes on the same line, in ``exc`` with its newlines escaped,
-so that one event is one journal entry. Under systemd (``$JOURNAL_STREAM`` set) each line starts
-with its syslog priority (``<4>`` for a warning), so ``journalctl -u citygw -p warning`` shows
-what a technician must look at, and no timestamp (the journal adds its own); elsewhere the line
-starts with an ISO 8601 UTC time.
+Every line has ``level``, ``logger``, ``event`` and ``msg``; our calls name their event and its
+fields through :class:`gateway.logs.EventLog` (the keys in :data:`FIELDS`, in that order), and a
+library's line says ``event=library``. An exception's traceback goes on the same line, in ``exc``
+with its newlines escaped, so that one event is one journal entry. Under systemd
+(``$JOURNAL_STREAM`` set) each line starts with its syslog priority (``<4>`` for a warning), so
+``journalctl -u citygw -p warning`` shows what a technician must look at, and no timestamp (the
+journal adds its own); elsewhere the line starts with an ISO 8601 UTC time.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ FIELDS = ("event", "device", "bus", "uplink", "seq", "path", "reason")
 """Structured fields a log call may pass in ``extra``, printed in this order after ``logger``."""
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+_OURS = ("gateway", "drivers", "citygw")
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+-]+")
 
 
@@ -54,6 +55,8 @@ class KeyValueFormatter(logging.Formatter):
         parts.append(f"logger={record.name}")
         for key in FIELDS:
             value = record.__dict__.get(key)
+            if key == "event" and value is None and not record.name.startswith(_OURS):
+                value = "library"  # a library's own line (asyncio, bleak): ours name their event
             if value is not None:
                 parts.append(f"{key}={quote(value)}")
         parts.append(f"msg={quote(record.getMessage())}")

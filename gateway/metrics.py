@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import threading
 import time
@@ -56,6 +55,7 @@ from prometheus_client.registry import Collector
 from drivers.health import DeviceHealth, DeviceState
 from gateway import __version__
 from gateway.backoff import Backoff
+from gateway.logs import EventLog
 from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from gateway.daemon import Gateway
     from gateway.ops import Operations
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 T = TypeVar("T")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -430,22 +430,20 @@ class MetricsServer:
                 except OSError as exc:
                     failures += 1
                     if failures == 1:
-                        log.warning(
+                        log.event("metrics_unavailable").warning(
                             "metrics: cannot listen on %s:%d (%s); the daemon runs on and tries again "
                             "every %g s at most, without logging it each time",
                             self.host,
                             self.port,
                             exc.strerror or exc,
                             LISTEN_RETRY[1],
-                            extra={"event": "metrics_unavailable"},
                         )
                     raise
-        log.info(
+        log.event("metrics_listening").info(
             "metrics on http://%s:%d/metrics%s",
             self.host,
             self.port,
             f" (after {failures} failed attempts)" if failures else "",
-            extra={"event": "metrics_listening"},
         )
 
     def close(self) -> None:

@@ -9,11 +9,11 @@ clock check, the buffer report refresh, listening for metrics until the port is 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING
 
 from gateway.clock import ClockWatch
 from gateway.errors import CitygwError
+from gateway.logs import EventLog
 from gateway.metrics import GatewayCollector, MetricsServer, Timings
 from gateway.status import BufferReport, read_buffer
 from gateway.watchdog import Watchdog
@@ -21,7 +21,7 @@ from gateway.watchdog import Watchdog
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 REPORT_EVERY = 5.0  # seconds between refreshes of the buffer figures the metrics show
 CLOCK_EVERY = 1.0  # seconds between looks at the clock's sync state
@@ -66,11 +66,10 @@ class Operations:
             fix = self.clock.check()
             if fix is not None:
                 corrected = await self.gateway.pipeline.correct_times(fix)
-                log.info(
+                log.event("clock_corrected").info(
                     "clock: corrected %d staged readings (%d in all)",
                     corrected,
                     self.clock.corrected_readings,
-                    extra={"event": "clock_corrected"},
                 )
             await asyncio.sleep(CLOCK_EVERY)
 
@@ -85,7 +84,7 @@ class Operations:
             except CitygwError as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("buffer report: %s", exc, extra={"event": "report_failed"})
+                    log.event("report_failed").warning("buffer report: %s", exc)
             await asyncio.sleep(REPORT_EVERY)
 
 

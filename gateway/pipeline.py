@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.buffer import CommitResult, is_transient
+from gateway.logs import EventLog
 from gateway.reading import Reading
 from gateway.senml import Record, record_of
 from gateway.store import Store
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 
 @dataclass(slots=True)
@@ -172,7 +172,7 @@ class Pipeline:
                 raise
             self.counters.failed_commits += 1
             if self.counters.failed_commits == 1 or self.counters.failed_commits % 100 == 0:
-                log.exception(
+                log.event("commit_failed").exception(
                     "buffer commit failed (%d times so far); readings kept in memory",
                     self.counters.failed_commits,
                 )

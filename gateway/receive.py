@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sqlite3
 import sys
@@ -36,12 +35,13 @@ from aiohttp import web
 from gateway.backoff import Backoff
 from gateway.errors import KeyFileError
 from gateway.keyring import Keyring
+from gateway.logs import EventLog
 from gateway.ngsi import samples
 from gateway.signing import chain_hash, load_public_keys
 from gateway.streams import Event, Reset, Streams
 from gateway.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 LOG_EVERY = 10.0  # seconds between log lines about refused items of one kind
 
@@ -117,15 +117,15 @@ class _Throttle:
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def log(self, level: int, kind: str, message: str, *args: object) -> None:
+    def due(self, kind: str) -> str | None:
+        """None: hold this line back (counted); else the suffix its line ends with."""
         now = time.monotonic()
         if now - self._last.get(kind, -float("inf")) < self._every:
             self._held[kind] = self._held.get(kind, 0) + 1
-            return
+            return None
         self._last[kind] = now
         held = self._held.pop(kind, 0)
-        suffix = f" (and {held} more of this kind since the last line)" if held else ""
-        log.log(level, message + suffix, *args)
+        return f" (and {held} more of this kind since the last line)" if held else ""
 
 
 class Receiver:
@@ -151,7 +151,7 @@ class Receiver:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}
         if columns and "chain" not in columns:  # in one transaction: all carried over, or nothing
             self.db.executescript(f"BEGIN; {_MIGRATE_V1.format(schema=_SCHEMA)} COMMIT;")
-            log.info("carried the receiver's file over to contract v2 (chains)")
+            log.event("receiver_upgraded").info("carried the receiver's file over to contract v2 (chains)")
         else:
             self.db.executescript(_SCHEMA)
         if version != SCHEMA_VERSION:
@@ -184,8 +184,21 @@ class Receiver:
         else:
             self.counts.bad += 1
         who = f" from gateway {gateway}" if gateway else ""
-        level = logging.ERROR if kind in (Refusal.CONFLICT, Refusal.NOT_BOUND) else logging.WARNING
-        self._throttle.log(level, kind.value, "refused a batch%s (%s): %s", who, kind.value, reason)
+        suffix = self._throttle.due(kind.value)
+        if suffix is None:
+            pass
+        elif kind is Refusal.CONFLICT:
+            log.event("batch_conflict", reason=kind.value).error(
+                "refused a batch%s (%s): %s%s", who, kind.value, reason, suffix
+            )
+        elif kind is Refusal.NOT_BOUND:
+            log.event("batch_forged", reason=kind.value).error(
+                "refused a batch%s (%s): %s%s", who, kind.value, reason, suffix
+            )
+        else:
+            log.event("batch_refused", reason=kind.value).warning(
+                "refused a batch%s (%s): %s%s", who, kind.value, reason, suffix
+            )
         outcome = "conflict" if kind is Refusal.CONFLICT else "bad"
         return Verdict(_STATUS.get(kind, 400), outcome, reason)
 
@@ -193,12 +206,12 @@ class Receiver:
         for event in events:
             if event.kind == "clone":
                 self.counts.clones += 1
-                log.error("%s", event.text)
+                log.event("chain_clone").error("%s", event.text)
             elif event.kind == "upgrade":
-                log.info("%s", event.text)
+                log.event("chain_upgrade").info("%s", event.text)
             else:
                 self.counts.new_chains += 1
-                log.warning("%s", event.text)
+                log.event("chain_new").warning("%s", event.text)
 
     def accept(self, token: str) -> Verdict:
         token = token.strip()
@@ -389,7 +402,7 @@ async def _serve_http(receiver: Receiver, host: str, port: int, stop: asyncio.Ev
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("receiving on http://%s:%d/batches", host, port)
+    log.event("receiving").info("receiving on http://%s:%d/batches", host, port)
     try:
         await stop.wait()
     finally:
@@ -414,7 +427,7 @@ async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Ev
                 clean_session=False,
             ) as client:
                 await client.subscribe(topic, qos=1)
-                log.info("receiving from %s topic %s", url, topic)
+                log.event("receiving").info("receiving from %s topic %s", url, topic)
                 backoff.reset()
                 async for message in client.messages:
                     payload = message.payload
@@ -427,7 +440,7 @@ async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Ev
         except aiomqtt.MqttError as exc:
             backoff.failures += 1
             delay = backoff.delay()
-            log.warning("mqtt %s: %s; connecting again in %.1f s", url, exc, delay)
+            log.event("receiver_retrying").warning("mqtt %s: %s; connecting again in %.1f s", url, exc, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
@@ -455,7 +468,7 @@ def receive_main(
         sys.stderr.write(f"citygw receive: {exc}\n")
         return 2
     if not keyring.bound:
-        log.warning(
+        log.event("keys_unbound").warning(
             "keys given with --key may sign for any gateway id: use --keys DIR "
             "(DIR/<gateway id>/*.pub) to bind each key to its gateway"
         )

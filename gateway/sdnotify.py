@@ -5,11 +5,12 @@ A datagram to the socket named by ``$NOTIFY_SOCKET``; a no-op when it is not set
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
-log = logging.getLogger(__name__)
+from gateway.logs import EventLog
+
+log = EventLog(__name__)
 
 
 class Notifier:
@@ -43,7 +44,7 @@ class Notifier:
         try:
             self._sock.sendto(message.encode(), self._address)
         except OSError as exc:  # EAGAIN when the manager's queue is full: the next one gets through
-            log.debug("sd_notify failed: %s", exc)
+            log.event("sd_notify_failed").debug("sd_notify failed: %s", exc)
 
     def close(self) -> None:
         if self._sock is not None:

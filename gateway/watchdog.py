@@ -21,17 +21,18 @@ For tests only, ``CITYGW_TEST_BLOCK_LOOP=AFTER:SECONDS`` blocks the event loop w
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 import time
 from typing import TYPE_CHECKING
 
+from gateway.logs import EventLog
+
 if TYPE_CHECKING:
     from gateway.sdnotify import Notifier
     from gateway.store import Store
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 TEST_BLOCK_LOOP = "CITYGW_TEST_BLOCK_LOOP"
 
@@ -108,16 +109,15 @@ class Watchdog:
             problem = self.check()
             if problem is None:
                 if not self.healthy:
-                    log.warning("watchdog: alive again; pinging systemd", extra={"event": "watchdog_ok"})
+                    log.event("watchdog_ok").warning("watchdog: alive again; pinging systemd")
                 self.healthy = True
                 self.pings += 1
                 self.notifier.notify(watchdog=1)
             elif self.healthy:
                 self.healthy = False
-                log.error(
+                log.event("watchdog_stuck").error(
                     "watchdog: %s; no longer pinging systemd, which restarts the service",
                     problem,
-                    extra={"event": "watchdog_stuck"},
                 )
 
     def _schedule_test_block(self) -> None:
@@ -125,5 +125,7 @@ class Watchdog:
         if not spec:
             return
         after, _, seconds = spec.partition(":")
-        log.warning("test build: blocking the event loop for %s s in %s s", seconds, after)
+        log.event("watchdog_test_block").warning(
+            "test build: blocking the event loop for %s s in %s s", seconds, after
+        )
         asyncio.get_running_loop().call_later(float(after), time.sleep, float(seconds))

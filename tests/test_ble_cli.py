@@ -94,12 +94,17 @@ devices:
             "service": {BTHOME_UUID: bytes.fromhex("41A47266C95F73")},
         },
         *({"address": phone, "rssi": -60} for phone in PHONES),
+        *(  # a sensor on changing random addresses carrying its MAC C8:2B:96:A1:04:7E (info bit 1)
+            {"address": random, "rssi": rssi, "service": {BTHOME_UUID: bytes.fromhex("427E04A1962BC802CA09")}}
+            for random, rssi in (("5D:01:7F:22:9A:13", -64), ("7A:3F:11:C0:55:02", -66))
+        ),
     ]
     assert scan_main(config, "street", duration=0.2, factory=air.factory()) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         "address                rssi  format        device",
         f"{THERMO}   -58 dBm  bthome        thermo",
+        "C8:2B:96:A1:04:7E   -64 dBm  bthome        -",  # listed once, by the MAC it carries
         "A4:C1:38:99:99:99   -71 dBm  bthome        -",  # encrypted: still recognised as BTHome
         "5 other advertisers (not listed: no supported format)",
     ]

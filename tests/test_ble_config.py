@@ -173,7 +173,8 @@ buses:
     bindkey: 231d39
 """,
         [
-            "FILE:10: devices.t1.format: must be 'bthome', 'ruuvi' or 'xiaomi-pvvx'; got the text 'bthome2'",
+            "FILE:10: devices.t1.format: must be 'bthome', 'ruuvi' or 'xiaomi-pvvx'; got the text 'bthome2' "
+            "(did you mean 'bthome'?)",
             "FILE:11: devices.t1.address: 'CB:B8:33:4C:88' is not a Bluetooth address; write six hex bytes, "
             "e.g. A4:C1:38:0B:5E:ED",
             "FILE:16: devices.t2.bindkey: bindkey is for encrypted bthome sensors; a ruuvi sensor has none: "

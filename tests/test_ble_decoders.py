@@ -174,6 +174,52 @@ def test_bthome_wrong_address_fails_the_mic() -> None:
         bthome.decode(bytes.fromhex("41A47266C95F730011223378237214"), key)
 
 
+# bthome.io/format, "BTHome Device Information", bit 1 as the reference decoder bthome-ble reads it:
+# the advertiser's MAC follows the info byte, least significant byte first, and (encrypted) takes
+# the place of the advertised address in the nonce of bthome.io/encryption. Vectors built per the
+# spec for a device C8:2B:96:A1:04:7E; the encrypted one under MAC_KEY with counter 10.
+MAC_DEVICE = "C8:2B:96:A1:04:7E"
+MAC_KEY = "5f3e8a0c71d24b96a0e1c3b5d7f90246"
+MAC_PLAIN = "42 7E04A1962BC8 002A 015C 021C07 03101E"  # packet id 42, battery 92 %, 18.20 °C, 76.96 %
+MAC_SEALED = "43 7E04A1962BC8 6107C013D89C 0A000000 D7DF4BE6"  # 021C07 03101E sealed
+AIR = [M("temperature", 18.2, "Cel"), M("relativeHumidity", 76.96, "%RH")]
+
+
+def test_bthome_advert_carrying_its_mac() -> None:
+    decoded = bthome.decode(bytes.fromhex(MAC_PLAIN))
+    assert decoded == bthome.Decoded([M("batteryLevel", 92, "%"), *AIR], 42, None, MAC_DEVICE)
+    assert bthome.included_address(bytes.fromhex(MAC_PLAIN)) == MAC_DEVICE
+    assert bthome.decode(plain("021C07")).address is None  # bit 1 clear: no MAC, none reported
+
+
+@pytest.mark.parametrize("configured", [MAC_DEVICE, "7A:3F:11:C0:55:02"], ids=["same", "random-advertised"])
+def test_bthome_encrypted_advert_carrying_its_mac_uses_it_in_the_nonce(configured: str) -> None:
+    """bthome.io/encryption nonce = MAC (6) + D2FC + info (0x43) + counter: the MAC is the one carried."""
+    mac = bytes.fromhex(MAC_DEVICE.replace(":", ""))
+    assert bthome.nonce(mac, 0x43, bytes.fromhex("0A000000")).hex() == "c82b96a1047ed2fc430a000000"
+    decoded = bthome.decode(bytes.fromhex(MAC_SEALED), bthome.Key(bytes.fromhex(MAC_KEY), configured))
+    assert decoded == bthome.Decoded(AIR, 10, None, MAC_DEVICE)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "reason"),
+    [
+        ("42", None, Reason.SHORT),  # bit 1 and no MAC
+        ("427E04A1962B", None, Reason.SHORT),  # five of the six MAC bytes
+        ("427E04A1962BC8021C", None, Reason.SHORT),  # MAC, then a temperature cut short
+        ("437E04A1962BC80A000000D7DF4B", MAC_KEY, Reason.SHORT),  # MAC, then less than counter + MIC
+        ("437E04A1962BC96107C013D89C0A000000D7DF4BE6", MAC_KEY, Reason.DECRYPT),  # MAC changed: MIC fails
+        ("437E04A1962BC86107C013D89C0A000000D7DF4BE6", None, Reason.NO_KEY),
+        ("427E04A1962BC8021C07", MAC_KEY, Reason.PLAINTEXT),
+    ],
+)
+def test_bthome_mac_carrying_refusals(data: str, key: str | None, reason: Reason) -> None:
+    with pytest.raises(DecodeError) as caught:
+        bthome.decode(bytes.fromhex(data), bthome.Key(bytes.fromhex(key), MAC_DEVICE) if key else None)
+    assert caught.value.reason is reason
+    assert bthome.included_address(bytes.fromhex(data)[:6]) is None  # no whole MAC: none carried
+
+
 def test_bthome_unknown_object_keeps_what_came_before() -> None:
     """Objects come in ascending id order (bthome.io/format): an unknown id ends the readable part."""
     decoded = bthome.decode(plain("02CA09 EE0102".replace(" ", "")))
@@ -343,6 +389,8 @@ def test_cli_decoders() -> None:
         decode_bthome(bytes.fromhex("41A47266C95F730011223378237214"), bindkey=SPEC_KEY)
     with pytest.raises(DecodeError, match="empty"):
         decode_bthome(plain("0009"))
+    # an advert carrying its MAC needs no --address
+    assert decode_bthome(bytes.fromhex(MAC_SEALED.replace(" ", "")), bindkey=MAC_KEY) == AIR
     assert decode_ruuvi(bytes.fromhex("0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"))[0] == M(
         "temperature", 24.3, "Cel"
     )

@@ -261,6 +261,19 @@ def test_router_allowlist_dedup_and_errors() -> None:
     assert bad is not None and bad.error is not None and bad.error.reason.value == "short"
 
 
+def test_router_finds_a_bthome_sensor_by_the_mac_its_advert_carries() -> None:
+    """Firmware on a random address puts its MAC in the advert (BTHome device information bit 1)."""
+    router = Router(devices())
+    carried = bytes.fromhex(
+        "42" + "ED5E0B38C1A4" + "0007" + "02CA09"
+    )  # THERMO's MAC, least significant first
+    outcome = router.sensor(advert("5D:01:7F:22:9A:13", service={BTHOME_UUID: carried}), 10.0)
+    assert outcome is not None and outcome.device == "thermo" and outcome.error is None
+    assert outcome.readings[0] == Reading("thermo", "temperature", 25.06, "Cel", 10.0)
+    other = bytes.fromhex("42" + "010203040506" + "0007" + "02CA09")  # carries a MAC nobody configured
+    assert router.sensor(advert("5D:01:7F:22:9A:13", service={BTHOME_UUID: other}), 11.0) is None
+
+
 # --- the bus, into the real buffer ---------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ file's path and ``DIR`` for its directory. Tests run as root, which can read a m
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,11 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
 KEY_PEM = Ed25519PrivateKey.generate().private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
 )
+KEY_PUB_PEM = (
+    serialization.load_pem_private_key(KEY_PEM, None)
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+)
 GATEWAY = """\
 gateway:
   id: gw-1
@@ -40,6 +47,15 @@ gateway:
 ID_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 NOT_MQTT = "the scheme must be mqtt:// or mqtts:// (TLS), e.g. mqtts://broker.example.city:8883"
 NAMES = ", ".join(QUANTITIES)
+WIRING = (
+    "misspelt keys get a did-you-mean",
+    "a misspelt value gets a did-you-mean",
+    "two devices with one unit id on one RS-485 line",
+    "two buses on one serial port",
+    "two buses on one serial-to-Ethernet converter",
+    "non-standard baud rates",
+    "key_file names the public key",
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,7 @@ log: {level: 5}
         "unknown key at top level",
         GATEWAY + "logging:\n  level: debug\n",
         (
-            "FILE:4: logging: unknown key 'logging'; "
+            "FILE:4: logging: unknown key 'logging' (did you mean 'log'?); "
             "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
         ),
     ),
@@ -108,11 +124,11 @@ devices:
 devcies: {}
 """,
         (
-            "FILE:6: buffer.batch.max_size: unknown key 'max_size'; "
+            "FILE:6: buffer.batch.max_size: unknown key 'max_size' (did you mean 'max_age'?); "
             "allowed here: max_readings, max_bytes, max_age",
             "FILE:12: devices.d1.options: unknown key 'options'; "
             "allowed here: bus, rate, count, quantities, values, report, location",
-            "FILE:14: devcies: unknown key 'devcies'; "
+            "FILE:14: devcies: unknown key 'devcies' (did you mean 'devices'?); "
             "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
         ),
     ),
@@ -419,13 +435,143 @@ devices:
             "FILE:5: log.level: must be 'debug', 'info', 'warning' or 'error'; got the text 'loud'",
             "FILE:7: buffer.max_age: 'forever' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 30d",
             "FILE:12: uplinks.cdp.username: environment variable CDP_USER is not set",
-            "FILE:13: uplinks.cdp.keeplive: unknown key 'keeplive'; allowed here: type, url, topic, ca_file, "
+            "FILE:13: uplinks.cdp.keeplive: unknown key 'keeplive' (did you mean 'keepalive'?); "
+            "allowed here: type, url, topic, ca_file, "
             "cert_file, cert_key_file, username, password, password_file, client_id, keepalive, window, "
             "connect_timeout, backoff_initial, backoff_max",
             "FILE:19: devices.d1.rate: expected a number; got the text 'fast'",
             "FILE:21: devices.d2.bus: names bus 'modbus0', which is not defined; defined buses: gen",
             "FILE:22: devices.d1: duplicate key 'd1'; each id must be unique within devices "
             "(first defined on line 17): rename one of them",
+        ),
+    ),
+    Bad(
+        "a key that is a mapping",
+        GATEWAY + "? uplinks: {}\n",
+        (
+            "FILE: (top level): not valid for a config: a key that is a mapping or a list ('? ...'); "
+            "write plain keys",
+        ),
+    ),
+    Bad(
+        "misspelt keys get a did-you-mean",
+        GATEWAY
+        + """\
+buses:
+  rs485:
+    type: modbus_rtu
+    port: /dev/ttyUSB0
+  line:
+    type: modbus-rtu
+    port: /dev/ttyUSB1
+devices:
+  meter:
+    bus: line
+    unit: 1
+    intervall: 10s
+    registers: [{name: voltage, address: 0}]
+""",
+        (
+            "FILE:6: buses.rs485.type: unknown bus type 'modbus_rtu' (did you mean 'modbus-rtu'?); "
+            "known types: synthetic, modbus-rtu, modbus-tcp, modbus-rtu-over-tcp, ble, serial",
+            "FILE:15: devices.meter.intervall: unknown key 'intervall' (did you mean 'interval'?); "
+            "allowed here: bus, unit, interval, profile, registers, skip, max_gap, profiles_dir, "
+            "backoff_max, report",
+        ),
+    ),
+    Bad(
+        "a misspelt value gets a did-you-mean",
+        GATEWAY + "log: {level: warn}\nbuses:\n  uart: {type: serial, port: /dev/ttyS0, parity: evn}\n",
+        (
+            "FILE:4: log.level: must be 'debug', 'info', 'warning' or 'error'; got the text 'warn' "
+            "(did you mean 'warning'?)",
+            "FILE:6: buses.uart.parity: must be 'none', 'even' or 'odd'; got the text 'evn' "
+            "(did you mean 'even'?)",
+        ),
+    ),
+    Bad(
+        "two devices with one unit id on one RS-485 line",
+        GATEWAY
+        + """\
+buses:
+  rs485:
+    type: modbus-rtu
+    port: /dev/ttyUSB0
+devices:
+  meter-a:
+    bus: rs485
+    unit: 1
+    registers: [{name: voltage, address: 0}]
+  meter-b:
+    bus: rs485
+    unit: 1
+    registers: [{name: current, address: 6}]
+""",
+        (
+            "FILE:15: devices.meter-b.unit: device 'meter-a' on bus 'rs485' already has unit 1; two "
+            "devices with one unit id on a line both answer and garble each other: set this device's "
+            "unit id (on its display or with its tool) to a free one and write it here",
+        ),
+    ),
+    Bad(
+        "two buses on one serial port",
+        GATEWAY
+        + """\
+buses:
+  meters:
+    type: modbus-rtu
+    port: /dev/ttyUSB0
+  dust:
+    type: serial
+    port: /dev/ttyUSB0/
+""",
+        (
+            "FILE:10: buses.dust.port: port /dev/ttyUSB0/ is already the port of bus 'meters' "
+            "(/dev/ttyUSB0 is the same device); one port is one bus: put every device on that line "
+            "under bus 'meters', or give this bus its own port",
+        ),
+    ),
+    Bad(
+        "two buses on one serial-to-Ethernet converter",
+        GATEWAY
+        + """\
+buses:
+  north: {type: modbus-rtu-over-tcp, host: 10.0.0.7, port: 4196}
+  south: {type: modbus-rtu-over-tcp, host: 10.0.0.7, port: 4196}
+  east: {type: modbus-rtu-over-tcp, host: 10.0.0.7, port: 4197}
+""",
+        (
+            "FILE:6: buses.south.port: port 10.0.0.7:4196 is already the port of bus 'north'; one port "
+            "is one bus: put every device on that line under bus 'north', or give this bus its own port",
+        ),
+    ),
+    Bad(
+        "non-standard baud rates",
+        GATEWAY
+        + """\
+buses:
+  meters:
+    type: modbus-rtu
+    port: /dev/ttyUSB0
+    baudrate: 9601
+  gps:
+    type: serial
+    port: /dev/ttyAMA0
+    baudrate: 115000
+""",
+        (
+            "FILE:8: buses.meters.baudrate: 9601 is not a standard baud rate (did you mean 9600?); use "
+            "the rate on the device's label or datasheet, e.g. 2400, 4800, 9600, 19200, 38400 or 115200",
+            "FILE:12: buses.gps.baudrate: 115000 is not a standard baud rate (did you mean 115200?); use "
+            "the rate on the device's label or datasheet, e.g. 2400, 4800, 9600, 19200, 38400 or 115200",
+        ),
+    ),
+    Bad(
+        "key_file names the public key",
+        "gateway:\n  id: gw-1\n  key_file: key.pem.pub\n",
+        (
+            "FILE:3: gateway.key_file: DIR/key.pem.pub is the public key, which the platform verifies "
+            "with; key_file names the private key that signs: DIR/key.pem",
         ),
     ),
 ]
@@ -436,6 +582,7 @@ def workdir(tmp_path: Path) -> Path:
     """A directory holding the files configs name: a private key, an open one, a CA, a password."""
     (tmp_path / "key.pem").write_bytes(KEY_PEM)
     (tmp_path / "key.pem").chmod(0o600)
+    (tmp_path / "key.pem.pub").write_bytes(KEY_PUB_PEM)  # as `citygw keygen` writes it: 0644
     (tmp_path / "open.pem").write_bytes(KEY_PEM)
     (tmp_path / "open.pem").chmod(0o644)
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
@@ -740,3 +887,56 @@ def test_two_devices_on_one_serial_bus_are_refused(tmp_path: Path) -> None:
         load_config(path)
     expected = f"{path}:13: devices.gps.bus: serial bus 'uart2' already carries device 'radar'"
     assert expected in str(caught.value)
+
+
+def test_two_buses_on_one_port_through_a_by_id_link_are_refused(workdir: Path) -> None:
+    """/dev/serial/by-id/... is a symlink to /dev/ttyUSBn: the two names are one port."""
+    port = workdir / "ttyUSB0"
+    port.touch()
+    link = workdir / "usb-FTDI_FT232R-if00-port0"
+    link.symlink_to(port)
+    path = write(
+        workdir,
+        GATEWAY + f"buses:\n  a:\n    type: modbus-rtu\n    port: {port}\n"
+        f"  b:\n    type: modbus-rtu\n    port: {link}\n",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    [problem] = raised.value.problems
+    assert (problem.line, problem.key) == (10, "buses.b.port")
+    assert problem.message.startswith(
+        f"port {link} is already the port of bus 'a' ({port} is the same device)"
+    )
+
+
+def test_same_unit_on_different_lines_and_on_modbus_tcp_is_accepted(workdir: Path) -> None:
+    """Unit ids are per RS-485 line; a Modbus TCP server may present several devices at one unit."""
+    register = "    registers: [{name: voltage, address: 0}]\n"
+    path = write(
+        workdir,
+        GATEWAY + "buses:\n  a: {type: modbus-rtu, port: /dev/ttyUSB0, baudrate: 19200}\n"
+        "  b: {type: modbus-rtu, port: /dev/ttyUSB1}\n  plc: {type: modbus-tcp, host: 10.0.0.5}\n"
+        "devices:\n"
+        + "".join(
+            f"  {name}:\n    bus: {bus}\n    unit: 1\n" + register
+            for name, bus in (("m1", "a"), ("m2", "b"), ("p1", "plc"), ("p2", "plc"))
+        ),
+    )
+    config = load_config(path, environ={})
+    assert sorted(config.devices) == ["m1", "m2", "p1", "p2"]
+
+
+@pytest.mark.parametrize("case", [c for c in BAD if c.name in WIRING], ids=lambda c: c.name)
+def test_check_exits_78_on_wiring_mistakes(workdir: Path, case: Bad) -> None:
+    """`citygw check` (what a technician runs, and Ansible's validate:) refuses them with exit 78."""
+    path = write(workdir, case.text)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 78, done.stderr
+    for expected in case.problems:
+        assert expected.replace("FILE", str(path)).replace("DIR", str(workdir)) in done.stderr

@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import fcntl
+import io
 import json
 import os
 import pty
 import re
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from drivers.serial.decoders import decode_nmea, decode_pms5003
 from gateway.demo.devices import Fix, Pms5003, Route, Sdm630, nmea, nmea_sentences, pms5003_frame
 from gateway.demo.link import Link
+from gateway.demo.run import KEYS
+from gateway.demo.view import DeviceRow, Snapshot, render
 
 from .support import REPO
 
@@ -165,11 +172,48 @@ def test_bad_options_are_usage_errors() -> None:
     assert done.returncode == 2 and "--outage-for needs --outage-at" in done.stderr
 
 
-def test_the_live_view_in_a_terminal_with_an_outage_key_and_ctrl_c() -> None:
+def snapshot_of_the_demo(*, link_up: bool) -> Snapshot:
+    """The view's input as the demo makes it during an outage: its six devices, long readings."""
+    latest = "voltage:l1 231 V  current:l1 5.12 A  activePower 1180 W"
+    rows = [
+        DeviceRow(name, f"driver of {name}", "ok", 1234, 0, 0.4, 1200, latest) for name in sorted(DEVICES)
+    ]
+    return Snapshot(
+        *("demo-gw", 12.3, 7000, 120, 55, 50, "connecting", 50, 6800, 5, 123456, link_up, 20.0),
+        *(6, 900, 50, 6800, 3, 0, rows),
+    )
+
+
+HEADER = (
+    "[bold]citygw demo[/]  gateway demo-gw, 6 simulated devices  ·  broker mqtt://127.0.0.1:45678  ·  "
+    "metrics http://127.0.0.1:45679/metrics  ·  state in /tmp/citygw-demo-k2j3h4l5"
+)
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (100, 30), (140, 40)])
+def test_the_live_view_fits_the_terminal_with_the_buffer_panel(width: int, height: int) -> None:
+    """80x24 is the default terminal: the buffer panel, what the `o` key shows, must be on it."""
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, color_system=None)
+    console.print(render(snapshot_of_the_demo(link_up=False), header=HEADER, keys=KEYS))
+    lines = console.export_text().rstrip("\n").split("\n")
+    assert len(lines) <= height, "\n".join(lines)
+    text = "\n".join(lines)
+    for shown in ("buffer and uplink", "LINK DOWN: outage (20 s left)", "not delivered", "buffer file"):
+        assert shown in text, text
+    assert "platform: verified 50 batches, 6800 readings" in text, text
+    assert all(name in text for name in DEVICES), text
+    assert all(len(line) <= width for line in lines)
+    if height >= 40:  # room for the full layout: each device's driver under its name
+        assert "driver of meter-1" in text, text
+
+
+@pytest.mark.parametrize(("columns", "lines"), [(140, 40), (80, 24)])
+def test_the_live_view_in_a_terminal_with_an_outage_key_and_ctrl_c(columns: int, lines: int) -> None:
     pid, fd = pty.fork()
-    if pid == 0:  # the child: citygw demo on a terminal, as a person runs it
+    if pid == 0:  # the child: citygw demo on a terminal of that size, as a person runs it
         os.chdir(REPO)
-        os.environ.update(COLUMNS="140", LINES="40", TERM="xterm-256color")
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        os.environ.update(COLUMNS=str(columns), LINES=str(lines), TERM="xterm-256color")
         os.execv(sys.executable, [sys.executable, "-m", "gateway", "demo", "--rate", "50"])
     seen = bytearray()
 
@@ -194,9 +238,11 @@ def test_the_live_view_in_a_terminal_with_an_outage_key_and_ctrl_c() -> None:
             pass
 
     try:
-        wait_for("buffer and uplink", 30)  # the live view is up
+        wait_for("buffer and uplink", 30)  # the live view is up, its buffer panel on screen
         os.write(fd, b"o")  # uplink outage
         wait_for("LINK DOWN", 10)
+        wait_for("buffer file", 10)  # the whole panel is on screen (rich crops what does not fit)
+        wait_for("platform: verified", 10)
         watch(2)
         os.write(fd, b"\x03")  # Ctrl-C: the link comes back, what the buffer held is delivered
         wait_for("result:", 60)

@@ -262,7 +262,8 @@ devices:
 def test_bus_keys_and_line_settings(tmp_path: Path, key: Path) -> None:
     body = "buses:\n  rs: {type: modbus-rtu, port: /dev/ttyS0, parity: E, baud: 19200}\n"
     assert problems(config(tmp_path, key, body)) == [
-        "FILE:5: buses.rs.baud: unknown key 'baud'; allowed here: type, port, baudrate, parity, stopbits, "
+        "FILE:5: buses.rs.baud: unknown key 'baud' (did you mean 'baudrate'?); "
+        "allowed here: type, port, baudrate, parity, stopbits, "
         "bytesize, timeout, inter_frame_delay"
     ]
     bus = ModbusRtuBus.model_validate(

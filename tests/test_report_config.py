@@ -78,7 +78,7 @@ def test_malformed_rules_are_refused_at_their_key(workdir: Path) -> None:
         "FILE:13: devices.g2.report.aggregate.window: windows start on the clock, so a window must divide a "
         "day into whole windows, e.g. 10s, 1m, 5m, 15m or 1h; got 7m",
         "FILE:16: devices.g3.report.aggregate.statistics[0]: must be 'mean', 'min', 'max', 'last', 'count' "
-        "or 'sum'; got the text 'median'",
+        "or 'sum'; got the text 'median' (did you mean 'mean'?)",
         "FILE:16: devices.g3.report.aggregate.window: required key 'window' is missing; the window, 1s to "
         "1d, dividing a day (e.g. 1m, 15m, 1h); records carry its start",
         "FILE:16: devices.g3.report.on_change.deadband: must be at least 0; got -1",

@@ -1,7 +1,8 @@
 """BTHome v2 (https://bthome.io/format/): service data on UUID 0xFCD2, one table of objects.
 
 The service data (without its UUID, as bleak hands it over) is one device information byte
-(bit 0 encryption, bit 2 trigger based, bits 5-7 the version, which must be 2) and then objects,
+(bit 0 encryption, bit 1 the advertiser's MAC follows, bit 2 trigger based, bits 5-7 the version,
+which must be 2), then with bit 1 the MAC (6 bytes, least significant first), and then objects,
 each an object id and its little-endian value. :data:`OBJECTS` is the spec's object list as data:
 id -> quantity name, SenML unit, size, signedness and scale. Values are converted to the canonical
 unit of the quantity in :mod:`gateway.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, l -> m3,
@@ -15,6 +16,12 @@ kept and :attr:`Decoded.unknown` says which id stopped it.
 Encrypted adverts (https://bthome.io/encryption/) are AES-CCM with a 4-byte MIC: the payload is
 ciphertext, a 4-byte counter and the MIC; the nonce is the advertiser's MAC (6 bytes), the UUID
 as sent (``D2 FC``), the device information byte and the counter (:func:`nonce`).
+
+Device information bit 1 is for firmware that cannot rely on the advertised address (a random or
+changing one, or a relay): the MAC it carries is the device's identity and, in an encrypted advert,
+the MAC of the nonce in place of the advertised one, as the reference decoder bthome-ble reads it
+(``BTHomeData.get_mac_readable``, ``get_nonce``). The MAC sits before the ciphertext, in the clear,
+and is authenticated through the nonce: a changed MAC fails the MIC.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from drivers.ble.common import DecodeError, Measurement, Reason, uuid16
+from drivers.ble.common import DecodeError, Measurement, Reason, format_mac, uuid16
 
 UUID = uuid16(0xFCD2)
 _UUID_BYTES = b"\xd2\xfc"  # 0xFCD2 as it is sent, little endian
 _ENCRYPTED = 0x01
+_MAC_INCLUDED = 0x02
+_MAC = 6
 _VERSION_SHIFT = 5
 _MIC = 4
 _COUNTER = 4
@@ -193,11 +202,13 @@ _FAST: dict[int, tuple[str, str, int, bool, int, float, Kind]] = {
 
 class Decoded(NamedTuple):
     """What one BTHome advert holds: ``key`` de-duplicates (the packet id, else the encryption counter);
-    ``unknown`` is the object id that stopped decoding, if one did."""
+    ``unknown`` is the object id that stopped decoding, if one did; ``address`` is the advertiser's
+    MAC carried in the advert (device information bit 1) as ``AA:BB:CC:DD:EE:FF``, if it carries one."""
 
     measurements: list[Measurement]
     key: int | None
     unknown: int | None = None
+    address: str | None = None
 
 
 class Key:
@@ -213,8 +224,10 @@ class Key:
         if len(self.mac) != 6:
             raise ValueError(f"{address!r} is not a 6-byte Bluetooth address")
 
-    def decrypt(self, info: int, sealed: bytes) -> tuple[bytes, int]:
-        """The plaintext objects of ``sealed`` (ciphertext + counter + MIC) and the counter."""
+    def decrypt(self, info: int, sealed: bytes, mac: bytes | None = None) -> tuple[bytes, int]:
+        """The plaintext objects of ``sealed`` (ciphertext + counter + MIC) and the counter; ``mac``
+        (most significant byte first) is the MAC the advert carries, used in the nonce in place of
+        the configured address."""
         if len(sealed) < _COUNTER + _MIC:
             raise DecodeError(
                 Reason.SHORT, f"an encrypted advert holds at least counter and MIC; got {len(sealed)}"
@@ -222,7 +235,9 @@ class Key:
         ciphertext = sealed[: -_COUNTER - _MIC]
         counter = sealed[-_COUNTER - _MIC : -_MIC]
         try:
-            plain = self._aesccm.decrypt(nonce(self.mac, info, counter), ciphertext + sealed[-_MIC:], None)
+            plain = self._aesccm.decrypt(
+                nonce(mac or self.mac, info, counter), ciphertext + sealed[-_MIC:], None
+            )
         except InvalidTag:
             raise DecodeError(
                 Reason.DECRYPT, "the MIC does not match: wrong bindkey or address, or a forged advert"
@@ -233,6 +248,13 @@ class Key:
 def nonce(mac: bytes, info: int, counter: bytes) -> bytes:
     """The AES-CCM nonce of bthome.io/encryption: MAC (6), UUID as sent (2), device info (1), counter (4)."""
     return mac + _UUID_BYTES + bytes((info,)) + counter
+
+
+def included_address(data: bytes) -> str | None:
+    """The advertiser's MAC an advert's service data carries (device information bit 1), if any."""
+    if len(data) <= _MAC or not data[0] & _MAC_INCLUDED:
+        return None
+    return format_mac(data[_MAC:0:-1])
 
 
 def decode(data: bytes, key: Key | None = None) -> Decoded:
@@ -251,17 +273,27 @@ def decode(data: bytes, key: Key | None = None) -> Decoded:
         raise DecodeError(
             Reason.FORMAT, f"BTHome version {version} in device info byte 0x{info:02x}; citygw reads v2"
         )
+    body = data[1:]
+    mac: bytes | None = None
+    if info & _MAC_INCLUDED:
+        if len(body) < _MAC:
+            raise DecodeError(
+                Reason.SHORT,
+                f"device info 0x{info:02x} says the advertiser's MAC follows (6 bytes); got {len(body)}",
+            )
+        mac, body = body[_MAC - 1 :: -1], body[_MAC:]
     counter: int | None = None
     if info & _ENCRYPTED:
         if key is None:
             raise DecodeError(Reason.NO_KEY, "an encrypted advert; configure the device's bindkey to read it")
-        payload, counter = key.decrypt(info, data[1:])
+        payload, counter = key.decrypt(info, body, mac)
     elif key is not None:
         raise DecodeError(Reason.PLAINTEXT, "a plaintext advert from a device with a bindkey; refused")
     else:
-        payload = data[1:]
+        payload = body
     measurements, packet_id, unknown = _objects(payload)
-    return Decoded(measurements, packet_id if packet_id is not None else counter, unknown)
+    address = format_mac(mac) if mac is not None else None
+    return Decoded(measurements, packet_id if packet_id is not None else counter, unknown, address)
 
 
 def _objects(payload: bytes) -> tuple[list[Measurement], int | None, int | None]:

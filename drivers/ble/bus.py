@@ -10,7 +10,6 @@ bleak scanner with them; nothing outlives it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,12 +22,13 @@ from drivers.ble.router import Router
 from drivers.ble.scanner import QUEUE_SIZE, Scanner, ScannerFactory, patterns_for
 from drivers.health import DeviceHealth
 from gateway.config.ble import BleSensor, PresenceCounter
+from gateway.logs import EventLog
 from gateway.reading import Reading
 
 if TYPE_CHECKING:
     from gateway.config.ble import BleBus, BleDevice
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 Sink = Callable[[list[Reading]], Awaitable[None]]
 
@@ -151,7 +151,7 @@ class BleBusRunner:
                 device.stale()
         dropped = self.scanner.dropped
         if dropped > self._dropped_reported and now >= self._drop_report_at:
-            log.warning(
+            log.event("adverts_dropped", bus=self.bus_name).warning(
                 "ble %s: %d adverts dropped (queue of %d full: the gateway cannot keep up)",
                 self.bus_name,
                 dropped - self._dropped_reported,

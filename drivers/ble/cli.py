@@ -39,6 +39,7 @@ def decode_bthome(
     """
     key = None
     if bindkey is not None:
+        address = address or bthome.included_address(data)  # an advert may carry its MAC (info bit 1)
         if address is None:
             raise ValueError("--bindkey needs --address: the advertiser's MAC is part of the nonce")
         try:
@@ -68,19 +69,32 @@ def scan_report(adverts: Iterable[Advert], configured: Mapping[str, str]) -> lis
     """Lines for ``citygw scan`` on a BLE bus: ``address  rssi  format  device`` per sensor heard.
 
     ``configured`` maps addresses to the device ids of the config. Advertisers of no supported
-    format are only counted.
+    format are only counted. A BTHome sensor that carries its MAC in the advert (on a random or
+    changing address) is listed once, by that MAC: the address to configure.
     """
     lines: list[str] = []
+    listed: set[str] = set()
     others = 0
     for advert in sorted(adverts, key=lambda a: -a.rssi):
         fmt = classify(advert)
         if fmt is None:
             others += 1
             continue
-        device = configured.get(advert.address, "-")
-        lines.append(f"{advert.address}  {advert.rssi:4d} dBm  {fmt.value:<12}  {device}")
+        address = heard_address(advert)
+        if address in listed:
+            continue
+        listed.add(address)
+        device = configured.get(address, "-")
+        lines.append(f"{address}  {advert.rssi:4d} dBm  {fmt.value:<12}  {device}")
     header = f"{'address':<17}  {'rssi':>8}  {'format':<12}  device"
     return [header, *lines, f"{others} other advertisers (not listed: no supported format)"]
+
+
+def heard_address(advert: Advert) -> str:
+    """The sensor's address: the MAC its BTHome advert carries (device information bit 1), else
+    the advertised one."""
+    data = advert.service_data.get(bthome.UUID)
+    return (bthome.included_address(data) if data is not None else None) or advert.address
 
 
 SCAN_SECONDS = 10.0
@@ -120,7 +134,7 @@ def scan_main(
         return 1
     lines = scan_report(adverts, configured)
     sys.stdout.write("\n".join(lines) + "\n")
-    heard = {a.address for a in adverts}
+    heard = {heard_address(a) for a in adverts}
     for address, name in configured.items():
         if address not in heard:
             sys.stderr.write(f"citygw scan: {name} ({address}) was not heard\n")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +22,9 @@ from bleak import BleakScanner
 from bleak.backends.scanner import AdvertisementData, AdvertisementDataCallback, BaseBleakScanner
 
 from drivers.ble.recording import RecordedAdvert, load
+from gateway.logs import EventLog
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 LOOP_PAUSE = 1.0  # seconds between the end of the recording and its next play
 
@@ -70,7 +70,7 @@ class ReplayScanner(BaseBleakScanner):
                     await asyncio.sleep(wait)
                 self._hear(advert)
             plays += 1
-            log.debug("ble %s: replayed the recording %d times", self.adapter, plays)
+            log.event("ble_replay_loop").debug("ble %s: replayed the recording %d times", self.adapter, plays)
             await asyncio.sleep(LOOP_PAUSE)
 
     def _hear(self, recorded: RecordedAdvert) -> None:
@@ -92,5 +92,7 @@ class ReplayScanner(BaseBleakScanner):
 def factory(recording: Path) -> functools.partial[BleakScanner]:
     """A :data:`~drivers.ble.scanner.ScannerFactory` of bleak scanners replaying ``recording``."""
     adverts = load(recording)
-    log.info("ble: replaying %d recorded adverts from %s instead of a radio", len(adverts), recording)
+    log.event("ble_replay", path=str(recording)).info(
+        "ble: replaying %d recorded adverts from %s instead of a radio", len(adverts), recording
+    )
     return functools.partial(BleakScanner, backend=ReplayScanner, adverts=adverts)

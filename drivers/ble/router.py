@@ -2,8 +2,8 @@
 
 Pure given its time arguments (no asyncio, no bleak, no logging): :class:`Router` gets each advert
 with the wall-clock time it was heard and returns what became of it. An advert from an address no
-sensor is configured with is not decoded and not kept; it only feeds the presence counters, which
-keep nothing but salted hashes for one window.
+sensor is configured with (nor carrying one in its BTHome payload) is not decoded and not kept; it
+only feeds the presence counters, which keep nothing but salted hashes for one window.
 
 Each sensor keeps the key of its last advert (BTHome packet id or encryption counter, Ruuvi
 measurement sequence, pvvx counter): an advert with the same key is the same measurement sent again
@@ -83,6 +83,13 @@ def classify(advert: Advert) -> BleFormat | None:
     return None
 
 
+def _carried_address(advert: Advert) -> str:
+    """The MAC a BTHome advert carries in its payload (firmware on a random or changing address,
+    or a relay), else ``""``: such a sensor is found by the address configured for it."""
+    data = advert.service_data.get(bthome.UUID)
+    return (bthome.included_address(data) or "") if data is not None else ""
+
+
 @dataclass(slots=True)
 class Route:
     """One configured sensor: where its bytes are, how they decode, and the last key seen."""
@@ -144,7 +151,7 @@ class Router:
 
     def sensor(self, advert: Advert, now: float) -> Outcome | None:
         """Decode ``advert`` if it comes from a configured sensor; ``None`` otherwise (not recorded)."""
-        route = self.routes.get(advert.address)
+        route = self.routes.get(advert.address) or self.routes.get(_carried_address(advert))
         if route is None:
             return None
         data = route.extract(advert)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -30,8 +29,9 @@ from bleak.exc import BleakError
 from drivers.ble.common import Advert
 from gateway.backoff import Backoff
 from gateway.config.ble import BleFormat, Scanning
+from gateway.logs import EventLog
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 QUEUE_SIZE = 8192  # adverts waiting for the router: a few seconds of a crowded street
 
@@ -140,7 +140,7 @@ class Scanner:
                 await scanner.start()
             except BleakError:
                 raise exc from None  # the adapter itself is not there: try passive again next time
-            log.warning(
+            log.event("scanner_passive_unavailable").warning(
                 "ble %s: passive scanning is not available (%s); falling back to active scanning "
                 "(passive needs BlueZ >= 5.56 with experimental features: bluetoothd --experimental)",
                 self.adapter,
@@ -155,12 +155,14 @@ class Scanner:
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
             if text != self._last_error:
-                log.warning("ble %s: cannot start scanning: %s; retrying with backoff", self.adapter, text)
+                log.event("scanner_retrying").warning(
+                    "ble %s: cannot start scanning: %s; retrying with backoff", self.adapter, text
+                )
             self._last_error = text
             raise
         self.starts += 1
         self._last = time.monotonic()
-        log.info("ble %s: scanning (%s)", self.adapter, self.mode)
+        log.event("scanner_started").info("ble %s: scanning (%s)", self.adapter, self.mode)
         self._last_error = ""
         self.backoff.reset()
         if self.on_state is not None:
@@ -181,7 +183,9 @@ class Scanner:
                 await asyncio.Event().wait()  # forever, until cancelled
             silent = time.monotonic() - self._last
             if silent >= limit:
-                log.warning("ble %s: no advert for %.0f s; restarting the scanner", self.adapter, silent)
+                log.event("scanner_silent").warning(
+                    "ble %s: no advert for %.0f s; restarting the scanner", self.adapter, silent
+                )
                 raise ScannerStopped(f"silent for {silent:.0f} s")
             await asyncio.sleep(limit - silent)
 

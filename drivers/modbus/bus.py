@@ -20,7 +20,6 @@ Buses are independent tasks with their own links, so a slow device delays only i
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +34,10 @@ from drivers.modbus.registers import DecodeError
 from gateway.backoff import Backoff
 from gateway.config.modbus import ModbusBus, ModbusDeviceModel
 from gateway.errors import CitygwError
+from gateway.logs import EventLog
 from gateway.reading import Reading
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 Sink = Callable[[list[Reading]], Awaitable[None]]
 
@@ -114,7 +114,7 @@ class DevicePoller:
                 result.readings.extend(decoded.readings)
                 result.errors.extend(decoded.errors)
                 for name, event in decoded.events:
-                    log.info(
+                    log.event("counter_rollover", device=self.name).info(
                         "device %s: counter %s went down (%s); reading flagged counter-rollover",
                         self.name,
                         name,
@@ -144,7 +144,7 @@ class DevicePoller:
         self.splits.append(request)
         if not self.log_splits:
             return
-        log.warning(
+        log.event("modbus_gap_refused", device=self.name).warning(
             "device %s: unit %d refused %s, which spans unused addresses; reading those registers "
             "without gaps from now on (set max_gap: 0 for this device to skip the failed read)",
             self.name,
@@ -208,7 +208,7 @@ class DevicePoller:
                 self.skipped += missed
                 if at_once and not self._overrun_logged:
                     self._overrun_logged = True
-                    log.warning(
+                    log.event("poll_overrun", device=self.name).warning(
                         "device %s: a poll took longer than its interval (%g s); the bus is too busy "
                         "for this interval",
                         self.name,
@@ -231,7 +231,7 @@ async def run_bus(
     link = ModbusLink(bus_name, bus)
     pollers = [DevicePoller(name, device, link) for name, device in devices.items()]
     for poller in pollers:
-        log.info(
+        log.event("device_polling", device=poller.name, bus=link.name).info(
             "device %s: unit %d on %s, %d fields in %d requests every %g s",
             poller.name,
             poller.unit,

@@ -44,8 +44,9 @@ from drivers.serial.port import diagnose
 from gateway.backoff import Backoff
 from gateway.config.modbus import ModbusBus, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from gateway.errors import CitygwError
+from gateway.logs import EventLog
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 # pymodbus logs every timeout at ERROR with a dump of the last frames; each device's health
 # logs each distinct error once instead (a dead unit must not write a line per poll for days)
@@ -221,7 +222,7 @@ class ModbusLink:
             )
         if await self._client.connect():
             if self._connect_backoff.failures:
-                log.info("%s: connected again", self.where)
+                log.event("bus_connected", bus=self.name).info("%s: connected again", self.where)
             self._connect_backoff.reset()
             self._down = None
             return

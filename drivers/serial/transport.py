@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -48,6 +47,7 @@ from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
 from drivers.serial.port import diagnose
 from gateway.backoff import Backoff
 from gateway.errors import CitygwError
+from gateway.logs import EventLog
 from gateway.reading import Reading
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from gateway.config.serial import SerialBus, SerialDevice
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 Sink = Callable[[list[Reading]], Awaitable[None]]
 
@@ -185,7 +185,9 @@ class SerialLink:
             raise PortError(f"cannot open {port}: {problem}", reason=problem.reason) from exc
         self._port_down = False
         self._framer = self.wire.framer()  # nothing from before an unplug is joined to what follows
-        log.info("device %s: %s open (%d baud, %s)", self.name, port, self.bus.baudrate, self.device.protocol)
+        log.event("port_open", device=self.name, path=port).info(
+            "device %s: %s open (%d baud, %s)", self.name, port, self.bus.baudrate, self.device.protocol
+        )
         try:
             identity = self._identity()
             if self.wire.request is None:
@@ -296,7 +298,7 @@ async def run_bus(
 ) -> None:
     """The device of one serial bus, until cancelled. A UART is point to point: one device per bus."""
     if len(devices) != 1:
-        log.error(
+        log.event("serial_bus_shared", bus=bus_name).error(
             "bus %s: a serial bus carries exactly one device, but %s name it; not reading it",
             bus_name,
             ", ".join(devices) or "none",

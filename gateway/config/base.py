@@ -114,7 +114,9 @@ class Section(BaseModel):
             return _rebuilt(error)
         key = str(error["loc"][0])
         if error["type"] == "extra_forbidden":
-            message = f"unknown key {key!r}; allowed here: {', '.join(cls.yaml_keys())}"
+            close = difflib.get_close_matches(key, cls.yaml_keys(), n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            message = f"unknown key {key!r}{guess}; allowed here: {', '.join(cls.yaml_keys())}"
             return InitErrorDetails(
                 type=problem("unknown_key", message), loc=error["loc"], input=error["input"]
             )
@@ -266,9 +268,18 @@ def _private_key(value: Path, info: ValidationInfo) -> Path:
     try:
         with value.open("rb") as file:
             mode = os.fstat(file.fileno()).st_mode
+            head = file.read(64)
     except OSError as exc:
         create = "; create one with `citygw keygen`" if exc.errno == errno.ENOENT else ""
         raise problem("file_unreadable", f"cannot read {value}: {exc.strerror}{create}") from None
+    if head.lstrip().startswith((b"-----BEGIN PUBLIC KEY-----", b"ssh-ed25519 ")):
+        private = value.with_name(value.name.removesuffix(".pub"))
+        name = private if private != value else "the file `citygw keygen` was given (FILE, beside FILE.pub)"
+        raise problem(
+            "key_file_public",
+            f"{value} is the public key, which the platform verifies with; key_file names the private "
+            f"key that signs: {name}",
+        )
     if mode & 0o077:
         raise problem(
             "key_file_mode",

@@ -14,6 +14,7 @@ Steps, each collecting problems rather than stopping at the first:
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -158,6 +159,11 @@ def _parse(text: str, problems: _Problems) -> CommentedMap | None:
     except (ValueError, IndexError) as exc:  # ruamel.yaml resolves "._" or "+_" as a number, then fails
         problems.add(
             None, "", f"not valid YAML: a value looks like a number but is not one ({exc}); put it in quotes"
+        )
+        return None
+    except TypeError:  # ruamel.yaml hashes a complex key ("? a: {}") and fails
+        problems.add(
+            None, "", "not valid for a config: a key that is a mapping or a list ('? ...'); write plain keys"
         )
         return None
     except MarkedYAMLError as exc:
@@ -452,7 +458,9 @@ def _message(error: ErrorDetails) -> str:
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}; got {describe(given)}"
     if kind in ("enum", "literal_error"):
-        return f"must be {ctx['expected']}; got {describe(given)}"
+        close = difflib.get_close_matches(str(given), re.findall(r"'([^']*)'", ctx["expected"]), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if isinstance(given, str) and close else ""
+        return f"must be {ctx['expected']}; got {describe(given)}{guess}"
     if kind == "string_too_short":
         return (
             "must not be empty"

@@ -49,6 +49,7 @@ from gateway.config.base import (
 from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within
+from gateway.config.wiring import standard_baudrate
 from gateway.vocabulary import unit_of
 
 _CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,15}")
@@ -147,8 +148,8 @@ class ModbusRtuBus(Section):
     port: Annotated[str, Field(min_length=1)] = Field(
         description="the serial port, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."
     )
-    baudrate: Annotated[Int, AfterValidator(within(300, 1_000_000))] = Field(
-        default=9600, description="bits per second, 300 to 1000000"
+    baudrate: Annotated[Int, AfterValidator(within(300, 1_000_000)), AfterValidator(standard_baudrate)] = (
+        Field(default=9600, description="bits per second, a standard rate from 300 to 1000000")
     )
     parity: Parity = Field(default="none", description="none, even or odd (N, E, O)")
     stopbits: Literal[1, 2] = Field(default=1, description="1 or 2")

@@ -11,6 +11,7 @@ is a bus model, a device model and one entry in each table.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from gateway.config.base import (
     UplinkId,
     _distinct,
     cert_key_pair,
+    load_context,
     located,
     not_below,
     tls_only,
@@ -61,6 +63,7 @@ from gateway.config.metrics import MetricsSettings
 from gateway.config.report import ReportSettings, check_reports
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
+from gateway.config.wiring import one_bus_per_port, one_device_per_unit
 
 # --- sections ----------------------------------------------------------------------------------
 
@@ -284,11 +287,13 @@ def _by_type(table: Mapping[str, type[Section]], noun: str) -> Callable[[Any, Va
             )
         model = table.get(value["type"]) if isinstance(value["type"], str) else None
         if model is None:
+            close = difflib.get_close_matches(str(value["type"]), table, n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
             located(
                 noun,
                 ("type",),
                 "unknown_type",
-                f"unknown {noun} type {value['type']!r}; known types: {known}",
+                f"unknown {noun} type {value['type']!r}{guess}; known types: {known}",
                 value,
             )
         return model.model_validate(value, context=info.context)
@@ -388,7 +393,10 @@ class Config(Section):
         return data
 
     @model_validator(mode="after")
-    def _devices_do_not_collide(self) -> Config:
+    def _devices_do_not_collide(self, info: ValidationInfo) -> Config:
+        context = load_context(info)
+        one_bus_per_port(self.buses, check_files=context is not None and context.check_files)
+        one_device_per_unit(self.buses, self.devices)
         one_device_per_bus(self.buses, self.devices)
         one_sensor_per_address(self.devices)
         return self

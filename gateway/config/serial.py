@@ -20,6 +20,7 @@ from gateway.config.base import BusId, Float, Int, QuantityName, Section, locate
 from gateway.config.location import DEVICE_LOCATION, Location
 from gateway.config.report import ReportSettings
 from gateway.config.units import Duration, duration_within, format_duration
+from gateway.config.wiring import standard_baudrate
 from gateway.vocabulary import is_senml_unit, unit_of
 
 PORT_EXAMPLE = "e.g. /dev/ttyAMA0, /dev/ttyUSB0 or /dev/serial/by-id/usb-..."
@@ -54,8 +55,12 @@ class SerialBus(Section):
 
     type: Literal["serial"] = Field(description="the bus type: serial")
     port: Annotated[str, AfterValidator(_port)] = Field(description=f"the serial device, {PORT_EXAMPLE}")
-    baudrate: Annotated[Int, AfterValidator(within(50, 4_000_000))] = Field(
-        default=9600, description="bits per second, 50 to 4000000; PMS5003, SDS011, MH-Z19 and most GPS: 9600"
+    baudrate: Annotated[Int, AfterValidator(within(50, 4_000_000)), AfterValidator(standard_baudrate)] = (
+        Field(
+            default=9600,
+            description="bits per second, a standard rate from 50 to 4000000; "
+            "PMS5003, SDS011, MH-Z19 and most GPS: 9600",
+        )
     )
     bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="data bits: 5, 6, 7 or 8")
     parity: Parity = Field(default=Parity.NONE, description="none, even or odd")

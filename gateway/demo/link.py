@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 
-log = logging.getLogger(__name__)
+from gateway.logs import EventLog
+
+log = EventLog(__name__)
 
 CHUNK = 65536
 
@@ -48,7 +49,7 @@ class Link:
         self.cuts += 1
         self.down_since = time.monotonic()
         self._drop()
-        log.info("demo: uplink cut")
+        log.event("demo_link").info("demo: uplink cut")
 
     def restore(self) -> None:
         if self.up:
@@ -57,7 +58,7 @@ class Link:
         if self.down_since is not None:
             self.down_total += time.monotonic() - self.down_since
         self.down_since = None
-        log.info("demo: uplink restored")
+        log.event("demo_link").info("demo: uplink restored")
 
     def toggle(self) -> None:
         self.restore() if not self.up else self.cut()

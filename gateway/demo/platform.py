@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,13 +18,14 @@ from typing import Any
 
 import aiomqtt
 
+from gateway.logs import EventLog
 from gateway.reading import Value
 from gateway.receive import Receiver
 
 TOPIC = "city/+/batches"
 RECONNECT = 0.5  # seconds before connecting again
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 
 @dataclass(slots=True)
@@ -73,7 +73,7 @@ class Platform:
                         if isinstance(payload, bytes | bytearray):
                             self.accept(bytes(payload).decode("ascii", errors="replace"))
             except aiomqtt.MqttError as exc:
-                log.warning("demo platform: %s; reconnecting", exc)
+                log.event("demo_platform_retrying").warning("demo platform: %s; reconnecting", exc)
                 await asyncio.sleep(RECONNECT)
 
     def accept(self, token: str) -> None:

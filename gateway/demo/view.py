@@ -5,6 +5,11 @@ The gateway's side comes from :class:`gateway.metrics.GatewayCollector`, the col
 ``/metrics`` endpoint, so the view shows what an operator's Prometheus sees: device state and
 counts, accepted readings, the sealed and acknowledged seqs, the uplink's state, the buffer file.
 The platform's side is what arrived verified.
+
+The live view fits the terminal it is drawn on: the full layout (two lines per device) when it
+fits, else a compact one (a line per device, one-line header and buffer lines) with the buffer
+panel above the devices, so at 80x24, the default terminal, the panel the ``o`` outage key exists
+to show is always on screen and only a long device list is cut.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.registry import Collector
-from rich.console import Group
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -236,8 +242,114 @@ def _age(seconds: float | None) -> str:
     return "nothing yet" if seconds is None else f"frame {seconds:.1f}s ago"
 
 
-def render(s: Snapshot, *, header: str, keys: str) -> Group:
-    """The live view."""
+def render(s: Snapshot, *, header: str, keys: str) -> RenderableType:
+    """The live view, laid out for the terminal it is drawn on (:class:`View`)."""
+    return View(s, header=header, keys=keys)
+
+
+class View:
+    """The first layout that fits the console's height: full, compact, compact with a one-line
+    header; else the last, of which only the end of the device list is cut."""
+
+    def __init__(self, s: Snapshot, *, header: str, keys: str) -> None:
+        self.snapshot, self.header, self.keys = s, header, keys
+
+    def layouts(self) -> list[Group]:
+        s, header, keys = self.snapshot, self.header, self.keys
+        return [
+            _full(s, header=header, keys=keys),
+            _compact(s, header=Text.from_markup(header), keys=keys),
+            _compact(s, header=_line(header), keys=keys),
+        ]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height or console.height
+        unbounded = options.update(height=None)
+        layouts = self.layouts()
+        yield next(
+            (view for view in layouts if len(console.render_lines(view, unbounded, pad=False)) <= height),
+            layouts[-1],
+        )
+
+
+def _line(markup: str) -> Text:
+    """One line of the compact view: cut with an ellipsis rather than wrapped."""
+    text = Text.from_markup(markup, overflow="ellipsis")
+    text.no_wrap = True
+    return text
+
+
+def _link(s: Snapshot) -> Text:
+    if s.link_up:
+        return Text("link up", style="bold green")
+    left = f" ({s.outage_left:.0f} s left)" if s.outage_left is not None else ""
+    return Text(f"LINK DOWN: outage{left}", style="bold red")
+
+
+def _bar(s: Snapshot, width: int) -> ProgressBar:
+    return ProgressBar(
+        total=max(1000, s.peak_undelivered, s.undelivered),
+        completed=s.undelivered,
+        width=width,
+        complete_style="red" if not s.link_up or s.unacked > 2 else "green",
+    )
+
+
+def _compact(s: Snapshot, *, header: Text, keys: str) -> Group:
+    """A line per device and per buffer fact; the buffer panel before the devices."""
+    peak, peak_batches = max(s.peak_undelivered, s.undelivered), max(s.peak_unacked, s.unacked)
+    depth = Table.grid(padding=(0, 1), expand=True)
+    depth.add_column(no_wrap=True)
+    depth.add_column(width=20, no_wrap=True)
+    depth.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+    depth.add_row("not delivered", _bar(s, 20), f"{s.undelivered} readings (peak {peak}), {s.staged} staged")
+    bad = f"[red]{s.bad} bad[/]" if s.bad else "0 bad"
+    buffer = Panel(
+        Group(
+            _link(s),
+            depth,
+            _line(f"sealed and unacknowledged: {s.unacked} batches (peak {peak_batches})"),
+            _line(
+                f"buffer file: {s.held_batches} batches held, {s.file_bytes / 1024:.0f} KiB "
+                "(refreshed every 5 s)"
+            ),
+            _line(
+                f"gateway: accepted [bold]{s.accepted}[/] readings, sealed up to seq [bold]{s.sealed_seq}[/]"
+            ),
+            _line(
+                f"uplink {s.uplink}, acked seq [bold]{s.acked_seq}[/], "
+                f"delivered {s.delivered_batches} batches"
+            ),
+            _line(
+                f"platform: verified [bold]{s.platform_batches}[/] batches, [bold]{s.platform_readings}[/] "
+                f"readings; {s.duplicates} duplicates, {bad}"
+            ),
+        ),
+        title="buffer and uplink",
+        title_align="left",
+    )
+    table = Table(expand=True, pad_edge=False, box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("device", no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("health", no_wrap=True)
+    table.add_column("readings", justify="right", no_wrap=True)
+    table.add_column("errors", justify="right", no_wrap=True)
+    table.add_column("verified", justify="right", no_wrap=True)
+    table.add_column("latest at the platform", ratio=1, no_wrap=True, overflow="ellipsis")
+    for row in s.devices:
+        age = "" if row.seen_ago is None else f" {row.seen_ago:.1f}s"
+        table.add_row(
+            row.name,
+            Text.assemble((row.state, STATE_STYLE.get(row.state, "")), (age, "dim")),
+            f"{row.readings}",
+            Text(f"{row.errors}", style="red" if row.errors else "dim"),
+            f"{row.verified}",
+            row.latest,
+        )
+    return Group(Panel(header, subtitle=keys, subtitle_align="left"), buffer, table)
+
+
+def _full(s: Snapshot, *, header: str, keys: str) -> Group:
+    """Two lines per device (driver, age of its last frame), the buffer panel below."""
     table = Table(expand=True, pad_edge=False)
     table.add_column("device", no_wrap=True)
     table.add_column("health", no_wrap=True)
@@ -254,25 +366,15 @@ def render(s: Snapshot, *, header: str, keys: str) -> Group:
             row.latest,
         )
 
-    if s.link_up:
-        link = Text("link up", style="bold green")
-    else:
-        left = f" ({s.outage_left:.0f} s left)" if s.outage_left is not None else ""
-        link = Text(f"LINK DOWN: outage{left}", style="bold red")
+    link = _link(s)
     peak, peak_batches = max(s.peak_undelivered, s.undelivered), max(s.peak_unacked, s.unacked)
-    scale = max(1000, peak)
     depth = Table.grid(padding=(0, 1))
     depth.add_column()
     depth.add_column(width=30)
     depth.add_column()
     depth.add_row(
         "not delivered yet",
-        ProgressBar(
-            total=scale,
-            completed=s.undelivered,
-            width=30,
-            complete_style="red" if not s.link_up or s.unacked > 2 else "green",
-        ),
+        _bar(s, 30),
         f"{s.undelivered} readings (peak {peak}): {s.staged} staged, "
         f"{s.unacked} batches sealed and unacknowledged (peak {peak_batches})",
     )

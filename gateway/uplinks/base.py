@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import ssl
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -20,12 +19,13 @@ from typing import TYPE_CHECKING
 
 from gateway import redact
 from gateway.errors import CitygwError, DeliveryError
+from gateway.logs import EventLog
 
 if TYPE_CHECKING:
     from gateway.buffer import Outgoing
     from gateway.pipeline import Pipeline
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 RESEND_CHECK = 30.0  # seconds between looks for batches `citygw resend` asked for
 
@@ -55,7 +55,9 @@ class UplinkStatus:
         self.failures[failure_reason(exc)] += 1
         text = redact.text(str(exc) or type(exc).__name__)  # a url in it may carry a secret
         if text != self.last_error:
-            log.warning("uplink %s: %s (retrying with backoff)", self.name, text)
+            log.event("uplink_retrying", uplink=self.name).warning(
+                "uplink %s: %s (retrying with backoff)", self.name, text
+            )
         self.last_error = text
 
 
@@ -128,7 +130,7 @@ class Delivery:
         except Rejected as exc:
             self.status.parked += 1
             self.status.failures[failure_reason(exc)] += 1
-            log.warning(
+            log.event("batch_rejected", uplink=self.name, seq=batch.seq).warning(
                 "uplink %s: batch %d rejected (%s); parked, the queue goes on", self.name, batch.seq, exc
             )
             await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
@@ -144,11 +146,15 @@ class Delivery:
                 await self.deliver(batch)
             except Rejected as exc:
                 await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
-                log.warning("uplink %s: resent batch %d rejected again (%s)", self.name, batch.seq, exc)
+                log.event("batch_rejected_again", uplink=self.name, seq=batch.seq).warning(
+                    "uplink %s: resent batch %d rejected again (%s)", self.name, batch.seq, exc
+                )
                 continue
             await store.call(store.buffer.unpark, self.name, batch.seq)
             self.status.parked = max(0, self.status.parked - 1)
-            log.info("uplink %s: parked batch %d resent and accepted", self.name, batch.seq)
+            log.event("batch_resent", uplink=self.name, seq=batch.seq).info(
+                "uplink %s: parked batch %d resent and accepted", self.name, batch.seq
+            )
 
     async def run(self, watcher: asyncio.Future[None] | None = None) -> None:
         """Deliver until a retryable error (raised) or until ``watcher`` ends (connection lost).
@@ -166,12 +172,11 @@ class Delivery:
             if not asked:
                 raise
             seq, wait = max(asked.items(), key=lambda item: item[1])
-            log.warning(
+            log.event("batch_retry_after", uplink=self.name, seq=seq).warning(
                 "uplink %s: batch %d asked to wait %g s (Retry-After); nothing is resent before then",
                 self.name,
                 seq,
                 wait,
-                extra={"uplink": self.name, "seq": seq, "event": "retry_after"},
             )
             if isinstance(exc, RetryLater) and (exc.retry_after or 0.0) >= wait:
                 raise

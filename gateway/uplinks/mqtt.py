@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import aiomqtt
 
 from gateway.backoff import Backoff
 from gateway.errors import DeliveryError
+from gateway.logs import EventLog, library_logger
 from gateway.uplinks.base import Delivery, UplinkState, UplinkStatus
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from gateway.config import MqttUplink as MqttUplinkConfig
     from gateway.pipeline import Pipeline
 
-log = logging.getLogger(__name__)
+log = EventLog(__name__)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -69,7 +69,7 @@ class MqttUplink:
             timeout=cfg.connect_timeout,
             tls_context=self._tls(),
             max_inflight_messages=cfg.window,
-            logger=log,
+            logger=library_logger(f"{__name__}.client.{self.name}", "mqtt_client", uplink=self.name),
         )
         client.pending_calls_threshold = cfg.window + 1
         return client
@@ -86,7 +86,7 @@ class MqttUplink:
                         self._backoff.reset()
                         self.status.state = UplinkState.CONNECTED
                         self.status.connects += 1
-                        log.info(
+                        log.event("uplink_connected", uplink=self.name).info(
                             "uplink %s: connected to %s:%d", self.name, self.config.host, self.config.port
                         )
                         await self._session(client)
