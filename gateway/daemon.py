@@ -29,6 +29,8 @@ from gateway.buffer import BatchLimits, Buffer, is_transient
 from gateway.config.location import places
 from gateway.config.report import report_policies
 from gateway.errors import CitygwError, DeliveryError
+from gateway.health import HealthReport, default_config_version
+from gateway.liveness import Liveness
 from gateway.lock import BufferLock
 from gateway.logs import EventLog
 from gateway.ops import Operations
@@ -162,6 +164,9 @@ class Gateway:
         self.store = Store(self.buffer)
         self.pipeline = Pipeline(self.store, commit_interval=buf.commit_interval, commit_rows=buf.commit_rows)
         located = {"places": places(config.gateway.location, config.devices)}  # NGSI-LD entities need them
+        # the config version in effect (health readings, MQTT status); reload and remote config set it
+        self.config_version = default_config_version(config)
+        alive = {"liveness": Liveness(signer, config.gateway.id, lambda: self.config_version)}
         self.uplinks = [
             UPLINK_RUNNERS[uplink.type](
                 name,
@@ -169,6 +174,7 @@ class Gateway:
                 gateway=config.gateway.id,
                 pipeline=self.pipeline,
                 **(located if uplink.type == "ngsi-ld" else {}),
+                **(alive if uplink.type == "mqtt" else {}),
             )
             for name, uplink in config.uplinks.items()
         ]
@@ -181,6 +187,7 @@ class Gateway:
         self.health: dict[str, DeviceHealth] = {name: DeviceHealth(name) for name in config.devices}
         self._stop = asyncio.Event()
         self.ops = Operations(self)  # clock, watchdog, metrics
+        self.health_report = HealthReport(self)  # the box's own health, as readings of device "gateway"
 
     def _buses(self) -> dict[str, Callable[[], Awaitable[None]]]:
         """One unit of work per bus that has devices, from the bus type's runner."""
@@ -272,6 +279,7 @@ class Gateway:
                 ]
                 heartbeat = group.create_task(supervise("heartbeat", self._heartbeat), name="heartbeat")
                 ops = group.create_task(supervise("ops", self.ops.run), name="ops")
+                health = group.create_task(supervise("health", self.health_report.run), name="health")
                 others = [heartbeat, ops]
                 if self.reporter is not None:
                     windows = supervise("windows", self._close_windows)
@@ -288,9 +296,9 @@ class Gateway:
                 await self._stop.wait()
                 started = time.monotonic()
                 self.notifier.notify(stopping=1, status="stopping: flushing the buffer")
-                for task in buses:
+                for task in [*buses, health]:  # the producers stop first
                     task.cancel()
-                await asyncio.gather(*buses, return_exceptions=True)
+                await asyncio.gather(*buses, health, return_exceptions=True)
                 if self.reporter is not None:  # open windows leave flagged partial
                     await self.pipeline.put_records(self.reporter.flush(time.time()))
                 self.pipeline.stop()

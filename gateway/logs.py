@@ -75,6 +75,7 @@ EVENTS: Mapping[str, Event] = {
     # uplinks
     "uplink_connected": Event(INFO, _UPLINK),
     "uplink_retrying": Event(WARNING, _UPLINK),
+    "status_offline_unsent": Event(WARNING, _UPLINK),  # a clean stop's offline status got no PUBACK
     "batch_rejected": Event(WARNING, ("uplink", "seq")),
     "batch_rejected_again": Event(WARNING, ("uplink", "seq")),
     "batch_resent": Event(INFO, ("uplink", "seq")),

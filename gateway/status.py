@@ -57,6 +57,7 @@ class BufferReport:
     staged: int = 0  # readings accepted and not sealed yet (as committed)
     batches: int = 0  # batches and gap records held
     undelivered_readings: int = 0  # in the batches held
+    undelivered_bytes: int = 0  # wire size of the batches held (their compact JWS)
     oldest_created: float | None = None
     gap_records: int = 0  # gap records held (not yet delivered everywhere)
     dropped_batches: int = 0  # batches those gap records stand for
@@ -105,8 +106,8 @@ def _report(db: sqlite3.Connection, path: Path, uplinks: Sequence[str] | None) -
         return BufferReport(str(path), exists=True, read_at=time.time())
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     (chunked,) = db.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()
-    count, readings, oldest = db.execute(
-        "SELECT count(*), coalesce(sum(readings), 0), min(created) FROM batches"
+    count, readings, oldest, size = db.execute(
+        "SELECT count(*), coalesce(sum(readings), 0), min(created), coalesce(sum(size), 0) FROM batches"
     ).fetchone()
     gap_records = dropped_batches = dropped_readings = 0
     reasons: dict[str, int] = {}
@@ -141,6 +142,7 @@ def _report(db: sqlite3.Connection, path: Path, uplinks: Sequence[str] | None) -
         staged=max(0, int(chunked) - int(meta.get("stage_skip", 0))),
         batches=int(count),
         undelivered_readings=int(readings),
+        undelivered_bytes=int(size),
         oldest_created=oldest,
         gap_records=gap_records,
         dropped_batches=dropped_batches,

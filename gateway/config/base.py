@@ -45,6 +45,7 @@ from gateway.vocabulary import QUANTITIES
 
 DEFAULT_BUFFER_PATH = Path("/var/lib/citygw/buffer.db")
 DEFAULT_TOPIC = "city/{gateway}/batches"
+DEFAULT_STATUS_TOPIC = "city/{gateway}/status"
 
 _KNOWN_ERROR_TYPES = frozenset(typing.get_args(ErrorType))
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -34,6 +34,7 @@ from pydantic_core import PydanticKnownError, PydanticOmit
 from gateway.config.base import (
     _URL_EXAMPLE,
     DEFAULT_BUFFER_PATH,
+    DEFAULT_STATUS_TOPIC,
     DEFAULT_TOPIC,
     BusId,
     ConfigPath,
@@ -58,6 +59,7 @@ from gateway.config.base import (
     tls_only,
     within,
 )
+from gateway.config.health import HealthSettings, no_reserved_device
 from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
 from gateway.config.metrics import MetricsSettings
 from gateway.config.report import ReportSettings, check_reports
@@ -87,6 +89,11 @@ class GatewaySettings(Section):
         default=None,
         description="where the box stands: {latitude, longitude} in decimal degrees (WGS 84); "
         "required by an ngsi-ld uplink",
+    )
+    config_version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")] | None = Field(
+        default=None,
+        description="the version of this config the box reports in its health and status; "
+        "default: the first 12 hex digits of the SHA-256 of the config file",
     )
 
 
@@ -143,6 +150,10 @@ class MqttUplink(Section):
     type: Literal["mqtt"] = Field(description="the uplink type: mqtt")
     url: MqttUrl = Field(description=f"the broker: mqtt://host[:port] or mqtts://host[:port], {_URL_EXAMPLE}")
     topic: Topic = Field(default=DEFAULT_TOPIC, description="the topic template; {gateway} is the gateway id")
+    status_topic: Topic = Field(
+        default=DEFAULT_STATUS_TOPIC,
+        description="the retained liveness topic (online, and the last will: offline); {gateway} is the gateway id",
+    )
     ca_file: Annotated[ReadableFile | None, AfterValidator(tls_only("mqtts"))] = Field(
         default=None, description="CA certificates (PEM) to verify the broker with"
     )
@@ -180,6 +191,19 @@ class MqttUplink(Section):
         default=300.0, validate_default=True, description="the longest reconnect delay, backoff_initial to 1d"
     )
 
+    @model_validator(mode="after")
+    def _status_apart(self) -> MqttUplink:
+        if self.status_topic == self.topic:
+            located(
+                "uplink",
+                ("status_topic",),
+                "status_topic",
+                f"status_topic is the batches topic {self.topic!r}; liveness messages need a topic "
+                "of their own, e.g. city/{gateway}/status",
+                self.status_topic,
+            )
+        return self
+
     @property
     def tls(self) -> bool:
         """Whether the connection uses TLS (an ``mqtts://`` url)."""
@@ -197,6 +221,10 @@ class MqttUplink(Section):
     def topic_for(self, gateway_id: str) -> str:
         """The topic with ``{gateway}`` filled in."""
         return self.topic.replace("{gateway}", gateway_id)
+
+    def status_topic_for(self, gateway_id: str) -> str:
+        """The status topic with ``{gateway}`` filled in."""
+        return self.status_topic.replace("{gateway}", gateway_id)
 
 
 class SyntheticBus(Section):
@@ -344,7 +372,7 @@ def _device(value: Any, info: ValidationInfo) -> Any:
     return model.model_validate(data, context=info.context)
 
 
-_SECTIONS = ("log", "metrics", "buffer", "uplinks", "buses", "devices")
+_SECTIONS = ("log", "metrics", "health", "buffer", "uplinks", "buses", "devices")
 
 
 class Config(Section):
@@ -356,6 +384,9 @@ class Config(Section):
     log: LogSettings = Field(default=LogSettings(), description="logging")
     metrics: MetricsSettings = Field(
         default=MetricsSettings(), description="Prometheus metrics over HTTP, on loopback by default"
+    )
+    health: HealthSettings = Field(
+        default=HealthSettings(), description="the box's own health readings (device id 'gateway')"
     )
     buffer: BufferSettings = Field(default=BufferSettings(), description="the durable buffer")
     uplinks: dict[UplinkId, Annotated[Uplink, BeforeValidator(_by_type(UPLINK_MODELS, "uplink"))]] = Field(
@@ -399,6 +430,7 @@ class Config(Section):
         one_device_per_unit(self.buses, self.devices)
         one_device_per_bus(self.buses, self.devices)
         one_sensor_per_address(self.devices)
+        no_reserved_device(dict(self.devices))
         return self
 
     @model_validator(mode="after")

@@ -25,9 +25,12 @@ from gateway.uplinks.base import Delivery, UplinkState, UplinkStatus
 if TYPE_CHECKING:
     from gateway.buffer import Outgoing
     from gateway.config import MqttUplink as MqttUplinkConfig
+    from gateway.liveness import Liveness
     from gateway.pipeline import Pipeline
 
 log = EventLog(__name__)
+
+GOODBYE_TIMEOUT = 2.0  # seconds a clean stop waits for the broker to take the offline message
 
 
 def _retryable(exc: Exception) -> bool:
@@ -39,12 +42,24 @@ def _retryable(exc: Exception) -> bool:
 class MqttUplink:
     """Delivers every sealed batch to one MQTT broker, in seq order."""
 
-    def __init__(self, name: str, config: MqttUplinkConfig, *, gateway: str, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: MqttUplinkConfig,
+        *,
+        gateway: str,
+        pipeline: Pipeline,
+        liveness: Liveness | None = None,
+    ) -> None:
+        """``liveness``: the signed status messages (birth, last will, clean offline) published
+        retained on ``config.status_topic`` (gateway.liveness); None publishes none."""
         self.name = name
         self.config = config
         self.gateway = gateway
         self.pipeline = pipeline
+        self.liveness = liveness
         self.topic = config.topic_for(gateway)
+        self.status_topic = config.status_topic_for(gateway)
         self.status = UplinkStatus(name=name)
         self.on_puback: Callable[[float], None] | None = None  # seconds publish -> PUBACK (metrics)
         self._backoff = Backoff(config.backoff_initial, config.backoff_max, retry_on=_retryable)
@@ -69,6 +84,11 @@ class MqttUplink:
             timeout=cfg.connect_timeout,
             tls_context=self._tls(),
             max_inflight_messages=cfg.window,
+            will=(
+                aiomqtt.Will(self.status_topic, self.liveness.message("offline", "lost"), qos=1, retain=True)
+                if self.liveness is not None
+                else None
+            ),
             logger=library_logger(f"{__name__}.client.{self.name}", "mqtt_client", uplink=self.name),
         )
         client.pending_calls_threshold = cfg.window + 1
@@ -89,12 +109,42 @@ class MqttUplink:
                         log.event("uplink_connected", uplink=self.name).info(
                             "uplink %s: connected to %s:%d", self.name, self.config.host, self.config.port
                         )
-                        await self._session(client)
+                        await self._announce(client)
+                        try:
+                            await self._session(client)
+                        except asyncio.CancelledError:  # a clean stop: say so before disconnecting
+                            await self._goodbye(client)
+                            raise
                 except Exception as exc:
                     if connected:  # the broker went away: the whole fleet is about to reconnect
                         self._backoff.session_lost()
                     self.status.disconnected(exc)
                     raise
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """The retained birth message: this box is online (the will, registered at connect, says
+        offline for it if the connection dies)."""
+        if self.liveness is not None:
+            await client.publish(
+                self.status_topic, self.liveness.message("online", "connected"), qos=1, retain=True
+            )
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """The retained offline message of a clean stop, awaited (PUBACK) for a moment at most."""
+        if self.liveness is None:
+            return
+        try:
+            await asyncio.wait_for(
+                client.publish(self.status_topic, self.liveness.message("offline", "stopped"), qos=1, retain=True),
+                GOODBYE_TIMEOUT,
+            )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.event("status_offline_unsent", uplink=self.name).warning(
+                "uplink %s: the offline status was not acknowledged (%s); the broker's last will "
+                "says offline when the connection times out",
+                self.name,
+                exc,
+            )
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Publish until the connection fails; raises to reconnect."""

@@ -1,0 +1,186 @@
+"""The box's own health, as readings of the reserved device ``gateway`` in the signed stream.
+
+Every ``health.interval`` the daemon puts one set of readings through the same pipeline as a
+sensor's (buffer, signed batches, every uplink), so a platform that cannot reach the box's
+loopback metrics still sees, signed and in order: how long it has run, what it holds undelivered
+and how old that is, the room left for the buffer, the SoC temperature (where the OS reports one),
+whether the clock is synchronised, each uplink's lag, its devices by state, the config version in
+effect and the software version. :data:`HEALTH_READINGS` is the table of names and SenML units
+(docs/integrator.md, "Health readings"); the names are not quantities of the vocabulary, since no
+config device may emit them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from drivers.health import DeviceState
+from gateway import __version__
+from gateway.config.health import HEALTH_DEVICE
+from gateway.reading import Reading, Value
+from gateway.status import BufferReport, read_buffer
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.daemon import Gateway
+
+THERMAL_DIR = Path("/sys/class/thermal")
+MAX_LISTED_DEVICES = 20  # ids named in failingDevices; the rest are counted
+
+
+@dataclass(frozen=True, slots=True)
+class HealthName:
+    name: str  # the SenML n; a name ending in ":" takes a channel (an uplink id, a device state)
+    unit: str  # a registered SenML unit, "" for a boolean or text value
+    meaning: str
+
+
+HEALTH_READINGS: tuple[HealthName, ...] = (
+    HealthName("uptime", "s", "seconds since the daemon started"),
+    HealthName("healthInterval", "s", "seconds until the next health report (health.interval)"),
+    HealthName("undeliveredReadings", "count", "readings accepted and not yet acknowledged by every uplink"),
+    HealthName("undeliveredBytes", "B", "wire size of the sealed batches not yet acknowledged by every uplink"),
+    HealthName("oldestUndeliveredAge", "s", "age of the oldest batch not acknowledged by every uplink (0: none)"),
+    HealthName("bufferFreeBytes", "B", "room left for the buffer: buffer.max_disk less the file, or the disk's free space if less"),
+    HealthName("socTemperature", "Cel", "the SoC's temperature, where the OS reports one (/sys/class/thermal)"),
+    HealthName("clockSynced", "", "true when the system clock is synchronised (NTP)"),
+    HealthName("uplinkLag:", "s", "per uplink: age of the oldest batch it has not acknowledged (0: caught up)"),
+    HealthName("uplinkConnected:", "", "per uplink: true while it is connected"),
+    HealthName("devices:", "count", "devices by state: devices:ok, devices:stale, devices:failing, devices:unknown"),
+    HealthName("failingDevices", "", "ids of the devices failing or stale, comma-separated ('' when none)"),
+    HealthName("configVersion", "", "the config version in effect"),
+    HealthName("softwareVersion", "", "the citygw version running"),
+)
+HEALTH_UNITS: dict[str, str] = {h.name: h.unit for h in HEALTH_READINGS}
+
+
+def unit_of_health(name: str) -> str:
+    """The SenML unit of a health reading name (``uplinkLag:lte`` -> ``s``); KeyError if unknown."""
+    base, colon, _ = name.partition(":")
+    return HEALTH_UNITS[base + colon]
+
+
+def default_config_version(config: Config) -> str:
+    """``gateway.config_version`` if set, else the first 12 hex digits of the SHA-256 of the
+    config file's bytes (``unknown`` if it cannot be read again)."""
+    if config.gateway.config_version:
+        return config.gateway.config_version
+    try:
+        return hashlib.sha256(config.source.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "unknown"
+
+
+def soc_temperature(thermal: Path = THERMAL_DIR) -> float | None:
+    """The SoC's temperature in °C from the kernel's thermal zones, None where there is none.
+
+    A zone whose type names the CPU or SoC (``cpu-thermal`` on a Raspberry Pi, ``x86_pkg_temp``,
+    ``soc_thermal``) wins; else the first zone that reads. ``temp`` is in millidegrees Celsius.
+    """
+    try:
+        zones = sorted(thermal.glob("thermal_zone*"), key=lambda p: (len(p.name), p.name))
+    except OSError:
+        return None
+    readings: list[tuple[bool, float]] = []
+    for zone in zones:
+        try:
+            kind = (zone / "type").read_text().strip().lower()
+            value = int((zone / "temp").read_text().strip()) / 1000
+        except (OSError, ValueError):
+            continue
+        preferred = any(word in kind for word in ("cpu", "soc", "x86_pkg"))
+        readings.append((preferred, value))
+    if not readings:
+        return None
+    preferred = [value for first, value in readings if first]
+    return round(preferred[0] if preferred else readings[0][1], 1)
+
+
+def free_for_buffer(path: Path, max_disk: int, file_bytes: int) -> int:
+    """Bytes the buffer may still grow by: what ``max_disk`` leaves, or the disk's free space if less."""
+    room = max(0, max_disk - file_bytes)
+    try:
+        disk = shutil.disk_usage(path.parent).free
+    except OSError:
+        return room
+    return max(0, min(room, disk))
+
+
+class HealthReport:
+    """The ``health`` task: one set of health readings every ``health.interval``."""
+
+    def __init__(self, gateway: Gateway, *, thermal: Path = THERMAL_DIR) -> None:
+        self.gateway = gateway
+        self.thermal = thermal
+        self.started = time.monotonic()
+        self.reports = 0
+
+    async def run(self) -> None:
+        settings = self.gateway.config.health
+        if not settings.enabled:
+            return
+        while True:
+            await self.report_once()
+            await asyncio.sleep(settings.interval)
+
+    async def report_once(self) -> None:
+        gw = self.gateway
+        report = await gw.store.call(read_buffer, gw.buffer.path, list(gw.config.uplinks))
+        await gw.pipeline.put(self.readings(report, time.time()))
+        self.reports += 1
+
+    def readings(self, report: BufferReport, now: float) -> list[Reading]:
+        gw = self.gateway
+        values: list[tuple[str, Value]] = [
+            ("uptime", round(time.monotonic() - self.started, 3)),
+            ("healthInterval", gw.config.health.interval),
+            (
+                "undeliveredReadings",
+                report.undelivered_readings + gw.buffer.staged_count + gw.pipeline.pending_count,
+            ),
+            ("undeliveredBytes", report.undelivered_bytes),
+            ("oldestUndeliveredAge", _age(report.oldest_created, now)),
+            ("bufferFreeBytes", free_for_buffer(gw.buffer.path, gw.buffer.max_disk, report.file_bytes)),
+        ]
+        temperature = soc_temperature(self.thermal)
+        if temperature is not None:
+            values.append(("socTemperature", temperature))
+        values.append(("clockSynced", bool(gw.ops.clock.synced)))
+        lags = {lag.name: lag for lag in report.uplinks}
+        for uplink in gw.uplinks:
+            lag = lags.get(uplink.name)
+            values.append((f"uplinkLag:{uplink.name}", _age(lag.oldest_created if lag else None, now)))
+            values.append((f"uplinkConnected:{uplink.name}", uplink.status.state.value == "connected"))
+        states = Counter(h.state for h in gw.health.values())
+        for state in DeviceState:
+            values.append((f"devices:{state.value}", states.get(state, 0)))
+        failing = sorted(
+            name for name, h in gw.health.items() if h.state in (DeviceState.FAILING, DeviceState.STALE)
+        )
+        listed = ",".join(failing[:MAX_LISTED_DEVICES])
+        if len(failing) > MAX_LISTED_DEVICES:
+            listed += f",+{len(failing) - MAX_LISTED_DEVICES} more"
+        values.append(("failingDevices", listed))
+        values.append(("configVersion", gw.config_version))
+        values.append(("softwareVersion", __version__))
+        return [Reading(HEALTH_DEVICE, name, value, unit_of_health(name), now) for name, value in values]
+
+
+def _age(created: float | None, now: float) -> float:
+    return 0.0 if created is None else round(max(0.0, now - created), 3)
+
+
+__all__ = [
+    "HEALTH_DEVICE",
+    "HEALTH_READINGS",
+    "HealthReport",
+    "default_config_version",
+    "soc_temperature",
+]
