@@ -190,7 +190,14 @@ def cmd_receive(args: argparse.Namespace) -> int:
         topic=args.topic,
         duration=args.duration,
         as_json=args.json,
+        status_topic=args.status_topic or None,
     )
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from gateway.fleet_table import fleet_main
+
+    return fleet_main(args.url, as_json=args.json, timeout=args.timeout)
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
@@ -323,10 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="HOST:PORT", help="listen for POSTs (/batches) here")
     p.add_argument("--mqtt", metavar="URL", help="subscribe to a broker, e.g. mqtt://127.0.0.1:1883")
     p.add_argument("--topic", default="city/+/batches", help="MQTT topic filter (default city/+/batches)")
+    p.add_argument(
+        "--status-topic",
+        default="city/+/status",
+        help="MQTT topic filter of the gateways' liveness messages, for the fleet view "
+        "(default city/+/status; '' for none)",
+    )
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--json", action="store_true", help="print the report as JSON when stopping")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser(
+        "fleet", help="the fleet as a `citygw receive` sees it: the boxes that need a person first"
+    )
+    p.add_argument(
+        "--url", required=True, help="the receiver's HTTP address (its --http), e.g. http://127.0.0.1:8080"
+    )
+    p.add_argument("--json", action="store_true", help="print the receiver's /fleet JSON as it is")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the receiver (10)")
+    p.set_defaults(func=cmd_fleet)
 
     p = sub.add_parser("resend", help="resend batches an uplink's destination refused (parked)")
     with_config(p)

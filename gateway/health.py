@@ -43,18 +43,18 @@ class HealthName:
 
 
 HEALTH_READINGS: tuple[HealthName, ...] = (
-    HealthName("uptime", "s", "seconds since the daemon started"),
-    HealthName("healthInterval", "s", "seconds until the next health report (health.interval)"),
-    HealthName("undeliveredReadings", "count", "readings accepted and not yet acknowledged by every uplink"),
-    HealthName("undeliveredBytes", "B", "wire size of the sealed batches not yet acknowledged by every uplink"),
-    HealthName("oldestUndeliveredAge", "s", "age of the oldest batch not acknowledged by every uplink (0: none)"),
-    HealthName("bufferFreeBytes", "B", "room left for the buffer: buffer.max_disk less the file, or the disk's free space if less"),
-    HealthName("socTemperature", "Cel", "the SoC's temperature, where the OS reports one (/sys/class/thermal)"),
+    HealthName("uptime", "s", "since the daemon started"),
+    HealthName("healthInterval", "s", "until the next health report (health.interval)"),
+    HealthName("undeliveredReadings", "count", "accepted, not yet acknowledged by every uplink"),
+    HealthName("undeliveredBytes", "B", "wire size of the batches not acknowledged by every uplink"),
+    HealthName("oldestUndeliveredAge", "s", "age of the oldest of those batches (0: none)"),
+    HealthName("bufferFreeBytes", "B", "room left: buffer.max_disk less the file, or the disk's free space"),
+    HealthName("socTemperature", "Cel", "the SoC's, where the OS reports one (/sys/class/thermal)"),
     HealthName("clockSynced", "", "true when the system clock is synchronised (NTP)"),
-    HealthName("uplinkLag:", "s", "per uplink: age of the oldest batch it has not acknowledged (0: caught up)"),
+    HealthName("uplinkLag:", "s", "per uplink: age of the oldest batch it has not acknowledged (0: none)"),
     HealthName("uplinkConnected:", "", "per uplink: true while it is connected"),
-    HealthName("devices:", "count", "devices by state: devices:ok, devices:stale, devices:failing, devices:unknown"),
-    HealthName("failingDevices", "", "ids of the devices failing or stale, comma-separated ('' when none)"),
+    HealthName("devices:", "count", "devices by state: ok, stale, failing, unknown"),
+    HealthName("failingDevices", "", "ids of the devices failing or stale, comma-separated"),
     HealthName("configVersion", "", "the config version in effect"),
     HealthName("softwareVersion", "", "the citygw version running"),
 )
@@ -99,8 +99,8 @@ def soc_temperature(thermal: Path = THERMAL_DIR) -> float | None:
         readings.append((preferred, value))
     if not readings:
         return None
-    preferred = [value for first, value in readings if first]
-    return round(preferred[0] if preferred else readings[0][1], 1)
+    best = [value for first, value in readings if first] or [readings[0][1]]
+    return round(best[0], 1)
 
 
 def free_for_buffer(path: Path, max_disk: int, file_bytes: int) -> int:

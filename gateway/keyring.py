@@ -98,6 +98,14 @@ class Keyring:
             binding = self._bindings.get(kid)
         return binding
 
+    def gateways(self) -> set[str]:
+        """The gateway ids the keys directory holds keys for (looked at again as :meth:`lookup` does)."""
+        now = self._clock()
+        if self.directory is not None and now - self._checked >= RESCAN_INTERVAL:
+            self._checked = now
+            self._rescan()
+        return {g for b in self._bindings.values() if b.gateways is not None for g in b.gateways}
+
     # -- the directory -----------------------------------------------------------------------------
 
     def _look(self) -> object:

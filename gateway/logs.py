@@ -109,6 +109,8 @@ EVENTS: Mapping[str, Event] = {
     "batch_forged": Event(ERROR, ("reason",)),  # a key signing for a gateway it is not bound to
     "receiver_upgraded": Event(INFO),
     "receiver_retrying": Event(WARNING),
+    "status_refused": Event(WARNING),  # a status message not signed by a key of its gateway
+    "gateway_offline": Event(WARNING, ("gateway",)),  # a gateway's last will arrived
     "chain_new": Event(WARNING),
     "chain_upgrade": Event(INFO),
     "chain_clone": Event(ERROR),

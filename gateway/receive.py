@@ -34,7 +34,9 @@ from aiohttp import web
 
 from gateway.backoff import Backoff
 from gateway.errors import KeyFileError
+from gateway.fleet import Fleet, fleet_view
 from gateway.keyring import Keyring
+from gateway.liveness import StatusRefused, read_status
 from gateway.logs import EventLog
 from gateway.ngsi import samples
 from gateway.signing import chain_hash, load_public_keys
@@ -100,6 +102,8 @@ class Counts:
     refused: dict[str, int] = field(default_factory=dict)  # by kind (gateway.verify.Refusal)
     new_chains: int = 0
     clones: int = 0
+    statuses: int = 0  # verified liveness messages (gateway.liveness)
+    bad_statuses: int = 0  # status messages refused (unsigned, unknown or unbound key, malformed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,7 @@ class Receiver:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        self.fleet = Fleet(self.db)
         self.counts = Counts()
         self.streams = Streams()
         self._throttle = _Throttle(LOG_EVERY)
@@ -280,6 +285,7 @@ class Receiver:
                 "sharing one buffer's identity (a cloned image)"
             )
             return self.refuse(Refusal.CONFLICT, why, gateway)
+        batch_samples = samples(body)
         rows = [
             (
                 gateway,
@@ -291,7 +297,7 @@ class Receiver:
                 s.unit,
                 s.time,
             )
-            for s in samples(body)
+            for s in batch_samples
         ]
         reset = json.dumps(asdict(result.reset)) if result.reset is not None else None
         self.db.execute("BEGIN")
@@ -314,12 +320,37 @@ class Receiver:
         self.db.execute("COMMIT")
         self.counts.stored += 1
         self.counts.readings += len(rows)
+        self.fleet.saw_batch(gateway, batch_samples, received=time.time())
         self._note(
             self.streams.add(
                 gateway, chain, seq, seq, created=result.created, readings=len(rows), reset=result.reset
             )
         )
         return Verdict(200, "stored")
+
+    def accept_status(self, payload: bytes) -> bool:
+        """A message of the status topic (gateway.liveness): kept for the fleet view if its
+        signature is a key of the gateway it names; else counted and logged (throttled)."""
+        try:
+            status = read_status(payload, self.verifier.keyring)
+        except StatusRefused as exc:
+            self.counts.bad_statuses += 1
+            suffix = self._throttle.due("status")
+            if suffix is not None:
+                log.event("status_refused").warning("refused a status message: %s%s", exc, suffix)
+            return False
+        self.counts.statuses += 1
+        self.fleet.saw_status(status, received=time.time())
+        if status.state == "offline" and status.reason != "stopped":
+            log.event("gateway_offline", gateway=status.gateway).warning(
+                "gateway %s is offline: its last will arrived (connection lost)", status.gateway
+            )
+        return True
+
+    def view_fleet(self) -> dict[str, Any]:
+        """The fleet view (gateway.fleet): every gateway heard from or registered, worst first."""
+        registered = self.verifier.keyring.gateways()
+        return fleet_view(self.fleet, self.report(), registered)
 
     def report(self) -> dict[str, Any]:
         """Per gateway: batches and readings held, and per chain the seqs missing (they may still
@@ -390,10 +421,14 @@ def http_app(receiver: Receiver) -> web.Application:
     async def report(request: web.Request) -> web.Response:
         return web.json_response(receiver.report())
 
+    async def fleet(request: web.Request) -> web.Response:
+        return web.json_response(receiver.view_fleet())
+
     app = web.Application(client_max_size=MAX_TOKEN + 2)
     app.router.add_post("/", post)
     app.router.add_post("/batches", post)
     app.router.add_get("/report", report)
+    app.router.add_get("/fleet", fleet)
     return app
 
 
@@ -409,9 +444,12 @@ async def _serve_http(receiver: Receiver, host: str, port: int, stop: asyncio.Ev
         await runner.cleanup()
 
 
-async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Event) -> None:
+async def _serve_mqtt(
+    receiver: Receiver, url: str, topic: str, stop: asyncio.Event, status_topic: str | None = None
+) -> None:
     """Subscribe with a persistent session (QoS 1) and take every message; a lost broker is
-    connected to again with backoff, and the broker keeps what arrived meanwhile."""
+    connected to again with backoff, and the broker keeps what arrived meanwhile. Messages of
+    ``status_topic`` (retained births and last wills, gateway.liveness) go to the fleet view."""
     from urllib.parse import urlsplit
 
     import aiomqtt
@@ -427,11 +465,16 @@ async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Ev
                 clean_session=False,
             ) as client:
                 await client.subscribe(topic, qos=1)
+                if status_topic:
+                    await client.subscribe(status_topic, qos=1)
                 log.event("receiving").info("receiving from %s topic %s", url, topic)
                 backoff.reset()
                 async for message in client.messages:
                     payload = message.payload
-                    if not isinstance(payload, bytes | bytearray):
+                    if status_topic and message.topic.matches(status_topic):
+                        if isinstance(payload, bytes | bytearray):
+                            receiver.accept_status(bytes(payload))
+                    elif not isinstance(payload, bytes | bytearray):
                         receiver.refuse(Refusal.NOT_JWS, "an MQTT message that is not bytes", None)
                     elif len(payload) > MAX_TOKEN + 2:
                         receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
@@ -455,6 +498,7 @@ def receive_main(
     topic: str,
     duration: float | None,
     as_json: bool,
+    status_topic: str | None = "city/+/status",
 ) -> int:
     if not http and not mqtt:
         sys.stderr.write("citygw receive: give --http HOST:PORT or --mqtt URL\n")
@@ -491,7 +535,9 @@ def receive_main(
                     )
                 )
             if mqtt:
-                served.append(group.create_task(_serve_mqtt(receiver, mqtt, topic, stop), name="mqtt"))
+                served.append(
+                    group.create_task(_serve_mqtt(receiver, mqtt, topic, stop, status_topic), name="mqtt")
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
             stop.set()

@@ -152,7 +152,7 @@ class MqttUplink(Section):
     topic: Topic = Field(default=DEFAULT_TOPIC, description="the topic template; {gateway} is the gateway id")
     status_topic: Topic = Field(
         default=DEFAULT_STATUS_TOPIC,
-        description="the retained liveness topic (online, and the last will: offline); {gateway} is the gateway id",
+        description="the retained liveness topic (online; the last will: offline); {gateway}: the gateway id",
     )
     ca_file: Annotated[ReadableFile | None, AfterValidator(tls_only("mqtts"))] = Field(
         default=None, description="CA certificates (PEM) to verify the broker with"

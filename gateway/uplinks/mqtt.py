@@ -135,7 +135,9 @@ class MqttUplink:
             return
         try:
             await asyncio.wait_for(
-                client.publish(self.status_topic, self.liveness.message("offline", "stopped"), qos=1, retain=True),
+                client.publish(
+                    self.status_topic, self.liveness.message("offline", "stopped"), qos=1, retain=True
+                ),
                 GOODBYE_TIMEOUT,
             )
         except (aiomqtt.MqttError, TimeoutError) as exc:
