@@ -104,10 +104,9 @@ class Fleet:
                 box.health_time = max(box.health_time or 0.0, sample.time)
 
     def saw_status(self, status: Status, *, received: float) -> None:
-        """A verified status message; an older one than held (a retained copy) changes nothing."""
+        """A verified status message. The latest received wins, not the latest ``time``: a last
+        will carries the time its connection began, before that connection's birth message."""
         box = self._box(status.gateway)
-        if box.status is not None and status.time < box.status.time:
-            return
         box.status, box.status_received = status, received
         self.db.execute(
             "INSERT OR REPLACE INTO liveness VALUES (?,?,?,?,?,?,?)",

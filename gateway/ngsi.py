@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.health import HEALTH_DEVICE
+
 Value = float | int | bool | str
 
 # SenML unit -> UN/CEFACT common code (Recommendation 20)
@@ -66,6 +68,7 @@ UNIT_CODES: dict[str, str] = {
     "count": "C62",
     "lat": "DD",
     "lon": "DD",
+    "B": "AD",  # byte
 }
 
 _PHASE = re.compile(r"(?:l[1-3]|n)(?:-(?:l[1-3]|n))?")
@@ -305,7 +308,10 @@ def entities(
         common["source"] = {"type": "Property", "value": source}
         common["dataProvider"] = {"type": "Property", "value": f"citygw {gateway}"}
         common["@context"] = context
-        model = model_for({s.quantity for s in group_samples}, names.type)
+        # the box's own health (gateway.health) is never a sensor's model: one DeviceMeasurement each
+        model = (
+            None if device == HEALTH_DEVICE else model_for({s.quantity for s in group_samples}, names.type)
+        )
         generic: list[Sample] = []
         entity: dict[str, Any] = {}
         objects: dict[str, dict[str, Any]] = {}
@@ -362,4 +368,7 @@ def _generic(gateway: str, device: str, sample: Sample, common: Mapping[str, Any
         )
     if sample.unit:
         entity["unit"] = {"type": "Property", "value": UNIT_CODES.get(sample.unit, sample.unit)}
+    if device == HEALTH_DEVICE:  # the box itself: a Smart Data Models Device the platform may keep
+        entity["refDevice"] = {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{gateway}"}
+        entity["measurementType"] = {"type": "Property", "value": "gatewayHealth"}
     return {**entity, **common}

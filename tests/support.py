@@ -259,3 +259,42 @@ def committed_values(db_path: Path) -> dict[str, set[int]]:
     snap = read_buffer(db_path)
     assert snap.integrity == "ok", snap.integrity
     return snap.values
+
+
+def health_readings_of_a_box(tmp: Path, *, now: float) -> list[Any]:
+    """Every health reading a box emits (gateway.health), from a real Gateway built on a config
+    with two uplinks and a thermal zone written like the kernel's (/sys/class/thermal)."""
+    from gateway.config import load_config
+    from gateway.daemon import Gateway
+    from gateway.health import HealthReport
+    from gateway.signing import generate_key
+    from gateway.status import BufferReport, UplinkLag
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    key = tmp / "health.key"
+    generate_key(key)
+    zone = tmp / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("48312\n")
+    config = write_config(
+        tmp / "health.yaml",
+        key=key,
+        port=1883,
+        devices={"t1": {"bus": "gen"}, "t2": {"bus": "gen"}},
+        health={"interval": "30s"},
+    )
+    raw = json.loads(config.read_text())
+    raw["uplinks"]["platform"] = {"type": "http", "url": "https://platform.example.city/ingest"}
+    config.write_text(json.dumps(raw))
+    gateway = Gateway(load_config(config), handle_signals=False)
+    report = BufferReport(
+        str(gateway.buffer.path),
+        exists=True,
+        undelivered_readings=120,
+        undelivered_bytes=48_000,
+        oldest_created=now - 42.5,
+        file_bytes=1_000_000,
+        uplinks=(UplinkLag("local", 3, 2, 120, now - 42.5), UplinkLag("platform", 5, 0, 0, None)),
+    )
+    return HealthReport(gateway, thermal=tmp / "thermal").readings(report, now)

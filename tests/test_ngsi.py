@@ -33,7 +33,7 @@ from gateway.receive import Receiver
 from gateway.senml import Record, encode_payload
 from gateway.signing import Signer, public_key_path
 
-from .support import Daemon
+from .support import Daemon, health_readings_of_a_box
 from .test_uplinks_http import ScriptedServer
 
 T0 = 1_790_000_000.0
@@ -286,6 +286,26 @@ def test_config_overrides_type_and_id_and_unknown_quantities_go_generic() -> Non
         "urn:ngsi-ld:WeatherObserved:plaza",
         "urn:ngsi-ld:WeatherObserved:plaza:roof",
     ]
+
+
+def test_the_box_health_maps_to_device_measurements_of_the_box_device(tmp_path: Path) -> None:
+    """Health readings (device "gateway", gateway.health) are never taken for a sensor's model
+    (a box's socTemperature is no WeatherObserved): one valid DeviceMeasurement per reading,
+    each pointing at the box as a Smart Data Models Device."""
+    readings = health_readings_of_a_box(tmp_path, now=T0)
+    payload = pack("gw-1", [(r.device, r.name, r.unit, r.value, r.time) for r in readings])
+    entities = ngsi.entities(payload, source="urn:x", context=[ngsi_context()], location=BOX)
+    assert len(entities) == len(readings)
+    for entity in entities:
+        validate(entity)
+        assert entity["type"] == "DeviceMeasurement"
+        assert entity["refDevice"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:gw-1"}
+    by_property = {e["controlledProperty"]["value"]: e for e in entities}
+    assert by_property["socTemperature"]["numValue"]["value"] == 48.3
+    assert by_property["socTemperature"]["unit"]["value"] == "CEL"
+    assert by_property["undeliveredBytes"]["unit"]["value"] == "AD"
+    assert by_property["uplinkLag:local"]["id"] == "urn:ngsi-ld:DeviceMeasurement:gw-1:gateway:uplinkLag-local"
+    assert by_property["clockSynced"]["textValue"]["value"] == "true"
 
 
 def test_receive_stores_every_reading_under_the_name_it_was_sent(tmp_path: Path, key: Path) -> None:

@@ -38,6 +38,8 @@ from gateway.senml import Record, build_pack, record_of
 from gateway.signing import Signer
 from gateway.vocabulary import QUANTITIES
 
+from .support import health_readings_of_a_box
+
 T0 = 1_790_000_000.0
 
 # -- RFC 8428 §11 (senml.cddl + senml-json.cddl) ------------------------------------------------
@@ -232,8 +234,9 @@ def _aggregated(readings: list[Reading]) -> list[Record]:
 
 
 @pytest.fixture(scope="module")
-def emitted() -> list[Record]:
-    readings = every_reading()
+def emitted(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    box = health_readings_of_a_box(tmp_path_factory.mktemp("box"), now=T0)  # device "gateway"
+    readings = every_reading() + box
     samples = [r for r in map(record_of, readings) if r is not None]
     flagged = [
         (d, n, u, v, t, int(flags))
@@ -258,6 +261,20 @@ def test_every_record_citygw_can_emit_conforms(emitted: list[Record]) -> None:
     assert any("window" in r for r in pack)
     units = {r["u"] for r in pack if "u" in r}
     assert {"%EL", "rad", "/", "m3", "ppm", "1/s"} <= units and not units & NOT_RECOMMENDED
+
+
+def test_every_health_reading_conforms_and_names_its_registered_unit(emitted: list[Record]) -> None:
+    """The box's own health (device "gateway", gateway.health): every name of the wire contract's
+    table, in primary units only (s, count, B, Cel) or none for booleans and text."""
+    from gateway.health import HEALTH_READINGS
+
+    health = [r for r in emitted if r[0] == "gateway" and "/" not in r[1]]  # not the aggregates
+    pack = json.loads(json.dumps(build_pack("bkk-pathumwan-0042", health)))
+    assert senml_problems(pack) == []
+    names = {r["n"].partition(":")[0] + (":" if ":" in r["n"] else "") for r in pack}
+    assert names == {h.name for h in HEALTH_READINGS}
+    assert {r["u"] for r in pack if "u" in r} == {"s", "count", "B", "Cel"} <= PRIMARY
+    assert "bver" not in pack[0]
 
 
 def test_a_pack_without_secondary_units_keeps_the_default_version() -> None:
