@@ -7,13 +7,16 @@ and ``citygw fleet`` showing two real daemons, the one killed first.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import itertools
 import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -186,7 +189,7 @@ def test_status_topic_must_differ_from_the_batches_topic(tmp_path: Path, key: Pa
 def test_health_readings_arrive_signed_at_the_interval(
     tmp_path: Path, broker: LocalBroker, daemons: Callable[[Path], Daemon]
 ) -> None:
-    keys, private = make_keys(tmp_path, "gw-h")
+    _, private = make_keys(tmp_path, "gw-h")
     collector = Collector(broker.port, "city/gw-h/batches", client_id="health-collector")
     try:
         config = box_config(tmp_path, "gw-h", private["gw-h"], broker.port)
@@ -197,9 +200,7 @@ def test_health_readings_arrive_signed_at_the_interval(
             verified = verify_all(collector.snapshot(), public_key_path(private["gw-h"]))
             out: dict[float, dict[str, Any]] = {}
             for seq in sorted(verified.by_seq):
-                body = json.loads(
-                    __import__("base64").urlsafe_b64decode(verified.by_seq[seq].split(".")[1] + "==")
-                )
+                body = json.loads(base64.urlsafe_b64decode(verified.by_seq[seq].split(".")[1] + "=="))
                 device, base = "", 0.0
                 for record in body["senml"]:
                     device = record.get("bn", f"gw-h/{device}/").split("/")[1]
@@ -216,7 +217,7 @@ def test_health_readings_arrive_signed_at_the_interval(
     finally:
         collector.close()
     times = [report["_time"] for report in found]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.9 <= gap <= 3.0 for gap in gaps), gaps  # health.interval 1s, never faster
     last = found[-1]
     assert set(last) - {"_time", "socTemperature"} == BASE_NAMES
@@ -347,8 +348,6 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
     try:
 
         def fleet() -> dict[str, Any]:
-            import urllib.request
-
             with urllib.request.urlopen(f"{url}/fleet", timeout=10) as answer:
                 return json.loads(answer.read())  # type: ignore[no-any-return]
 
@@ -405,8 +404,6 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
     # the receiver's file keeps what the view needs: started again, it shows gw-b down at once
     again = ReceiveProcess(tmp_path, keys)
     try:
-        import urllib.request
-
         with urllib.request.urlopen(f"http://127.0.0.1:{again.port}/fleet", timeout=10) as answer:
             view = json.loads(answer.read())
         assert view["gateways"][0]["gateway"] == "gw-b" and view["gateways"][0]["severity"] == "down"

@@ -304,7 +304,8 @@ def test_the_box_health_maps_to_device_measurements_of_the_box_device(tmp_path: 
     assert by_property["socTemperature"]["numValue"]["value"] == 48.3
     assert by_property["socTemperature"]["unit"]["value"] == "CEL"
     assert by_property["undeliveredBytes"]["unit"]["value"] == "AD"
-    assert by_property["uplinkLag:local"]["id"] == "urn:ngsi-ld:DeviceMeasurement:gw-1:gateway:uplinkLag-local"
+    lag = by_property["uplinkLag:local"]
+    assert lag["id"] == "urn:ngsi-ld:DeviceMeasurement:gw-1:gateway:uplinkLag-local"
     assert by_property["clockSynced"]["textValue"]["value"] == "true"
 
 
