@@ -110,7 +110,7 @@ EVENTS: Mapping[str, Event] = {
     "receiver_upgraded": Event(INFO),
     "receiver_retrying": Event(WARNING),
     "status_refused": Event(WARNING),  # a status message not signed by a key of its gateway
-    "gateway_offline": Event(WARNING, ("gateway",)),  # a gateway's last will arrived
+    "gateway_offline": Event(WARNING),  # a gateway's last will arrived (citygw receive)
     "chain_new": Event(WARNING),
     "chain_upgrade": Event(INFO),
     "chain_clone": Event(ERROR),

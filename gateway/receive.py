@@ -342,7 +342,7 @@ class Receiver:
         self.counts.statuses += 1
         self.fleet.saw_status(status, received=time.time())
         if status.state == "offline" and status.reason != "stopped":
-            log.event("gateway_offline", gateway=status.gateway).warning(
+            log.event("gateway_offline").warning(
                 "gateway %s is offline: its last will arrived (connection lost)", status.gateway
             )
         return True

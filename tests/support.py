@@ -152,6 +152,7 @@ def write_config(
         "buses": {"gen": {"type": "synthetic"}},
         "devices": devices,
         "metrics": {"enabled": False},  # tests that scrape pass metrics={"listen": free port}
+        "health": {"enabled": False},  # exact reading counts; tests of health pass health={...}
     }
     config.update(extra)
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
