@@ -166,7 +166,7 @@ class Gateway:
         located = {"places": places(config.gateway.location, config.devices)}  # NGSI-LD entities need them
         # the config version in effect (health readings, MQTT status); reload and remote config set it
         self.config_version = default_config_version(config)
-        alive = {"liveness": Liveness(signer, config.gateway.id, lambda: self.config_version)}
+        self.liveness = Liveness(signer, config.gateway.id, lambda: self.config_version)  # MQTT status
         self.uplinks = [
             UPLINK_RUNNERS[uplink.type](
                 name,
@@ -174,7 +174,7 @@ class Gateway:
                 gateway=config.gateway.id,
                 pipeline=self.pipeline,
                 **(located if uplink.type == "ngsi-ld" else {}),
-                **(alive if uplink.type == "mqtt" else {}),
+                **({"liveness": self.liveness} if uplink.type == "mqtt" else {}),
             )
             for name, uplink in config.uplinks.items()
         ]

@@ -74,14 +74,15 @@ class Fleet:
             "SELECT gateway, max(received) FROM batches GROUP BY gateway"
         ):
             self._box(gateway).last_seen = received
-        rows = self.db.execute(
-            "SELECT gateway, name, value, max(time) FROM readings WHERE device = ? GROUP BY gateway, name",
-            (HEALTH_DEVICE,),
-        )
-        for gateway, name, value, when in rows:
-            box = self._box(gateway)
-            box.health[name] = value
-            box.health_time = max(box.health_time or 0.0, when)
+        for gateway in list(self.boxes):  # per gateway: the (gateway, device, time) index serves it
+            rows = self.db.execute(
+                "SELECT name, value, max(time) FROM readings WHERE gateway = ? AND device = ? GROUP BY name",
+                (gateway, HEALTH_DEVICE),
+            )
+            box = self.boxes[gateway]
+            for name, value, when in rows:
+                box.health[name] = value
+                box.health_time = max(box.health_time or 0.0, when)
         for gateway, state, reason, when, version, config_version, received in self.db.execute(
             "SELECT * FROM liveness"
         ):

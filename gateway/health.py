@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING
 from drivers.health import DeviceState
 from gateway import __version__
 from gateway.config.health import HEALTH_DEVICE
+from gateway.errors import CitygwError
+from gateway.logs import EventLog
 from gateway.reading import Reading, Value
 from gateway.status import BufferReport, read_buffer
+from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.daemon import Gateway
+
+log = EventLog(__name__)
 
 THERMAL_DIR = Path("/sys/class/thermal")
 MAX_LISTED_DEVICES = 20  # ids named in failingDevices; the rest are counted
@@ -121,43 +126,63 @@ class HealthReport:
         self.thermal = thermal
         self.started = time.monotonic()
         self.reports = 0
+        self._failures = 0  # reports in a row whose buffer figures could not be read
 
     async def run(self) -> None:
-        settings = self.gateway.config.health
-        if not settings.enabled:
-            return
+        """Report at once, then every ``health.interval``; the config is read again each time,
+        so a reload that changes the interval (or turns health off or on) takes effect."""
         while True:
-            await self.report_once()
+            settings = self.gateway.config.health
+            if settings.enabled:
+                await self.report_once()
             await asyncio.sleep(settings.interval)
 
     async def report_once(self) -> None:
+        """One report. A buffer file that cannot be read (an I/O error, a stalled card) leaves
+        its figures out of this report, logged once per streak; the rest is reported."""
         gw = self.gateway
-        report = await gw.store.call(read_buffer, gw.buffer.path, list(gw.config.uplinks))
+        try:
+            report: BufferReport | None = await gw.store.call(
+                read_buffer, gw.buffer.path, list(gw.config.uplinks)
+            )
+            self._failures = 0
+        except CitygwError as exc:
+            report = None
+            self._failures += 1
+            if self._failures == 1:
+                log.event("health_buffer_unread").warning(
+                    "health: the buffer's figures are left out of the report: %s", exc
+                )
         await gw.pipeline.put(self.readings(report, time.time()))
         self.reports += 1
 
-    def readings(self, report: BufferReport, now: float) -> list[Reading]:
+    def readings(self, report: BufferReport | None, now: float) -> list[Reading]:
+        """The readings of one report at ``now`` (UTC epoch seconds); ``report``: the buffer
+        file's figures (None: unreadable, left out)."""
         gw = self.gateway
         values: list[tuple[str, Value]] = [
             ("uptime", round(time.monotonic() - self.started, 3)),
             ("healthInterval", gw.config.health.interval),
-            (
-                "undeliveredReadings",
-                report.undelivered_readings + gw.buffer.staged_count + gw.pipeline.pending_count,
-            ),
-            ("undeliveredBytes", report.undelivered_bytes),
-            ("oldestUndeliveredAge", _age(report.oldest_created, now)),
-            ("bufferFreeBytes", free_for_buffer(gw.buffer.path, gw.buffer.max_disk, report.file_bytes)),
         ]
+        if report is not None:
+            held = report.undelivered_readings + gw.buffer.staged_count + gw.pipeline.pending_count
+            free = free_for_buffer(gw.buffer.path, gw.buffer.max_disk, report.file_bytes)
+            values += [
+                ("undeliveredReadings", held),
+                ("undeliveredBytes", report.undelivered_bytes),
+                ("oldestUndeliveredAge", _age(report.oldest_created, now)),
+                ("bufferFreeBytes", free),
+            ]
         temperature = soc_temperature(self.thermal)
         if temperature is not None:
             values.append(("socTemperature", temperature))
         values.append(("clockSynced", bool(gw.ops.clock.synced)))
-        lags = {lag.name: lag for lag in report.uplinks}
+        lags = {lag.name: lag for lag in report.uplinks} if report is not None else {}
         for uplink in gw.uplinks:
             lag = lags.get(uplink.name)
-            values.append((f"uplinkLag:{uplink.name}", _age(lag.oldest_created if lag else None, now)))
-            values.append((f"uplinkConnected:{uplink.name}", uplink.status.state.value == "connected"))
+            if report is not None:
+                values.append((f"uplinkLag:{uplink.name}", _age(lag.oldest_created if lag else None, now)))
+            values.append((f"uplinkConnected:{uplink.name}", uplink.status.state is UplinkState.CONNECTED))
         states = Counter(h.state for h in gw.health.values())
         for state in DeviceState:
             values.append((f"devices:{state.value}", states.get(state, 0)))

@@ -56,6 +56,7 @@ EVENTS: Mapping[str, Event] = {
     "clock_synced": Event(WARNING),
     "clock_corrected": Event(INFO),
     "report_failed": Event(WARNING),
+    "health_buffer_unread": Event(WARNING),  # a health report went without the buffer's figures
     # the buffer
     "commit_failed": Event(ERROR),
     "buffer_moved_aside": Event(ERROR, _PATH),  # a damaged file moved aside, a fresh one started

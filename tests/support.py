@@ -262,7 +262,7 @@ def committed_values(db_path: Path) -> dict[str, set[int]]:
     return snap.values
 
 
-def health_readings_of_a_box(tmp: Path, *, now: float) -> list[Any]:
+def health_readings_of_a_box(tmp: Path, *, now: float, buffer: bool = True) -> list[Any]:
     """Every health reading a box emits (gateway.health), from a real Gateway built on a config
     with two uplinks and a thermal zone written like the kernel's (/sys/class/thermal)."""
     from gateway.config import load_config
@@ -298,4 +298,4 @@ def health_readings_of_a_box(tmp: Path, *, now: float) -> list[Any]:
         file_bytes=1_000_000,
         uplinks=(UplinkLag("local", 3, 2, 120, now - 42.5), UplinkLag("platform", 5, 0, 0, None)),
     )
-    return HealthReport(gateway, thermal=tmp / "thermal").readings(report, now)
+    return HealthReport(gateway, thermal=tmp / "thermal").readings(report if buffer else None, now)

@@ -33,7 +33,7 @@ from gateway.localbroker import LocalBroker
 from gateway.receive import Receiver
 from gateway.signing import Signer, generate_key, public_key_path
 
-from .support import REPO, Collector, Daemon, verify_all, write_config
+from .support import REPO, Collector, Daemon, health_readings_of_a_box, verify_all, write_config
 from .test_receive import ReceiveProcess
 
 KEEPALIVE = 5.0  # seconds, the shortest an MQTT uplink allows
@@ -410,3 +410,38 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
         assert row(view, "gw-a")["health"]["configVersion"] == a["config_version"]
     finally:
         again.close()
+
+
+def test_the_soc_temperature_comes_from_the_cpu_zone_or_is_left_out(tmp_path: Path) -> None:
+    """/sys/class/thermal as the kernel lays it out (millidegrees): the CPU's zone wins over a
+    board sensor listed first; no zone, or none that reads, leaves the reading out."""
+    from gateway.health import soc_temperature
+
+    def zone(index: int, kind: str, temp: str) -> None:
+        folder = tmp_path / "thermal" / f"thermal_zone{index}"
+        folder.mkdir(parents=True)
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "temp").write_text(f"{temp}\n")
+
+    assert soc_temperature(tmp_path / "thermal") is None
+    zone(0, "acpitz", "27800")
+    assert soc_temperature(tmp_path / "thermal") == 27.8
+    zone(1, "x86_pkg_temp", "bad")  # a zone that does not read is skipped
+    zone(2, "cpu-thermal", "61234")
+    assert soc_temperature(tmp_path / "thermal") == 61.2
+
+
+def test_a_report_without_the_buffer_figures_leaves_them_out(tmp_path: Path) -> None:
+    """The buffer file could not be read: the report goes out with what the box still knows."""
+    now = time.time()
+    full = {r.name for r in health_readings_of_a_box(tmp_path / "a", now=now)}
+    partial = {r.name for r in health_readings_of_a_box(tmp_path / "b", now=now, buffer=False)}
+    assert full - partial == {
+        "undeliveredReadings",
+        "undeliveredBytes",
+        "oldestUndeliveredAge",
+        "bufferFreeBytes",
+        "uplinkLag:local",
+        "uplinkLag:platform",
+    }
+    assert "uplinkConnected:local" in partial and "configVersion" in partial
