@@ -42,7 +42,7 @@ class Severity(enum.IntEnum):
     STOPPED = 2  # stopped cleanly (a person or the service manager did it)
     NEVER_SEEN = 3  # in the keys directory, never heard from
     LAGGING = 4  # batches wait long for an uplink, or batches are missing
-    DEGRADED = 5  # devices failing or stale, the clock unsynchronised
+    DEGRADED = 5  # devices failing or stale, an uplink disconnected, the clock unsynchronised
     OK = 6
 
 
@@ -164,7 +164,7 @@ def assess(gateway: str, box: Box | None, chain: dict[str, Any] | None, now: flo
         problems.append((Severity.LAGGING, f"uplink lag {lag:.0f} s"))
     for name, value in health.items():
         if name.startswith("uplinkConnected:") and value is False:
-            problems.append((Severity.LAGGING, f"uplink {name.partition(':')[2]} disconnected"))
+            problems.append((Severity.DEGRADED, f"uplink {name.partition(':')[2]} disconnected"))
     if failing:
         problems.append((Severity.DEGRADED, f"devices failing or stale: {', '.join(failing)}"))
     if health.get("clockSynced") is False:
