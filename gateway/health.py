@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = EventLog(__name__)
 
 THERMAL_DIR = Path("/sys/class/thermal")
+FIRST_REPORT = 10.0  # seconds after the start, at most, of the first report
 MAX_LISTED_DEVICES = 20  # ids named in failingDevices; the rest are counted
 
 
@@ -129,8 +130,11 @@ class HealthReport:
         self._failures = 0  # reports in a row whose buffer figures could not be read
 
     async def run(self) -> None:
-        """Report at once, then every ``health.interval``; the config is read again each time,
-        so a reload that changes the interval (or turns health off or on) takes effect."""
+        """The first report :data:`FIRST_REPORT` seconds after the start (or ``health.interval``
+        if shorter: the uplinks have connected by then), then every ``health.interval``; the
+        config is read again each time, so a reload that changes the interval (or turns health
+        off or on) takes effect."""
+        await asyncio.sleep(min(FIRST_REPORT, self.gateway.config.health.interval))
         while True:
             settings = self.gateway.config.health
             if settings.enabled:

@@ -14,6 +14,10 @@ and logged (at most one line per kind every :data:`LOG_EVERY` seconds, with the 
 HTTP answers: 200 stored or duplicate; 400 malformed, bad signature or unknown key (the gateway
 parks it); 403 a key signing for a gateway it is not bound to; 409 a (gateway, chain, seq) already
 held with other content; 413 too large.
+
+With ``--mqtt`` it also takes the gateways' signed status messages (``--status-topic``,
+:mod:`gateway.liveness`); ``GET /fleet`` is the fleet view (:mod:`gateway.fleet`): each gateway's
+last health and liveness with its chain state, the boxes that need a person first.
 """
 
 from __future__ import annotations
@@ -340,8 +344,10 @@ class Receiver:
                 log.event("status_refused").warning("refused a status message: %s%s", exc, suffix)
             return False
         self.counts.statuses += 1
+        box = self.fleet.boxes.get(status.gateway)
+        news = box is None or box.status != status  # a retained copy comes again at every subscribe
         self.fleet.saw_status(status, received=time.time())
-        if status.state == "offline" and status.reason != "stopped":
+        if news and status.state == "offline" and status.reason != "stopped":
             log.event("gateway_offline").warning(
                 "gateway %s is offline: its last will arrived (connection lost)", status.gateway
             )
