@@ -445,3 +445,38 @@ def test_a_report_without_the_buffer_figures_leaves_them_out(tmp_path: Path) -> 
         "uplinkLag:platform",
     }
     assert "uplinkConnected:local" in partial and "configVersion" in partial
+
+
+def test_the_fleet_view_orders_by_what_needs_a_person() -> None:
+    """Each severity from the figures a receiver holds (gateway.fleet), worst first, then by id."""
+    from gateway.fleet import Box, assess
+
+    now = 1_800_000_000.0
+    health = {"healthInterval": 60.0, "uplinkLag:lte": 1.0, "failingDevices": "", "clockSynced": True}
+    chain = {"chain": "c", "last_seq": 9, "missing": [], "broken_links": [], "clones": [], "gaps": []}
+
+    def row(box: Box | None, chain: dict[str, Any] | None = chain) -> tuple[str, list[str]]:
+        out = assess("gw", box, chain, now)
+        return out["severity"], out["problems"]
+
+    assert row(Box(dict(health), now - 5, now - 5)) == ("ok", [])
+    assert row(Box(dict(health), now - 300, now - 300)) == ("down", ["silent for 300 s (health every 60 s)"])
+    assert row(Box(dict(health), now - 5, now - 5), {**chain, "clones": [["a", "b"]]})[0] == "chain"
+    assert row(Box(dict(health), now - 5, now - 5), {**chain, "missing": [[3, 4]]}) == (
+        "lagging",
+        ["2 batches missing"],
+    )
+    assert row(Box({**health, "uplinkLag:lte": 900.0}, now - 5, now - 5)) == ("lagging", ["uplink lag 900 s"])
+    assert row(Box({**health, "failingDevices": "m1,m2"}, now - 5, now - 5)) == (
+        "degraded",
+        ["devices failing or stale: m1, m2"],
+    )
+    assert row(Box({**health, "uplinkConnected:lte": False}, now - 5, now - 5))[0] == "degraded"
+    assert row(None, None) == ("never_seen", ["never heard from (a key is registered)"])
+    stopped = Status("gw", "offline", "stopped", now - 50, "0.1.0", "v1")
+    assert row(Box(dict(health), now - 5, now - 5, stopped, now - 5))[0] == "stopped"
+    will = Status("gw", "offline", "lost", now - 500, "0.1.0", "v1")
+    box = Box({**health, "failingDevices": "m1", "configVersion": "v2"}, now - 5, now - 5, will, now - 2)
+    down = assess("gw", box, chain, now)
+    assert down["severity"] == "down" and down["problems"][0].startswith("offline: its last will")
+    assert down["config_version"] == "v2"  # the health report is newer than the will's time
