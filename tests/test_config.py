@@ -124,7 +124,7 @@ devices:
 devcies: {}
 """,
         (
-            "FILE:6: buffer.batch.max_size: unknown key 'max_size' (did you mean 'max_age'?); "
+            "FILE:6: buffer.batch.max_size: unknown key 'max_size'; "
             "allowed here: max_readings, max_bytes, max_age",
             "FILE:12: devices.d1.options: unknown key 'options'; "
             "allowed here: bus, rate, count, quantities, values, report, location",
@@ -476,7 +476,7 @@ devices:
             "known types: synthetic, modbus-rtu, modbus-tcp, modbus-rtu-over-tcp, ble, serial",
             "FILE:15: devices.meter.intervall: unknown key 'intervall' (did you mean 'interval'?); "
             "allowed here: bus, unit, interval, profile, registers, skip, max_gap, profiles_dir, "
-            "backoff_max, report",
+            "backoff_max, report, location",
         ),
     ),
     Bad(
