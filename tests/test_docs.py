@@ -47,6 +47,7 @@ from gateway.buffer import BatchLimits, Buffer
 from gateway.cli import build_parser, main
 from gateway.senml import Record
 from gateway.signing import Signer, generate_key
+from gateway.wireformat import Format, serialize
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -442,6 +443,14 @@ def _tampered(batches: Path) -> Path:
     return out
 
 
+def _lean(batches: Path) -> Path:
+    """The same batches as an MQTT uplink of format jws+gzip sends them, one message after another."""
+    out = batches.with_name("batches.jws.gz")
+    lines = batches.read_bytes().splitlines()
+    out.write_bytes(b"".join(serialize(line, Format.JWS_GZIP) for line in lines if line.strip()))
+    return out
+
+
 def _check_output(lines: list[str]) -> None:
     assert lines[0].startswith("gap 1 .. ") and "max_disk" in lines[0], lines[0]
     assert sum(line.startswith("duplicate") for line in lines) == 1
@@ -487,6 +496,8 @@ def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_
     done = run(keys, batches)
     assert done.returncode == 0, done.stderr
     _check_output(done.stdout.splitlines())
+    lean = run(keys, _lean(batches))  # the lean format: the same verification, after gunzip
+    assert lean.returncode == 0 and lean.stdout == done.stdout, lean.stderr
     _check_missing(run, keys, batches)
     _check_refusals(run, keys, batches)
 
@@ -518,6 +529,8 @@ def test_integrator_javascript_example_verifies_the_same_batches(tmp_path: Path,
         done = run(keys, batches)
         assert done.returncode == 0, done.stderr
         _check_output(done.stdout.splitlines())
+        lean = run(keys, _lean(batches))  # the lean format: the same verification, after gunzip
+        assert lean.returncode == 0 and lean.stdout == done.stdout, lean.stderr
         _check_missing(run, keys, batches)
         _check_refusals(run, keys, batches)
     finally:
