@@ -119,7 +119,8 @@ def test_a_jws_gzip_uplink_sends_the_sealed_jws_compressed_and_receive_and_verif
 
         receiver.wait_for(stored, "the receiver to store every batch")
         report = receiver.report()
-        assert report is not None and report["totals"]["refused"] == {}, report["totals"]
+        assert report is not None
+        assert report["totals"]["refused"] == {}, report["totals"]
         assert report["gateways"]["gw-test"]["missing"] == []
     finally:
         receiver.close()
