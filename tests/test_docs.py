@@ -535,3 +535,48 @@ def test_integrator_javascript_example_verifies_the_same_batches(tmp_path: Path,
         _check_refusals(run, keys, batches)
     finally:
         script.unlink()
+
+
+GOLANG_JWT = Path(
+    "/usr/share/gocode/src/github.com/golang-jwt/jwt"
+)  # Debian's golang-github-golang-jwt-jwt-dev
+
+
+@pytest.mark.skipif(
+    shutil.which("go") is None or not (GOLANG_JWT / "go.mod").is_file(),
+    reason="needs go and golang-jwt: apt install golang-go golang-github-golang-jwt-jwt-dev",
+)
+def test_integrator_go_example_verifies_the_same_batches(tmp_path: Path, key: Path) -> None:
+    keys, batches = _rotated_batches(tmp_path, key)
+    (example,) = code_blocks(REPO / "docs" / "integrator.md", "go")
+    build = tmp_path / "go-verify"
+    build.mkdir()
+    (build / "verify.go").write_text(example)
+    (build / "go.mod").write_text(  # the module the example imports, from Debian's package: no network
+        "module verify\n\ngo 1.19\n\nrequire github.com/golang-jwt/jwt/v4 v4.4.3\n\n"
+        f"replace github.com/golang-jwt/jwt/v4 => {GOLANG_JWT}\n"
+    )
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local"}
+    made = subprocess.run(
+        ["go", "build", "-o", "verify"],
+        cwd=build,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+
+    def run(*args: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(build / "verify"), *map(str, args)], capture_output=True, text=True, check=False, timeout=60
+        )
+
+    done = run(keys, batches)
+    assert done.returncode == 0, done.stderr
+    _check_output(done.stdout.splitlines())
+    lean = run(keys, _lean(batches))  # the lean format: the same verification, after gunzip
+    assert lean.returncode == 0 and lean.stdout == done.stdout, lean.stderr
+    _check_missing(run, keys, batches)
+    _check_refusals(run, keys, batches)
