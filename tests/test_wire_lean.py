@@ -71,11 +71,12 @@ def _readings(messages: list[bytes]) -> int:
     return sum(len(payload_of(gzip.decompress(m).decode("ascii").strip()).get("senml", [])) for m in messages)
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def _wait(condition: Callable[[], bool], what: str, daemon: Daemon, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
+        assert daemon.alive(), f"the daemon exited: {daemon.log.read_text()}"
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
@@ -103,7 +104,7 @@ def test_a_jws_gzip_uplink_sends_the_sealed_jws_compressed_and_receive_and_verif
             uplinks={"local": uplink},
             buffer={"batch": {"max_readings": 500}},
         )
-        _wait(lambda: _readings(raw.snapshot()) >= 6_000, "6,000 readings")
+        _wait(lambda: _readings(raw.snapshot()) >= 6_000, "6,000 readings", daemon)
         assert daemon.terminate() == 0
         messages = raw.snapshot()
         assert all(m[:2] == b"\x1f\x8b" for m in messages), "every message is one gzip member"
