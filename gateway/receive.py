@@ -1,9 +1,9 @@
 """``citygw receive``: a reference platform endpoint, for integrators to read and tests to use.
 
 It takes batches over HTTP (POST of the compact JWS, optionally gzip-encoded) or from an MQTT
-(the compact JWS or, format ``jws+gzip``, that JWS gzip-compressed: gateway.wireformat)
-topic, and for each one, in this order: bounds its size; checks the header, the key (``kid``) and
-the signature; decodes the payload only then, and refuses it unless the key is one of the
+topic (the compact JWS or, format ``jws+gzip``, that JWS gzip-compressed: gateway.wireformat),
+and for each one, in this order: bounds its size; checks the header, the key (``kid``) and the
+signature; decodes the payload only then, and refuses it unless the key is one of the
 gateway's it names (``--keys DIR``: ``DIR/<gateway id>/*.pub``, re-read while running); checks
 the payload and pack (contract v1 or v2). It stores each batch once per (gateway, chain, seq) —
 a duplicate is acknowledged, not stored again; another content for a stored key is refused (409)
