@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,29 @@ def test_unwrap_gives_back_the_jws_and_refuses_what_is_not_one_member() -> None:
     for broken in (lean[:-4], lean + lean, lean[:12] + bytes([lean[12] ^ 0xFF]) + lean[13:]):
         with pytest.raises(Exception, match="gzip"):
             unwrap(broken, limit=100)
+
+
+def _post(port: int, body: bytes) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/batches", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_the_http_receiver_takes_a_jws_gzip_body_and_refuses_a_bomb(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    k1 = make_key(tmp_path, "gw1")
+    add_gateway(keys, "gw1", k1)
+    box = Box(Signer.from_file(k1), "gw1")
+    (first,) = box.take(1)
+    receiver = ReceiveProcess(tmp_path, keys)
+    try:
+        assert _post(receiver.port, gzip.compress(b"e" * (MAX_TOKEN + 1_000_000), 9)) == 413
+        assert _post(receiver.port, serialize(first.encode(), Format.JWS_GZIP)) == 200
+        report = receiver.report()
+        assert report is not None
+        assert report["totals"]["stored"] == 1 and report["totals"]["refused"] == {"too_large": 1}
+    finally:
+        receiver.close()
