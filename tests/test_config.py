@@ -436,7 +436,7 @@ devices:
             "FILE:7: buffer.max_age: 'forever' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 30d",
             "FILE:12: uplinks.cdp.username: environment variable CDP_USER is not set",
             "FILE:13: uplinks.cdp.keeplive: unknown key 'keeplive' (did you mean 'keepalive'?); "
-            "allowed here: type, url, topic, ca_file, "
+            "allowed here: type, url, topic, format, ca_file, "
             "cert_file, cert_key_file, username, password, password_file, client_id, keepalive, window, "
             "connect_timeout, backoff_initial, backoff_max",
             "FILE:19: devices.d1.rate: expected a number; got the text 'fast'",
