@@ -154,6 +154,11 @@ class MqttUplink(Section):
         default=DEFAULT_STATUS_TOPIC,
         description="the retained liveness topic (online; the last will: offline); {gateway}: the gateway id",
     )
+    format: Literal["jws", "jws+gzip"] = Field(
+        default="jws",
+        description="how each batch travels: jws (the compact JWS) or jws+gzip (that same JWS "
+        "gzip-compressed, about a tenth of the bytes; docs/integrator.md)",
+    )
     ca_file: Annotated[ReadableFile | None, AfterValidator(tls_only("mqtts"))] = Field(
         default=None, description="CA certificates (PEM) to verify the broker with"
     )
