@@ -104,7 +104,7 @@ log: {level: 5}
         GATEWAY + "logging:\n  level: debug\n",
         (
             "FILE:4: logging: unknown key 'logging' (did you mean 'log'?); "
-            "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
+            "allowed here: gateway, log, metrics, buffer, remote, uplinks, buses, devices",
         ),
     ),
     Bad(
@@ -129,7 +129,7 @@ devcies: {}
             "FILE:12: devices.d1.options: unknown key 'options'; "
             "allowed here: bus, rate, count, quantities, values, report, location",
             "FILE:14: devcies: unknown key 'devcies' (did you mean 'devices'?); "
-            "allowed here: gateway, log, metrics, buffer, uplinks, buses, devices",
+            "allowed here: gateway, log, metrics, buffer, remote, uplinks, buses, devices",
         ),
     ),
     Bad(
@@ -398,7 +398,7 @@ devices:
         "- gateway\n",
         (
             "FILE:1: (top level): the top level must be a mapping of sections "
-            "(gateway, log, metrics, buffer, uplinks, buses, devices); got a list",
+            "(gateway, log, metrics, buffer, remote, uplinks, buses, devices); got a list",
         ),
     ),
     Bad(
@@ -778,7 +778,16 @@ def test_models_built_in_code_do_no_io_and_publish_a_schema() -> None:
     assert config.gateway.key_file == Path("relative/absent.key")
     assert config.buffer_path({"STATE_DIRECTORY": "/run/s:/run/t"}) == Path("/run/s/buffer.db")
     schema = Config.model_json_schema()
-    assert set(schema["properties"]) == {"gateway", "log", "metrics", "buffer", "uplinks", "buses", "devices"}
+    assert set(schema["properties"]) == {
+        "gateway",
+        "log",
+        "metrics",
+        "buffer",
+        "remote",
+        "uplinks",
+        "buses",
+        "devices",
+    }
 
 
 # --- units -------------------------------------------------------------------------------------

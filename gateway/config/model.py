@@ -60,6 +60,7 @@ from gateway.config.base import (
 )
 from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
 from gateway.config.metrics import MetricsSettings
+from gateway.config.remote import RemoteSettings
 from gateway.config.report import ReportSettings, check_reports
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
@@ -87,6 +88,11 @@ class GatewaySettings(Section):
         default=None,
         description="where the box stands: {latitude, longitude} in decimal degrees (WGS 84); "
         "required by an ngsi-ld uplink",
+    )
+    operator_keys: tuple[ReadableFile, ...] = Field(
+        default=(),
+        description="public keys (PEM, from `citygw keygen`) whose signed config documents the box "
+        "takes (see remote); none: the box takes no remote configuration",
     )
 
 
@@ -344,7 +350,7 @@ def _device(value: Any, info: ValidationInfo) -> Any:
     return model.model_validate(data, context=info.context)
 
 
-_SECTIONS = ("log", "metrics", "buffer", "uplinks", "buses", "devices")
+_SECTIONS = ("log", "metrics", "buffer", "remote", "uplinks", "buses", "devices")
 
 
 class Config(Section):
@@ -358,6 +364,10 @@ class Config(Section):
         default=MetricsSettings(), description="Prometheus metrics over HTTP, on loopback by default"
     )
     buffer: BufferSettings = Field(default=BufferSettings(), description="the durable buffer")
+    remote: RemoteSettings = Field(
+        default=RemoteSettings(),
+        description="signed config documents from the platform (with gateway.operator_keys)",
+    )
     uplinks: dict[UplinkId, Annotated[Uplink, BeforeValidator(_by_type(UPLINK_MODELS, "uplink"))]] = Field(
         default_factory=dict, description="where batches go, by uplink id"
     )
