@@ -8,7 +8,7 @@ uplink subscribes) or from ``remote.config_url`` (polled, conditional GET). The 
    kept in ``remote-config.json`` in the state directory, so it survives restarts);
 3. validates the YAML like ``citygw check`` (written first as ``<config>.incoming``) and refuses a
    document that changes ``gateway.id``, the key files, the operator keys or a restart-only key,
-   names a path outside the config, state or credentials directory, or carries a secret inline;
+   names a new path outside the config, state or credentials directory, or carries a secret inline;
 4. keeps the file in effect as ``<config>.previous``, writes a pending marker
    (``remote-config.pending``), replaces the config file atomically and applies it as a reload;
 5. keeps it when, for ``remote.grace``, no bus task failed and every uplink is connected at the end;
@@ -237,9 +237,10 @@ def screen(current: Config, new: Config, text: str) -> str | None:
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         allowed.append(Path(os.path.realpath(credentials)))
+    kept = set(_paths(current))  # what the box names already (its key file) stays where it is
     for path in _paths(new):
         real = Path(os.path.realpath(path))
-        if not any(real.is_relative_to(root) for root in allowed):
+        if path not in kept and not any(real.is_relative_to(root) for root in allowed):
             return f"it names {path}, outside the box's config and state directories"
     return None
 
