@@ -230,6 +230,11 @@ def screen(current: Config, new: Config, text: str) -> str | None:
     for key in ("id", "key_file", "operator_keys"):
         if getattr(current.gateway, key) != getattr(new.gateway, key):
             return f"it changes gateway.{key}, which only a person at the box may change"
+    from gateway.reload import plan_reload
+
+    restart = plan_reload(current, new).needs_restart
+    if restart:
+        return f"it changes what only a restart can change: {'; '.join(restart)}"
     secrets = _inline_secrets(text)
     if secrets:
         return f"it carries a secret inline ({', '.join(secrets)}); secrets stay in files on the box (*_file)"
@@ -359,6 +364,14 @@ class RemoteConfig:
         state = RemoteState.load(self.directory)
         state.highest = max(state.highest, version)
         state.save(self.directory)
+        if not os.access(path.parent, os.W_OK):
+            closed = (
+                f"the config directory {path.parent} is not writable by the service (to take remote "
+                "configuration: ConfigurationDirectoryMode=0770, docs/operations.md)"
+            )
+            await self._refuse(version, closed, source)
+            return
+        new: Config
         try:
             write_atomically(incoming, document.config.encode("utf-8"), mode=0o640)
             try:
@@ -368,19 +381,22 @@ class RemoteConfig:
                 await self._refuse(version, f"the config is not valid: {shown}", source)
                 return
             why = screen(current, new, document.config)
-            if why is None and not os.access(path.parent, os.W_OK):
-                why = f"the config directory {path.parent} is not writable by the service"
             if why is not None:
                 await self._refuse(version, why, source)
                 return
+            # the previous config stays beside the new one; the marker makes a crash roll back
+            write_atomically(previous_path(path), path.read_bytes())
+            marker = {"version": version, "config": str(path), "since": time.time()}
+            write_atomically(self.directory / PENDING_FILE, json.dumps(marker).encode())
+            write_atomically(path, document.config.encode("utf-8"))
+        except OSError as exc:  # a full or read-only disk: the config in effect stays
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / PENDING_FILE).unlink()
+            await self._refuse(version, f"the config cannot be written: {exc}", source)
+            return
         finally:
             with contextlib.suppress(FileNotFoundError):
                 incoming.unlink()
-        # the previous config stays beside the new one; the marker makes a crash roll back
-        write_atomically(previous_path(path), path.read_bytes())
-        marker = {"version": version, "config": str(path), "since": time.time()}
-        write_atomically(self.directory / PENDING_FILE, json.dumps(marker).encode())
-        write_atomically(path, document.config.encode("utf-8"))
         log.event("config_trying", path=str(path)).info(
             "config version %d from %s (key %s) written to %s; trying it for %.0f s",
             version,

@@ -23,14 +23,14 @@ from .support import REPO, Collector, Daemon, payload_of, verify_all, write_conf
 from .test_reload import log_lines, wait_for
 
 TOPIC = "city/gw-test/config"
+SIGN = [sys.executable, "-m", "gateway", "config", "sign"]
 
 
 def sign(op_key: Path, config: dict[str, Any], *, version: int, gateway: str = "gw-test", tmp: Path) -> str:
     source = tmp / f"push-{version}-{time.monotonic_ns()}.yaml"
     source.write_text(json.dumps(config, indent=2))
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "config", "sign", "--key", str(op_key), "--gateway", gateway]
-        + ["--version", str(version), str(source)],
+        [*SIGN, "--key", str(op_key), "--gateway", gateway, "--version", str(version), str(source)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -117,7 +117,7 @@ def test_signed_config_applies_and_bad_documents_are_refused(
     ]
     for count, document in enumerate(refused, 1):
         push(broker.port, document)
-        wait_for(lambda n=count: len(log_lines(daemon, "config_refused")) == n, 20, f"refusal {count}")
+        wait_for(lambda: len(log_lines(daemon, "config_refused")) == count, 20, f"refusal {count}")  # noqa: B023
     reasons = log_lines(daemon, "config_refused")
     assert "not one of gateway.operator_keys" in reasons[0]
     assert "is for gw-elsewhere, not gw-test" in reasons[1]
@@ -132,7 +132,6 @@ def test_signed_config_applies_and_bad_documents_are_refused(
     names = [name for name, _ in recorded()]
     assert ("config/applied", 3) in recorded()
     assert names.count("config/refused") == 4 and names.count("config/refusedReason") == 4
-    values = verify_all(collector.snapshot(), key.with_name(key.name + ".pub")).values
     collector.wait(lambda c: len(values_of(c, key, "load-2")) == 100, 30, "the new device's readings")
     assert daemon.terminate() == 0
     values = verify_all(collector.snapshot(), key.with_name(key.name + ".pub")).values
@@ -207,3 +206,60 @@ def test_a_kill_9_during_a_pending_config_ends_in_the_previous_config(
     reason = dict(outcomes(collector.snapshot(), key))["config/rolledBackReason"]
     assert "stopped before the new config was confirmed" in reason
     assert again.terminate() == 0
+
+
+def test_an_http_only_box_polls_config_url_with_a_conditional_get(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
+) -> None:
+    from aiohttp import web
+
+    from .test_uplinks_http import ScriptedServer
+
+    (tmp_path / "etc").mkdir()
+    op_key = tmp_path / "operator.key"
+    generate_key(op_key)
+    served: dict[str, str] = {}
+
+    async def platform(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.method == "POST":
+            return web.Response(status=200)
+        if "document" not in served:
+            return web.Response(status=404)
+        if request.headers.get("If-None-Match") == served["etag"]:
+            return web.Response(status=304, headers={"ETag": served["etag"]})
+        return web.Response(text=served["document"], headers={"ETag": served["etag"]})
+
+    server = ScriptedServer(platform)
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        config = write_config(
+            tmp_path / "etc" / "config.yaml",
+            key=key,
+            port=free_port(),
+            devices={"load-1": {"bus": "gen", "rate": 50, "values": "sequence"}},
+            buffer={"batch": {"max_age": "300ms"}, "path": str(tmp_path / "state" / "buffer.db")},
+            remote={"grace": "1s", "config_url": url + "/config/{gateway}", "poll_interval": "1s"},
+        )
+        data = json.loads(config.read_text())
+        data["uplinks"] = {"platform": {"type": "http", "url": url + "/batches", "backoff_initial": "200ms"}}
+        data["gateway"]["operator_keys"] = [str(op_key) + ".pub"]
+        config.write_text(json.dumps(data, indent=2))
+        daemon = daemon_factory(config)
+        daemon.start()
+
+        new = json.loads(json.dumps(data))
+        new["buffer"]["batch"]["max_age"] = "400ms"
+        served.update(document=sign(op_key, new, version=1, tmp=tmp_path), etag='"v1"')
+        wait_for(lambda: bool(log_lines(daemon, "config_applied")), 30, "the polled config applied")
+        assert json.loads(config.read_text()) == new
+
+        asked = lambda: any(h.get("If-None-Match") == '"v1"' for _, h, _ in server.requests)  # noqa: E731
+        wait_for(asked, 10, "a conditional GET (If-None-Match)")
+
+        def posted() -> list[str]:
+            return [b.decode() for _, h, b in server.requests if b.startswith(b"eyJ")]
+
+        wait_for(lambda: ("config/applied", 1) in outcomes(posted(), key), 20, "the record")
+        assert daemon.terminate() == 0
+    finally:
+        server.close()

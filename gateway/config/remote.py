@@ -29,8 +29,8 @@ class RemoteSettings(Section):
         description="an http(s) url polled for the document (conditional GET, ETag), for boxes "
         "without an mqtt uplink; e.g. https://platform.example.city/config/{gateway}",
     )
-    poll_interval: Annotated[Duration, AfterValidator(duration_within(10, 86400))] = Field(
-        default=300.0, description="how often config_url is polled, 10s to 1d"
+    poll_interval: Annotated[Duration, AfterValidator(duration_within(1, 86400))] = Field(
+        default=300.0, description="how often config_url is polled, 1s to 1d (a fleet: minutes)"
     )
     grace: Annotated[Duration, AfterValidator(duration_within(1, 3600))] = Field(
         default=120.0,
