@@ -330,7 +330,9 @@ class Gateway:
         # 2. the new config is the one in effect
         self.config = new
         for name in new.devices.keys() - self.health.keys():
-            self.health[name] = DeviceHealth(name)
+            health = self.health[name] = DeviceHealth(name)
+            if new.buses[new.devices[name].bus].type.startswith("modbus"):  # as gateway.metrics.Timings
+                health.observe_transaction = self.ops.timings.transaction.labels(device=name).observe
         for name in self.health.keys() - new.devices.keys():
             del self.health[name]
         if plan.reports_changed:

@@ -11,7 +11,7 @@ changed (a device's ``report`` rule and ``location`` excepted: they act after th
 nothing touched keeps running, its connection and its devices' state untouched. An uplink restarts
 when its settings changed (an ``ngsi-ld`` uplink also when a device or the gateway's location
 changed: its entities come from them; an ``mqtt`` uplink also when the remote config topic
-changed); its delivery cursor is in the buffer, so the new one goes on where the old one was
+changed, or operator keys came or went); its delivery cursor is in the buffer, so the new one goes on where the old one was
 acknowledged (at least once, as after a reconnect).
 """
 
@@ -112,7 +112,11 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             plan.buses_restart.append(name)
 
     entities_changed = old.devices != new.devices or old.gateway.location != new.gateway.location
-    topic_changed = old.remote.config_topic != new.remote.config_topic
+    # an mqtt uplink subscribes to the config topic when operator keys are set
+    topic_changed = (old.remote.config_topic, bool(old.gateway.operator_keys)) != (
+        new.remote.config_topic,
+        bool(new.gateway.operator_keys),
+    )
     for name in new.uplinks.keys() - old.uplinks.keys():
         plan.uplinks_start.append(name)
     for name in old.uplinks.keys() - new.uplinks.keys():

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from drivers.health import DeviceState
 from gateway.configdoc import ConfigDocument, DocumentRefused, digest, verify_document
 from gateway.errors import CitygwError, ConfigError, KeyFileError
 from gateway.logs import EventLog
@@ -407,14 +408,16 @@ class RemoteConfig:
         )
         new = new.model_copy(update={"source": path})
         baseline = dict(gateway.bus_failures)
+        working = {name for name, h in gateway.health.items() if h.state is DeviceState.OK}
         try:
             async with gateway.reload_lock:
-                await gateway._apply(new)
+                plan = await gateway._apply(new)
         except ReloadRefused as exc:
             await self._roll_back(version, f"it cannot be applied without a restart: {exc}")
             return
         gateway.config_version = str(version)
-        reason = await self._trial(baseline, new.remote.grace)
+        changed = {b: b in plan.buses_start for b in [*plan.buses_start, *plan.buses_restart]}
+        reason = await self._trial(baseline, new.remote.grace, changed, working)
         if reason is not None:
             await self._roll_back(version, reason)
             return
@@ -428,8 +431,15 @@ class RemoteConfig:
         )
         await self._record("applied", version)
 
-    async def _trial(self, baseline: dict[str, int], grace: float) -> str | None:
-        """Why the config in effect is not healthy within ``grace`` seconds, or None."""
+    async def _trial(
+        self, baseline: dict[str, int], grace: float, changed: dict[str, bool], working: set[str]
+    ) -> str | None:
+        """Why the config in effect is not healthy within ``grace`` seconds, or None.
+
+        Unhealthy: a bus task failed; at the end, an uplink is not connected (an HTTP uplink that
+        has not sent anything yet counts as up), or a bus the change started or restarted (in
+        ``changed``, True for a new one) has every device failing where it is new or one of its
+        devices worked before (``working``)."""
         deadline = time.monotonic() + grace
         while True:
             failed = [b for b, n in self.gateway.bus_failures.items() if n > baseline.get(b, 0)]
@@ -446,6 +456,16 @@ class RemoteConfig:
         ]
         if down:
             return f"uplink {', '.join(down)} not connected within the grace period of {grace:g} s"
+        config = self.gateway.config
+        for bus, new in sorted(changed.items()):
+            devices = [name for name, d in config.devices.items() if d.bus == bus]
+            health = [self.gateway.health[name] for name in devices if name in self.gateway.health]
+            if (
+                health
+                and all(h.state is DeviceState.FAILING for h in health)
+                and (new or any(name in working for name in devices))
+            ):
+                return f"bus {bus} cannot start: every device on it is failing ({', '.join(devices)})"
         return None
 
     async def _roll_back(self, version: int, reason: str) -> None:

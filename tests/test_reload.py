@@ -140,3 +140,62 @@ def test_invalid_or_restart_only_reload_keeps_the_old_config_running(
     assert daemon.terminate() == 0
     values = values_by_device(collector.snapshot(), key)["load-1"]
     assert values == list(range(len(values)))
+
+
+# --- the plan: what a change restarts (pure, on real configs loaded from files) -------------------
+
+
+def _load(tmp_path: Path, key: Path, name: str, **changes: Any) -> Any:
+    from gateway.config import load_config
+
+    data: dict[str, Any] = {
+        "gateway": {
+            "id": "gw-test",
+            "key_file": str(key),
+            "location": {"latitude": 13.7, "longitude": 100.5},
+        },
+        "buffer": {"path": str(tmp_path / "state" / "buffer.db")},
+        "metrics": {"enabled": False},
+        "uplinks": {
+            "local": {"type": "mqtt", "url": "mqtt://127.0.0.1:1883"},
+            "cdp": {"type": "ngsi-ld", "url": "http://127.0.0.1:1026"},
+        },
+        "buses": {"gen": {"type": "synthetic"}, "gen2": {"type": "synthetic"}},
+        "devices": {"a": {"bus": "gen"}, "b": {"bus": "gen2"}},
+    }
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(data))
+    return load_config(path)
+
+
+def test_the_plan_restarts_only_what_a_change_touches(tmp_path: Path, key: Path) -> None:
+    from gateway.reload import plan_reload
+
+    old = _load(tmp_path, key, "old")
+    same = plan_reload(old, _load(tmp_path, key, "same"))
+    assert not same.changes and not same.needs_restart
+
+    # a report rule changes what is sent, not how the device is read: no bus restarts
+    report = plan_reload(
+        old,
+        _load(
+            tmp_path, key, "report", devices__b={"bus": "gen2", "report": {"on_change": {"deadband": 0.2}}}
+        ),
+    )
+    assert report.reports_changed and not report.buses_restart
+    assert report.uplinks_restart == ["cdp"]  # NGSI-LD entities come from the devices
+
+    rate = plan_reload(old, _load(tmp_path, key, "rate", devices__b={"bus": "gen2", "rate": 5}))
+    assert rate.buses_restart == ["gen2"] and not rate.buses_start
+
+    moved = plan_reload(old, _load(tmp_path, key, "topic", uplinks__local__topic="x/{gateway}/batches"))
+    assert moved.uplinks_restart == ["local"] and not moved.buses_restart
+
+    restart = plan_reload(old, _load(tmp_path, key, "id", gateway__id="gw-other", buffer__synchronous="full"))
+    assert [p.split(" ")[0] for p in restart.needs_restart] == ["gateway.id", "buffer.synchronous"]
