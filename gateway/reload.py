@@ -11,8 +11,8 @@ changed (a device's ``report`` rule and ``location`` excepted: they act after th
 nothing touched keeps running, its connection and its devices' state untouched. An uplink restarts
 when its settings changed (an ``ngsi-ld`` uplink also when a device or the gateway's location
 changed: its entities come from them; an ``mqtt`` uplink also when the remote config topic
-changed, or operator keys came or went); its delivery cursor is in the buffer, so the new one goes on where the old one was
-acknowledged (at least once, as after a reconnect).
+changed, or operator keys came or went); its delivery cursor is in the buffer, so the new one
+goes on where the old one was acknowledged (at least once, as after a reconnect).
 """
 
 from __future__ import annotations
