@@ -233,6 +233,11 @@ class Gateway:
         health = {name: self.health[name] for name in devices}
         return functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
 
+    def _buses(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """One unit of work per bus that has devices."""
+        work = {name: self._bus_work(name) for name in self.config.buses}
+        return {name: w for name, w in work.items() if w is not None}
+
     def _start_bus(self, name: str) -> None:
         assert self._group is not None
         work = self._bus_work(name)
