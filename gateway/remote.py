@@ -410,8 +410,7 @@ class RemoteConfig:
         baseline = dict(gateway.bus_failures)
         working = {name for name, h in gateway.health.items() if h.state is DeviceState.OK}
         try:
-            async with gateway.reload_lock:
-                plan = await gateway._apply(new)
+            plan = await gateway.apply(new)
         except ReloadRefused as exc:
             await self._roll_back(version, f"it cannot be applied without a restart: {exc}")
             return
@@ -482,8 +481,7 @@ class RemoteConfig:
         )
         try:
             restored = await asyncio.to_thread(load_config, path)
-            async with gateway.reload_lock:
-                await gateway._apply(restored)
+            await gateway.apply(restored)
         except CitygwError as exc:  # the previous file is back on disk: a restart takes it
             raise RollbackFailed(f"the previous config cannot be applied again: {exc}") from exc
         gateway.config_version = version_in_effect(restored)
