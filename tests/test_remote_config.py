@@ -263,3 +263,47 @@ def test_an_http_only_box_polls_config_url_with_a_conditional_get(
         assert daemon.terminate() == 0
     finally:
         server.close()
+
+
+def test_a_document_cannot_touch_keys_paths_outside_or_carry_secrets(tmp_path: Path, key: Path) -> None:
+    """What :func:`gateway.remote.screen` refuses, on real configs loaded from real files."""
+    from gateway.config import load_config
+    from gateway.remote import screen
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config, data, _ = box(tmp_path, key, 1883)
+    current = load_config(config)
+    other_key = tmp_path / "other.key"
+    generate_key(other_key)
+    outside = tmp_path / "elsewhere" / "ca.pem"
+    outside.parent.mkdir()
+    outside.write_text("x")
+    inside = etc / "ca.pem"
+    inside.write_text("x")
+    secret = etc / "password"
+    secret.write_text("s3cret\n")
+
+    def verdict(change: Callable[[dict[str, Any]], None]) -> str | None:
+        new = json.loads(json.dumps(data))
+        change(new)
+        path = etc / "incoming.yaml"
+        path.write_text(json.dumps(new))
+        return screen(current, load_config(path), path.read_text())
+
+    def tls(ca: Path) -> Callable[[dict[str, Any]], None]:
+        def change(d: dict[str, Any]) -> None:
+            d["uplinks"]["local"].update(url="mqtts://127.0.0.1:8883", ca_file=str(ca))
+
+        return change
+
+    assert verdict(lambda d: None) is None
+    assert "gateway.key_file" in str(verdict(lambda d: d["gateway"].update(key_file=str(other_key))))
+    assert "gateway.operator_keys" in str(verdict(lambda d: d["gateway"].update(operator_keys=[])))
+    assert "gateway.id" in str(verdict(lambda d: d["gateway"].update(id="gw-other")))
+    assert "outside the box's config and state directories" in str(verdict(tls(outside)))
+    assert verdict(tls(inside)) is None
+    inline = verdict(lambda d: d["uplinks"]["local"].update(username="u", password="p"))
+    assert "secret inline (uplinks.local.password)" in str(inline)
+    assert verdict(lambda d: d["uplinks"]["local"].update(username="u", password_file=str(secret))) is None
+    assert "only a restart" in str(verdict(lambda d: d.update(metrics={"enabled": True})))
