@@ -19,18 +19,26 @@ After ``--warmup`` seconds (20), one ``--window`` (60 s) is measured. Prints one
   rss_at_ready_mib    its VmRSS at sd_notify READY (imports and config: before any traffic)
   latency_p50_ms      reading time (the Reading's time, when the unit answered) to receipt
   latency_p95_ms      by the subscriber, over the values received in the window
+  cpu_us_per_value    the daemon's CPU in the window per value received, microseconds
+  wire_bytes_per_value  MQTT payload + topic bytes received in the window, per value (the uplink's
+                      ``--format``: jws, the compact JWS; jws+gzip, that JWS gzip-compressed)
+  *_unsynced          the same three with the clock not yet synchronised (every reading flagged
+                      ``clock-unsynced``): a second daemon, fresh buffer, same window (``--clock``)
+
+The peer sends 13.9 B/value on this workload (its unsigned JSON, payload + topic).
 
 The peer (ThingsBoard IoT Gateway 3.8.5, same work, same machine): 500 values/s at 14.3 % of a core,
 66.9 MB peak RSS, p50 183 ms / p95 237 ms; saturating near 1,400 values/s at 80 % of a core.
 
 Usage: python bench/cabinet.py [--interval 1] [--warmup 20] [--window 60] [--commit-interval 50ms]
-       [--max-age 50ms]
+       [--max-age 50ms] [--format jws|jws+gzip] [--clock both|synced|unsynced]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import itertools
 import json
 import os
@@ -47,6 +55,8 @@ from running import start_daemon
 
 from gateway.localbroker import LocalBroker
 from gateway.signing import generate_key
+from gateway.verify import MAX_TOKEN
+from gateway.wireformat import unwrap
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS, REGISTERS = 50, 10
@@ -67,13 +77,14 @@ def proc_stat(pid: int) -> dict[str, float]:
 class Subscriber:
     """Counts values and their latency (receipt time minus reading time), QoS 1."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, name: str) -> None:
         self.values = 0
+        self.wire_bytes = 0  # payload + topic of the messages received while recording
         self.latencies: list[float] = []
         self.polls: dict[str, set[float]] = {}  # device -> reading times seen while recording
         self.recording = False
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-cabinet")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-cabinet-{name}")
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("city/+/batches", qos=1)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -81,7 +92,7 @@ class Subscriber:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         received = time.time()
-        payload = message.payload.split(b".")[1]
+        payload = unwrap(message.payload, limit=MAX_TOKEN).split(b".")[1]
         body = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
         records = body.get("senml", ())
         base, device = 0.0, ""
@@ -89,6 +100,7 @@ class Subscriber:
             self.values += len(records)
             if not self.recording:
                 return
+            self.wire_bytes += len(message.payload) + len(message.topic.encode())
             for record in records:
                 base = record.get("bt", base)
                 device = record.get("bn", device)
@@ -96,9 +108,9 @@ class Subscriber:
                 self.latencies.append(received - when)
                 self.polls.setdefault(device, set()).add(round(when, 3))
 
-    def snapshot(self) -> int:
+    def snapshot(self) -> tuple[int, int]:
         with self._lock:
-            return self.values
+            return self.values, self.wire_bytes
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -121,6 +133,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def config(work: Path, broker: LocalBroker, port: int, args: argparse.Namespace) -> Path:
+    work.mkdir(exist_ok=True)
     registers = [
         {"name": "intensity", "channel": f"r{i}", "address": i, "function": 4} for i in range(REGISTERS)
     ]
@@ -135,13 +148,57 @@ def config(work: Path, broker: LocalBroker, port: int, args: argparse.Namespace)
             "commit_interval": args.commit_interval,
             "batch": {"max_age": args.max_age},
         },
-        "uplinks": {"local": {"type": "mqtt", "url": broker.url}},
+        "uplinks": {"local": {"type": "mqtt", "url": broker.url, "format": args.format}},
         "buses": {"cabinet": {"type": "modbus-tcp", "host": "127.0.0.1", "port": port}},
         "devices": devices,
     }
     path = work / "config.yaml"
     path.write_text(json.dumps(body))
     return path
+
+
+@dataclasses.dataclass
+class Run:
+    """One daemon's measured window."""
+
+    subscriber: Subscriber
+    at_ready: dict[str, float]
+    start: dict[str, float]
+    end: dict[str, float]
+    values: int
+    wire_bytes: int
+
+
+def measure(args: argparse.Namespace, work: Path, broker: LocalBroker, port: int, *, synced: bool) -> Run:
+    """Start a daemon on a fresh buffer, let it warm up, measure one window, stop it."""
+    name = "synced" if synced else "unsynced"
+    path = config(work / name, broker, port, args)
+    generate_key(work / name / "signing.key")
+    subscriber = Subscriber(broker.port, name)
+    daemon = start_daemon(path, work / name, synced=synced)
+    try:
+        at_ready = proc_stat(daemon.pid)
+        time.sleep(args.warmup)
+        start, (values_start, bytes_start) = proc_stat(daemon.pid), subscriber.snapshot()
+        subscriber.recording = True
+        time.sleep(args.window)
+        subscriber.recording = False
+        end, (values_end, bytes_end) = proc_stat(daemon.pid), subscriber.snapshot()
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        subscriber.close()
+    return Run(subscriber, at_ready, start, end, values_end - values_start, bytes_end - bytes_start)
+
+
+def per_value(run: Run) -> dict[str, float | None]:
+    """CPU (microseconds) and wire bytes per value received in the window."""
+    if not run.values:
+        return {"cpu_us_per_value": None, "wire_bytes_per_value": None}
+    return {
+        "cpu_us_per_value": round(1e6 * (run.end["cpu"] - run.start["cpu"]) / run.values, 1),
+        "wire_bytes_per_value": round(run.wire_bytes / run.values, 2),
+    }
 
 
 def main() -> None:
@@ -151,6 +208,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--commit-interval", default="50ms", help="buffer.commit_interval")
     parser.add_argument("--max-age", default="50ms", help="buffer.batch.max_age")
+    parser.add_argument(
+        "--format", default="jws", choices=("jws", "jws+gzip"), help="the MQTT uplink's format"
+    )
+    parser.add_argument("--clock", default="both", choices=("both", "synced", "unsynced"))
     args = parser.parse_args()
 
     server = subprocess.Popen(
@@ -171,42 +232,39 @@ def main() -> None:
     )
     assert server.stdout is not None and server.stdin is not None
     port = int(json.loads(server.stdout.readline())["port"])
+    runs: dict[bool, Run] = {}
     with tempfile.TemporaryDirectory(prefix="citygw-cabinet-") as tmp, LocalBroker() as broker:
         work = Path(tmp)
-        generate_key(work / "signing.key")
-        path = config(work, broker, port, args)
-        subscriber = Subscriber(broker.port)
-        daemon = start_daemon(path, work)
-        at_ready = proc_stat(daemon.pid)
-        time.sleep(args.warmup)
-        start, values_start = proc_stat(daemon.pid), subscriber.snapshot()
-        subscriber.recording = True
-        time.sleep(args.window)
-        subscriber.recording = False
-        end, values_end = proc_stat(daemon.pid), subscriber.snapshot()
-        daemon.terminate()
-        daemon.wait(30)
-        subscriber.close()
+        for synced in (True, False):
+            if args.clock in ("both", "synced" if synced else "unsynced"):
+                runs[synced] = measure(args, work, broker, port, synced=synced)
     server.stdin.close()
     server.wait(10)
-    latencies = subscriber.latencies
+    first = runs[True] if True in runs else runs[False]
+    latencies = first.subscriber.latencies
     asked = UNITS * REGISTERS / args.interval
-    delivered = (values_end - values_start) / args.window
-    summary = {
+    summary: dict[str, object] = {
         "bench": "cabinet",
         "interval_s": args.interval,
+        "clock": "synced" if True in runs else "unsynced",
         "asked_per_s": round(asked),
-        "values_per_s": round(delivered, 1),
-        "missed_polls": missed_polls(subscriber.polls, args.interval),
-        "polls_seen": sum(len(t) for t in subscriber.polls.values()),
-        "cpu_pct": round(100 * (end["cpu"] - start["cpu"]) / args.window, 2),
-        "peak_rss_mib": round(end["hwm_kib"] / 1024, 1),
-        "rss_at_ready_mib": round(at_ready["rss_kib"] / 1024, 1),
+        "values_per_s": round(first.values / args.window, 1),
+        "missed_polls": missed_polls(first.subscriber.polls, args.interval),
+        "polls_seen": sum(len(t) for t in first.subscriber.polls.values()),
+        "cpu_pct": round(100 * (first.end["cpu"] - first.start["cpu"]) / args.window, 2),
+        "peak_rss_mib": round(first.end["hwm_kib"] / 1024, 1),
+        "rss_at_ready_mib": round(first.at_ready["rss_kib"] / 1024, 1),
         "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 1) if latencies else None,
         "latency_p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
-        "commit_interval": args.commit_interval,
-        "batch_max_age": args.max_age,
+        "format": args.format,
+        **per_value(first),
     }
+    if True in runs and False in runs:
+        unsynced = runs[False]
+        summary["values_per_s_unsynced"] = round(unsynced.values / args.window, 1)
+        summary.update({f"{key}_unsynced": value for key, value in per_value(unsynced).items()})
+    summary["commit_interval"] = args.commit_interval
+    summary["batch_max_age"] = args.max_age
     print(json.dumps(summary))
 
 

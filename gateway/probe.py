@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -75,16 +74,11 @@ def _hints(bus: ModbusBus, device: ModbusDeviceModel) -> list[str]:
 
 
 def _emit(lines: list[str]) -> None:
-    """Print ``lines`` on stdout; a reader that went away (``citygw probe ... | head``) ends the
-    output quietly, not with a BrokenPipeError traceback."""
-    try:
-        for line in lines:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)  # so that the flush at exit does not fail again
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    """Print ``lines`` on stdout; a reader that went away (``citygw probe ... | head``) raises
+    BrokenPipeError, which ``citygw``'s main ends quietly with exit 141, as for every command."""
+    for line in lines:
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _reading_line(reading: Any) -> str:

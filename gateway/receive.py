@@ -1,8 +1,9 @@
 """``citygw receive``: a reference platform endpoint, for integrators to read and tests to use.
 
 It takes batches over HTTP (POST of the compact JWS, optionally gzip-encoded) or from an MQTT
-topic, and for each one, in this order: bounds its size; checks the header, the key (``kid``) and
-the signature; decodes the payload only then, and refuses it unless the key is one of the
+topic (the compact JWS or, format ``jws+gzip``, that JWS gzip-compressed: gateway.wireformat),
+and for each one, in this order: bounds its size; checks the header, the key (``kid``) and the
+signature; decodes the payload only then, and refuses it unless the key is one of the
 gateway's it names (``--keys DIR``: ``DIR/<gateway id>/*.pub``, re-read while running); checks
 the payload and pack (contract v1 or v2). It stores each batch once per (gateway, chain, seq) —
 a duplicate is acknowledged, not stored again; another content for a stored key is refused (409)
@@ -33,13 +34,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.backoff import Backoff
-from gateway.errors import KeyFileError
+from gateway.errors import KeyFileError, VerificationError
 from gateway.keyring import Keyring
 from gateway.logs import EventLog
 from gateway.ngsi import samples
 from gateway.signing import chain_hash, load_public_keys
 from gateway.streams import Event, Reset, Streams
 from gateway.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
+from gateway.wireformat import TooLarge, unwrap
 
 log = EventLog(__name__)
 
@@ -378,7 +380,13 @@ def http_app(receiver: Receiver) -> web.Application:
             verdict = receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
             return web.json_response({"outcome": verdict.outcome, "reason": verdict.reason}, status=413)
         try:
-            token = body.decode("ascii")
+            token = unwrap(body, limit=MAX_TOKEN).decode("ascii")  # a gzip body without Content-Encoding
+        except TooLarge as exc:
+            verdict = receiver.refuse(Refusal.TOO_LARGE, str(exc), None)
+            return web.json_response({"outcome": verdict.outcome, "reason": verdict.reason}, status=413)
+        except VerificationError as exc:
+            verdict = receiver.refuse(Refusal.NOT_JWS, str(exc), None)
+            return web.json_response({"outcome": "bad", "reason": verdict.reason}, status=400)
         except UnicodeDecodeError:
             verdict = receiver.refuse(Refusal.NOT_JWS, "body is not ASCII", None)
             return web.json_response({"outcome": "bad", "reason": verdict.reason}, status=400)
@@ -409,6 +417,18 @@ async def _serve_http(receiver: Receiver, host: str, port: int, stop: asyncio.Ev
         await runner.cleanup()
 
 
+def _take(receiver: Receiver, message: bytes) -> None:
+    """One MQTT message, in either format (gateway.wireformat)."""
+    try:
+        token = unwrap(message, limit=MAX_TOKEN)
+    except TooLarge as exc:
+        receiver.refuse(Refusal.TOO_LARGE, str(exc), None)
+    except VerificationError as exc:
+        receiver.refuse(Refusal.NOT_JWS, str(exc), None)
+    else:
+        receiver.accept(token.decode("ascii", errors="replace"))
+
+
 async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Event) -> None:
     """Subscribe with a persistent session (QoS 1) and take every message; a lost broker is
     connected to again with backoff, and the broker keeps what arrived meanwhile."""
@@ -436,7 +456,7 @@ async def _serve_mqtt(receiver: Receiver, url: str, topic: str, stop: asyncio.Ev
                     elif len(payload) > MAX_TOKEN + 2:
                         receiver.refuse(Refusal.TOO_LARGE, f"larger than {MAX_TOKEN} bytes", None)
                     else:
-                        receiver.accept(bytes(payload).decode("ascii", errors="replace"))
+                        _take(receiver, bytes(payload))
         except aiomqtt.MqttError as exc:
             backoff.failures += 1
             delay = backoff.delay()

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import base64
 import enum
+import gzip
 import json
 import math
 import re
 import sys
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO, cast
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -29,6 +31,7 @@ from gateway.keyring import MAX_GATEWAY_ID, Keyring
 from gateway.reading import Value
 from gateway.signing import ALGORITHMS, chain_hash, load_public_keys
 from gateway.streams import Event, Reset, Streams
+from gateway.wireformat import is_gzip
 
 Decoded = tuple[str, Value, str, float]
 """One resolved SenML record: name (bn + n), value, unit (``""`` if none), time (UTC epoch s)."""
@@ -663,6 +666,9 @@ def verify_main(
 ) -> int:
     """``citygw verify``: check files of compact JWS (one per line; ``-`` or none: stdin).
 
+    A file that starts with the gzip magic is read inflated: messages of format ``jws+gzip``
+    concatenated (each a member holding one JWS line) or any gzipped file of lines.
+
     Keys come from ``keys_dir`` (``DIR/<gateway id>/*.pub``: each key only for its gateway) and
     ``key_files`` (any gateway). Each bad item is one line on stderr, ``line N: seq S: reason``
     (prefixed ``FILE: `` when there are several inputs), and verification goes on with the next
@@ -699,9 +705,13 @@ def verify_main(
                 _verify_lines(verifier, stdin, prefix, stderr)
             else:
                 with open(source, "rb") as stream:
-                    _verify_lines(verifier, stream, prefix, stderr)
-        except OSError as exc:
-            stderr.write(f"citygw verify: cannot read {label}: {exc.strerror or exc}\n")
+                    if is_gzip(stream.peek(2)):  # lean messages (jws+gzip), or a gzipped file of lines
+                        with gzip.GzipFile(fileobj=stream) as inflated:
+                            _verify_lines(verifier, cast(BinaryIO, inflated), prefix, stderr)
+                    else:
+                        _verify_lines(verifier, stream, prefix, stderr)
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            stderr.write(f"citygw verify: cannot read {label}: {getattr(exc, 'strerror', None) or exc}\n")
             unreadable = True
     problems, notes = verifier.findings()
     for problem in problems:

@@ -187,7 +187,7 @@ AIR = [M("temperature", 18.2, "Cel"), M("relativeHumidity", 76.96, "%RH")]
 
 def test_bthome_advert_carrying_its_mac() -> None:
     decoded = bthome.decode(bytes.fromhex(MAC_PLAIN))
-    assert decoded == bthome.Decoded([M("batteryLevel", 92, "%"), *AIR], 42, None, MAC_DEVICE)
+    assert decoded == bthome.Decoded([M("batteryLevel", 92, "%EL"), *AIR], 42, None, MAC_DEVICE)
     assert bthome.included_address(bytes.fromhex(MAC_PLAIN)) == MAC_DEVICE
     assert bthome.decode(plain("021C07")).address is None  # bit 1 clear: no MAC, none reported
 

@@ -124,7 +124,7 @@ devices:
 devcies: {}
 """,
         (
-            "FILE:6: buffer.batch.max_size: unknown key 'max_size' (did you mean 'max_age'?); "
+            "FILE:6: buffer.batch.max_size: unknown key 'max_size'; "
             "allowed here: max_readings, max_bytes, max_age",
             "FILE:12: devices.d1.options: unknown key 'options'; "
             "allowed here: bus, rate, count, quantities, values, report, location",
@@ -436,7 +436,7 @@ devices:
             "FILE:7: buffer.max_age: 'forever' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 30d",
             "FILE:12: uplinks.cdp.username: environment variable CDP_USER is not set",
             "FILE:13: uplinks.cdp.keeplive: unknown key 'keeplive' (did you mean 'keepalive'?); "
-            "allowed here: type, url, topic, ca_file, "
+            "allowed here: type, url, topic, format, ca_file, "
             "cert_file, cert_key_file, username, password, password_file, client_id, keepalive, window, "
             "connect_timeout, backoff_initial, backoff_max",
             "FILE:19: devices.d1.rate: expected a number; got the text 'fast'",
@@ -476,7 +476,7 @@ devices:
             "known types: synthetic, modbus-rtu, modbus-tcp, modbus-rtu-over-tcp, ble, serial",
             "FILE:15: devices.meter.intervall: unknown key 'intervall' (did you mean 'interval'?); "
             "allowed here: bus, unit, interval, profile, registers, skip, max_gap, profiles_dir, "
-            "backoff_max, report",
+            "backoff_max, report, location",
         ),
     ),
     Bad(

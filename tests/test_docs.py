@@ -47,6 +47,7 @@ from gateway.buffer import BatchLimits, Buffer
 from gateway.cli import build_parser, main
 from gateway.senml import Record
 from gateway.signing import Signer, generate_key
+from gateway.wireformat import Format, serialize
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -442,6 +443,14 @@ def _tampered(batches: Path) -> Path:
     return out
 
 
+def _lean(batches: Path) -> Path:
+    """The same batches as an MQTT uplink of format jws+gzip sends them, one message after another."""
+    out = batches.with_name("batches.jws.gz")
+    lines = batches.read_bytes().splitlines()
+    out.write_bytes(b"".join(serialize(line, Format.JWS_GZIP) for line in lines if line.strip()))
+    return out
+
+
 def _check_output(lines: list[str]) -> None:
     assert lines[0].startswith("gap 1 .. ") and "max_disk" in lines[0], lines[0]
     assert sum(line.startswith("duplicate") for line in lines) == 1
@@ -487,6 +496,8 @@ def test_integrator_python_example_verifies_real_batches_a_rotation_a_duplicate_
     done = run(keys, batches)
     assert done.returncode == 0, done.stderr
     _check_output(done.stdout.splitlines())
+    lean = run(keys, _lean(batches))  # the lean format: the same verification, after gunzip
+    assert lean.returncode == 0 and lean.stdout == done.stdout, lean.stderr
     _check_missing(run, keys, batches)
     _check_refusals(run, keys, batches)
 
@@ -518,7 +529,54 @@ def test_integrator_javascript_example_verifies_the_same_batches(tmp_path: Path,
         done = run(keys, batches)
         assert done.returncode == 0, done.stderr
         _check_output(done.stdout.splitlines())
+        lean = run(keys, _lean(batches))  # the lean format: the same verification, after gunzip
+        assert lean.returncode == 0 and lean.stdout == done.stdout, lean.stderr
         _check_missing(run, keys, batches)
         _check_refusals(run, keys, batches)
     finally:
         script.unlink()
+
+
+GOLANG_JWT = Path(
+    "/usr/share/gocode/src/github.com/golang-jwt/jwt"
+)  # Debian's golang-github-golang-jwt-jwt-dev
+
+
+@pytest.mark.skipif(
+    shutil.which("go") is None or not (GOLANG_JWT / "go.mod").is_file(),
+    reason="needs go and golang-jwt: apt install golang-go golang-github-golang-jwt-jwt-dev",
+)
+def test_integrator_go_example_verifies_the_same_batches(tmp_path: Path, key: Path) -> None:
+    keys, batches = _rotated_batches(tmp_path, key)
+    (example,) = code_blocks(REPO / "docs" / "integrator.md", "go")
+    build = tmp_path / "go-verify"
+    build.mkdir()
+    (build / "verify.go").write_text(example)
+    (build / "go.mod").write_text(  # the module the example imports, from Debian's package: no network
+        "module verify\n\ngo 1.19\n\nrequire github.com/golang-jwt/jwt/v4 v4.4.3\n\n"
+        f"replace github.com/golang-jwt/jwt/v4 => {GOLANG_JWT}\n"
+    )
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local"}
+    made = subprocess.run(
+        ["go", "build", "-o", "verify"],
+        cwd=build,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+
+    def run(*args: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(build / "verify"), *map(str, args)], capture_output=True, text=True, check=False, timeout=60
+        )
+
+    done = run(keys, batches)
+    assert done.returncode == 0, done.stderr
+    _check_output(done.stdout.splitlines())
+    lean = run(keys, _lean(batches))  # the lean format: the same verification, after gunzip
+    assert lean.returncode == 0 and lean.stdout == done.stdout, lean.stderr
+    _check_missing(run, keys, batches)
+    _check_refusals(run, keys, batches)

@@ -54,6 +54,14 @@ _UPLINK_ID_RULE = "use 1 to 32 lowercase letters, digits, '_' or '-', starting w
 _URL_EXAMPLE = "e.g. mqtts://broker.example.city:8883"
 
 
+def _close_key(key: str, allowed: list[str]) -> list[str]:
+    """The allowed key a misspelt one was meant to be: one it shortens or lengthens (baud ->
+    baudrate, logging -> log), else a close spelling (intervall -> interval); a cutoff of 0.7 keeps
+    false friends such as options -> location (0.67) out of the advice."""
+    related = [k for k in allowed if k.startswith(key) or key.startswith(k)]
+    return related[:1] or difflib.get_close_matches(key, allowed, n=1, cutoff=0.7)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadContext:
     """Validation context for a config read from a file: pass as ``context=`` to ``model_validate``."""
@@ -114,7 +122,7 @@ class Section(BaseModel):
             return _rebuilt(error)
         key = str(error["loc"][0])
         if error["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, cls.yaml_keys(), n=1)
+            close = _close_key(key, cls.yaml_keys())
             guess = f" (did you mean {close[0]!r}?)" if close else ""
             message = f"unknown key {key!r}{guess}; allowed here: {', '.join(cls.yaml_keys())}"
             return InitErrorDetails(

@@ -1,5 +1,8 @@
 """MQTT uplink: compact JWS batches published QoS 1, acknowledged only on PUBACK.
 
+Each batch travels in the uplink's ``format`` (:mod:`gateway.wireformat`): the compact JWS, or
+that JWS gzip-compressed.
+
 The only module that imports aiomqtt. A window of publishes is kept in flight (awaiting each
 PUBACK in turn would cap a 200 ms cellular link at five batches a second); the cursor moves
 only over a contiguous run of PUBACKed batches, so a lost connection resends from the first
@@ -21,6 +24,7 @@ from gateway.backoff import Backoff
 from gateway.errors import DeliveryError
 from gateway.logs import EventLog, library_logger
 from gateway.uplinks.base import Delivery, UplinkState, UplinkStatus
+from gateway.wireformat import Format, serialize
 
 if TYPE_CHECKING:
     from gateway.buffer import Outgoing
@@ -45,6 +49,7 @@ class MqttUplink:
         self.gateway = gateway
         self.pipeline = pipeline
         self.topic = config.topic_for(gateway)
+        self.format = Format(config.format)
         self.status = UplinkStatus(name=name)
         self.on_puback: Callable[[float], None] | None = None  # seconds publish -> PUBACK (metrics)
         # remote configuration (gateway.remote): the retained topic of signed config documents
@@ -105,7 +110,8 @@ class MqttUplink:
 
         async def publish(batch: Outgoing) -> None:
             started = time.monotonic()
-            await client.publish(self.topic, batch.data, qos=1, timeout=timeout)  # returns on PUBACK
+            body = serialize(batch.data, self.format)
+            await client.publish(self.topic, body, qos=1, timeout=timeout)  # returns on PUBACK
             if self.on_puback is not None:
                 self.on_puback(time.monotonic() - started)
 
