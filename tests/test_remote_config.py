@@ -307,3 +307,38 @@ def test_a_document_cannot_touch_keys_paths_outside_or_carry_secrets(tmp_path: P
     assert "secret inline (uplinks.local.password)" in str(inline)
     assert verdict(lambda d: d["uplinks"]["local"].update(username="u", password_file=str(secret))) is None
     assert "only a restart" in str(verdict(lambda d: d.update(metrics={"enabled": True})))
+
+
+def test_a_config_whose_new_bus_cannot_start_is_rolled_back(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    (tmp_path / "etc").mkdir()
+    config, data, op_key = box(tmp_path, key, broker.port, grace="3s")
+    original = config.read_text()
+    daemon = daemon_factory(config)
+    daemon.start()
+    collector.wait(lambda c: c.readings() > 20, 30, "readings")
+
+    broken = json.loads(json.dumps(data))  # a meter on a Modbus TCP gateway that is not there
+    broken["buses"]["cabinet"] = {
+        "type": "modbus-tcp",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "timeout": "200ms",
+    }
+    broken["devices"]["meter-1"] = {
+        "bus": "cabinet",
+        "unit": 1,
+        "profile": "eastron-sdm120",
+        "interval": "200ms",
+    }
+    push(broker.port, sign(op_key, broken, version=1, tmp=tmp_path))
+    wait_for(lambda: bool(log_lines(daemon, "config_rolled_back")), 30, "the rollback")
+    assert "bus cabinet cannot start" in log_lines(daemon, "config_rolled_back")[0]
+    assert config.read_text() == original
+    wait_for(lambda: ("config/rolledBack", 1) in outcomes(collector.snapshot(), key), 30, "the record")
+    assert daemon.terminate() == 0
