@@ -162,7 +162,7 @@ def test_a_config_that_breaks_the_uplink_is_rolled_back_within_the_grace_period(
     wait_for(lambda: bool(log_lines(daemon, "config_trying")), 20, "the config tried")
     tried = time.monotonic()
     wait_for(lambda: bool(log_lines(daemon, "config_rolled_back")), 20, "the rollback")
-    assert time.monotonic() - tried < 2 + 3  # the grace, and a little
+    assert time.monotonic() - tried < 2 + 8  # the grace, and the load of a busy CI machine
     assert "uplink local not connected within the grace period" in log_lines(daemon, "config_rolled_back")[0]
     assert config.read_text() == original
 
