@@ -828,6 +828,22 @@ class Buffer:
         )
         return [b for (seq,) in rows for b in self.fetch(seq - 1, 1) if b.seq == seq]
 
+    def set_uplinks(self, uplinks: Sequence[str]) -> None:
+        """A reload changed the uplinks: a new one starts from its saved cursor (else from what is
+        still held), one that went no longer holds batches back from pruning."""
+        floor = self._pruned_seq
+        for name in uplinks:
+            if name not in self._cursors:
+                saved = (
+                    self._require_db().execute("SELECT seq FROM cursors WHERE uplink = ?", (name,)).fetchone()
+                )
+                self._cursors[name] = max(int(saved[0]) if saved else floor, floor)
+                self._saved_cursors[name] = self._cursors[name]
+        for name in set(self._cursors) - set(uplinks):
+            del self._cursors[name]
+            self._sent.pop(name, None)
+        self._uplinks = list(uplinks)
+
     def cursor(self, uplink: str) -> int:
         return self._cursors.get(uplink, self._pruned_seq)
 

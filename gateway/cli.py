@@ -72,16 +72,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _recover(path: Path, state_dir: Path) -> str | None:
+    """A remote config left pending by a daemon that died: the previous one is restored."""
+    from gateway.remote import recover_at_start
+
+    try:
+        return recover_at_start(path, state_dir)
+    except OSError as exc:
+        sys.stderr.write(f"citygw: cannot check for a pending remote config in {state_dir}: {exc}\n")
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
+    from gateway.config import default_buffer_path, load_config
     from gateway.daemon import Gateway
 
+    # SIGHUP reloads once the daemon runs (gateway.daemon); until then it must not end the process
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     path = _config_path(args)
+    recovered: str | None
     try:
         config = load_config(path)
     except ConfigError as exc:
-        return _report_config_error(exc)
+        if _recover(path, default_buffer_path(os.environ).parent) is None:
+            return _report_config_error(exc)
+        try:
+            config = load_config(path)
+        except ConfigError as again:
+            return _report_config_error(again)
+        recovered = "a pending remote config was rolled back"
+    else:
+        recovered = _recover(path, config.buffer_path().parent)
+        if recovered is not None:
+            try:
+                config = load_config(path)
+            except ConfigError as exc:
+                return _report_config_error(exc)
     _setup_logging(args.log_level or config.log.level)
+    if recovered is not None:
+        log.event("config_recovered", path=str(path)).warning("%s", recovered)
     try:
         gateway = Gateway(config)
     except KeyFileError as exc:
@@ -111,6 +140,31 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     sys.stdout.write(f"{kid}\n")
     sys.stderr.write(f"wrote {args.out} (private, 0600) and {args.out}.pub; key id above\n")
+    return EXIT_OK
+
+
+def cmd_config_sign(args: argparse.Namespace) -> int:
+    from gateway.configdoc import sign_document
+    from gateway.signing import Signer
+
+    try:
+        signer = Signer.from_file(Path(args.key))
+    except KeyFileError as exc:
+        sys.stderr.write(f"citygw config sign: {exc}\n")
+        return EXIT_FAILURE
+    if args.version < 1:
+        sys.stderr.write(f"citygw config sign: --version must be a positive integer; got {args.version}\n")
+        return EXIT_USAGE
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        sys.stderr.write(f"citygw config sign: cannot read {args.file}: {exc}\n")
+        return EXIT_FAILURE
+    sys.stdout.write(sign_document(signer, gateways=args.gateway, version=args.version, config=text) + "\n")
+    sys.stderr.write(
+        f"signed {args.file} as config version {args.version} for {', '.join(args.gateway)} "
+        f"(operator key {signer.kid})\n"
+    )
     return EXIT_OK
 
 
@@ -286,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="private key file to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing key")
     p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("config", help="remote configuration: sign a config file for boxes")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    s = config_sub.add_parser("sign", help="print a signed config document (compact JWS) for gateway(s)")
+    s.add_argument("--key", required=True, help="the operator's private key (citygw keygen)")
+    s.add_argument("--gateway", action="append", required=True, help="a target gateway id (repeatable)")
+    s.add_argument("--version", type=int, required=True, help="the config version, higher than the last")
+    s.add_argument("file", help="the config file (YAML) to sign")
+    s.set_defaults(func=cmd_config_sign)
 
     p = sub.add_parser("verify", help="verify signed batches (compact JWS, one per line)")
     p.add_argument("--keys", metavar="DIR", help="one folder per gateway id holding its public keys (*.pub)")

@@ -10,7 +10,11 @@ systemd restarts it (a daemon that stays up but accepts nothing would never trip
 
 One daemon per buffer: :class:`gateway.lock.BufferLock` is taken before the buffer is opened.
 SIGTERM/SIGINT stop the drivers, flush the intake into the buffer (sealing what is staged), stop
-the uplinks and close the buffer, in that order.
+the uplinks and close the buffer, in that order. SIGHUP reloads the config file in the same
+process (:meth:`Gateway.reload`): an invalid file, or one that changes a key only a restart can
+change, is refused with every problem logged and the config in effect keeps running; otherwise
+the difference (:mod:`gateway.reload`) is applied — the buses and uplinks it touches restart,
+the others go on, and nothing the pipeline accepted is dropped (same buffer, same chain).
 """
 
 from __future__ import annotations
@@ -19,22 +23,26 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer, is_transient
 from gateway.config.location import places
 from gateway.config.report import report_policies
-from gateway.errors import CitygwError, DeliveryError
-from gateway.health import HealthReport, default_config_version
+from gateway.errors import CitygwError, ConfigError, ConfigProblem, DeliveryError
+from gateway.health import HealthReport
 from gateway.liveness import Liveness
 from gateway.lock import BufferLock
 from gateway.logs import EventLog
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
+from gateway.reload import ReloadPlan, plan_reload
+from gateway.remote import RemoteConfig, version_in_effect
 from gateway.report import Reporter
 from gateway.sdnotify import Notifier
 from gateway.signing import Signer
@@ -96,10 +104,17 @@ class TaskFailed(CitygwError):
         self.error = error
 
 
-async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: float = RESTART_PAUSE) -> None:
+async def supervise(
+    name: str,
+    work: Callable[[], Awaitable[None]],
+    *,
+    pause: float = RESTART_PAUSE,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> None:
     """Run ``work`` until it returns. After an expected failure (:func:`expected`) run it again
-    ``pause`` seconds later, logging each distinct reason once; any other error is logged with
-    its traceback and raised as :class:`TaskFailed`, which ends the daemon's task group."""
+    ``pause`` seconds later, logging each distinct reason once (and telling ``on_failure``); any
+    other error is logged with its traceback and raised as :class:`TaskFailed`, which ends the
+    daemon's task group."""
     failures = 0
     last = ""
     while True:
@@ -118,6 +133,8 @@ async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: fl
                 )
                 raise TaskFailed(name, exc) from exc
             failures += 1
+            if on_failure is not None:
+                on_failure(exc)
             reason = f"{type(exc).__name__}: {exc}"
             if reason != last:
                 log.event("task_restarting").warning(
@@ -129,6 +146,14 @@ async def supervise(name: str, work: Callable[[], Awaitable[None]], *, pause: fl
                 )
             last = reason
             await asyncio.sleep(pause)
+
+
+class ReloadRefused(CitygwError):
+    """A new config that cannot be applied in place; the config in effect keeps running."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
 
 
 class Gateway:
@@ -163,21 +188,9 @@ class Gateway:
         self.lock = BufferLock(self.buffer.path)
         self.store = Store(self.buffer)
         self.pipeline = Pipeline(self.store, commit_interval=buf.commit_interval, commit_rows=buf.commit_rows)
-        located = {"places": places(config.gateway.location, config.devices)}  # NGSI-LD entities need them
-        # the config version in effect (health readings, MQTT status); reload and remote config set it
-        self.config_version = default_config_version(config)
         self.liveness = Liveness(signer, config.gateway.id, lambda: self.config_version)  # MQTT status
-        self.uplinks = [
-            UPLINK_RUNNERS[uplink.type](
-                name,
-                uplink,
-                gateway=config.gateway.id,
-                pipeline=self.pipeline,
-                **(located if uplink.type == "ngsi-ld" else {}),
-                **({"liveness": self.liveness} if uplink.type == "mqtt" else {}),
-            )
-            for name, uplink in config.uplinks.items()
-        ]
+        self.remote = RemoteConfig(self)  # signed config documents (gateway.remote)
+        self.uplinks: list[Any] = [self._make_uplink(name, config) for name in config.uplinks]
         policies = report_policies(config.devices)
         # edge processing (report: on_change / aggregate): in the pipeline, after the clock's stamp
         self.reporter = Reporter(policies, started=time.time()) if policies else None
@@ -186,29 +199,180 @@ class Gateway:
         # before the metrics, which hook their histograms into it
         self.health: dict[str, DeviceHealth] = {name: DeviceHealth(name) for name in config.devices}
         self._stop = asyncio.Event()
+        # the config version in effect: a remote document's version, else one computed from the file
+        self.config_version: str = config.gateway.config_version or version_in_effect(config)
+        self.bus_failures: dict[str, int] = {}  # expected failures of each bus task since start
+        self._group: asyncio.TaskGroup | None = None
+        self._bus_tasks: dict[str, asyncio.Task[None]] = {}
+        self._uplink_tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload_wanted = asyncio.Event()
+        self.reload_lock = asyncio.Lock()  # one reload (SIGHUP or remote) at a time
         self.ops = Operations(self)  # clock, watchdog, metrics
         self.health_report = HealthReport(self)  # the box's own health, as readings of device "gateway"
 
+    def _make_uplink(self, name: str, config: Config) -> Any:
+        uplink = config.uplinks[name]
+        located = {"places": places(config.gateway.location, config.devices)}  # NGSI-LD entities need them
+        made = UPLINK_RUNNERS[uplink.type](
+            name,
+            uplink,
+            gateway=config.gateway.id,
+            pipeline=self.pipeline,
+            **(located if uplink.type == "ngsi-ld" else {}),
+            **({"liveness": self.liveness} if uplink.type == "mqtt" else {}),
+        )
+        if uplink.type == "mqtt":  # the retained config topic comes in on the uplink's connection
+            made.config_topic = (
+                config.remote.topic_for(config.gateway.id) if config.gateway.operator_keys else None
+            )
+            made.on_config = self.remote.offer
+        return made
+
+    def _bus_work(self, bus_name: str) -> Callable[[], Awaitable[None]] | None:
+        """The bus's unit of work from its type's runner; None for a bus without devices."""
+        bus = self.config.buses[bus_name]
+        devices = {name: d for name, d in self.config.devices.items() if d.bus == bus_name}
+        if not devices:
+            return None
+        runner = BUS_RUNNERS[bus.type]
+        health = {name: self.health[name] for name in devices}
+        return functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
+
     def _buses(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        """One unit of work per bus that has devices, from the bus type's runner."""
-        work: dict[str, Callable[[], Awaitable[None]]] = {}
-        for bus_name, bus in self.config.buses.items():
-            devices = {name: d for name, d in self.config.devices.items() if d.bus == bus_name}
-            if not devices:
-                continue
-            runner = BUS_RUNNERS[bus.type]
-            health = {name: self.health[name] for name in devices}
-            work[bus_name] = functools.partial(runner, bus_name, bus, devices, self.pipeline.put, health)
-        return work
+        """One unit of work per bus that has devices."""
+        work = {name: self._bus_work(name) for name in self.config.buses}
+        return {name: w for name, w in work.items() if w is not None}
+
+    def _start_bus(self, name: str) -> None:
+        assert self._group is not None
+        work = self._bus_work(name)
+        if work is None:
+            return
+
+        def failed(_exc: BaseException) -> None:
+            self.bus_failures[name] = self.bus_failures.get(name, 0) + 1
+
+        self._bus_tasks[name] = self._group.create_task(
+            supervise(f"bus-{name}", work, on_failure=failed), name=f"bus-{name}"
+        )
+
+    def _start_uplink(self, uplink: Any) -> None:
+        assert self._group is not None
+        name = f"uplink-{uplink.name}"
+        self._uplink_tasks[uplink.name] = self._group.create_task(supervise(name, uplink.run), name=name)
+
+    @staticmethod
+    async def _end(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file (in the reload task, not in the signal handler)."""
+        self._reload_wanted.set()
+
+    async def _reloads(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply the difference; False (every problem logged, the
+        config in effect still running) when the file is invalid or needs a restart."""
+        from gateway.config import load_config
+
+        path = self.config.source
+        log.event("reload_started", path=str(path)).info("reloading the config from %s", path)
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            self._refused(path, exc.problems, "is not valid")
+            return False
+        try:
+            plan = await self.apply(new)
+        except ReloadRefused as exc:
+            self._refused(path, exc.problems, "changes what only a restart can change")
+            return False
+        self.config_version = new.gateway.config_version or version_in_effect(new)
+        log.event("reloaded", path=str(path)).info(
+            "reloaded %s (config version %s): %s", path, self.config_version, plan.summary()
+        )
+        return True
+
+    def _refused(self, path: Path, problems: list[ConfigProblem], what: str) -> None:
+        for problem in problems:
+            log.event("reload_invalid", path=str(path)).error("%s", problem)
+        log.event("reload_refused", path=str(path)).error(
+            "the new config %s (%d problem(s) above); the config in effect keeps running unchanged",
+            what,
+            len(problems),
+        )
+
+    async def apply(self, new: Config) -> ReloadPlan:
+        """Turn the running gateway into one of ``new``: stop what goes or changes, then start
+        what comes or changed. Raises :class:`ReloadRefused` (nothing touched) when ``new``
+        changes a key only a restart can change."""
+        async with self.reload_lock:
+            return await self._apply(new)
+
+    async def _apply(self, new: Config) -> ReloadPlan:
+        old = self.config
+        plan = plan_reload(old, new)
+        if plan.needs_restart:
+            raise ReloadRefused(
+                [ConfigProblem(str(new.source), None, p.split(" ", 1)[0], p) for p in plan.needs_restart]
+            )
+        self.notifier.notify(reloading=1, status="reloading the config")
+        # 1. what goes or changes stops: readings a driver handed over stay in the intake
+        going = [*plan.buses_stop, *plan.buses_restart]
+        await self._end([self._bus_tasks.pop(b) for b in going if b in self._bus_tasks])
+        uplinks = {u.name: u for u in self.uplinks}
+        leaving = [*plan.uplinks_stop, *plan.uplinks_restart]
+        await self._end([self._uplink_tasks.pop(u) for u in leaving if u in self._uplink_tasks])
+        for name in leaving:
+            uplinks.pop(name, None)
+        if plan.reports_changed and self.reporter is not None:  # open windows leave flagged partial
+            await self.pipeline.put_records(self.reporter.flush(time.time()))
+        # 2. the new config is the one in effect
+        self.config = new
+        for name in new.devices.keys() - self.health.keys():
+            health = self.health[name] = DeviceHealth(name)
+            if new.buses[new.devices[name].bus].type.startswith("modbus"):  # as gateway.metrics.Timings
+                health.observe_transaction = self.ops.timings.transaction.labels(device=name).observe
+        for name in self.health.keys() - new.devices.keys():
+            del self.health[name]
+        if plan.reports_changed:
+            policies = report_policies(new.devices)
+            self.reporter = Reporter(policies, started=time.time()) if policies else None
+            self.pipeline.process = self.reporter.process if self.reporter is not None else None
+        buf = new.buffer
+        self.buffer.limits = BatchLimits(buf.batch.max_readings, buf.batch.max_bytes, buf.batch.max_age)
+        self.buffer.max_disk, self.buffer.max_age = buf.max_disk, buf.max_age
+        self.pipeline.commit_interval, self.pipeline.commit_rows = buf.commit_interval, buf.commit_rows
+        logging.getLogger().setLevel(new.log.level.upper())
+        await self.store.call(self.buffer.set_uplinks, list(new.uplinks))
+        # 3. what comes or changed starts
+        for name in [*plan.uplinks_start, *plan.uplinks_restart]:
+            uplink = uplinks[name] = self._make_uplink(name, new)
+            if hasattr(uplink, "on_puback"):
+                uplink.on_puback = self.ops.timings.puback.labels(uplink=name).observe
+            self._start_uplink(uplink)
+        self.uplinks[:] = [uplinks[name] for name in new.uplinks]
+        for name in [*plan.buses_start, *plan.buses_restart]:
+            self._start_bus(name)
+        self.notifier.notify(ready=1, status=self.status_line())
+        return plan
+
     async def _close_windows(self) -> None:
         """Aggregate windows end on the clock, whether or not a sample comes to close them."""
-        assert self.reporter is not None
         while True:
             await asyncio.sleep(1.0)
+            if self.reporter is None:  # a reload may bring report rules
+                continue
             out = self.reporter.due(time.time())
             if out:
                 await self.pipeline.put_records(out)
@@ -266,46 +430,48 @@ class Gateway:
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        if self.handle_signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 writer = group.create_task(supervise("writer", self.pipeline.run), name="writer")
-                uplinks = [
-                    group.create_task(supervise(f"uplink-{u.name}", u.run), name=f"uplink-{u.name}")
-                    for u in self.uplinks
-                ]
-                buses = [
-                    group.create_task(supervise(f"bus-{name}", work), name=f"bus-{name}")
-                    for name, work in self._buses().items()
-                ]
+                for uplink in self.uplinks:
+                    self._start_uplink(uplink)
+                for name in self.config.buses:
+                    self._start_bus(name)
                 heartbeat = group.create_task(supervise("heartbeat", self._heartbeat), name="heartbeat")
                 ops = group.create_task(supervise("ops", self.ops.run), name="ops")
+                windows = group.create_task(supervise("windows", self._close_windows), name="windows")
+                reloads = group.create_task(supervise("reload", self._reloads), name="reload")
+                remote = group.create_task(supervise("remote-config", self.remote.run), name="remote-config")
                 health = group.create_task(supervise("health", self.health_report.run), name="health")
-                others = [heartbeat, ops]
-                if self.reporter is not None:
-                    windows = supervise("windows", self._close_windows)
-                    others.append(group.create_task(windows, name="windows"))
+                others = [heartbeat, ops, windows, reloads, remote]
                 log.event("started").info(
-                    "gateway %s running: %d buses, %d uplinks, buffer %s",
+                    "gateway %s running: %d buses, %d uplinks, buffer %s, config version %s",
                     self.config.gateway.id,
-                    len(buses),
-                    len(uplinks),
+                    len(self._bus_tasks),
+                    len(self._uplink_tasks),
                     self.buffer.path,
+                    self.config_version,
                 )
                 self.notifier.notify(ready=1, status=self.status_line())
                 self.ops.start()
                 await self._stop.wait()
                 started = time.monotonic()
                 self.notifier.notify(stopping=1, status="stopping: flushing the buffer")
-                for task in [*buses, health]:  # the producers stop first
-                    task.cancel()
-                await asyncio.gather(*buses, health, return_exceptions=True)
+                reloads.cancel()
+                remote.cancel()
+                async with self.reload_lock:  # a reload under way finishes first
+                    await self._end([*self._bus_tasks.values(), health])  # the producers stop first
                 if self.reporter is not None:  # open windows leave flagged partial
                     await self.pipeline.put_records(self.reporter.flush(time.time()))
                 self.pipeline.stop()
                 await asyncio.gather(writer, return_exceptions=True)
                 await self.pipeline.flush()
                 await self._drain(started + self.drain_timeout)
-                for task in [*uplinks, *others]:
+                for task in [*self._uplink_tasks.values(), *others]:
                     task.cancel()
         except BaseExceptionGroup as failure:
             failed = [e for e in failure.exceptions if isinstance(e, TaskFailed)]
@@ -320,9 +486,14 @@ class Gateway:
                 self.status_line(),
             )
         finally:
+            self._group = None
             for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            if self.handle_signals:
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(signal.SIGHUP)
+                    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late HUP never ends the flush
             self.ops.close()
             await self.store.close()
             self.notifier.close()

@@ -13,7 +13,6 @@ config device may emit them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import shutil
 import time
 from collections import Counter
@@ -31,7 +30,6 @@ from gateway.status import BufferReport, read_buffer
 from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
-    from gateway.config import Config
     from gateway.daemon import Gateway
 
 log = EventLog(__name__)
@@ -71,17 +69,6 @@ def unit_of_health(name: str) -> str:
     """The SenML unit of a health reading name (``uplinkLag:lte`` -> ``s``); KeyError if unknown."""
     base, colon, _ = name.partition(":")
     return HEALTH_UNITS[base + colon]
-
-
-def default_config_version(config: Config) -> str:
-    """``gateway.config_version`` if set, else the first 12 hex digits of the SHA-256 of the
-    config file's bytes (``unknown`` if it cannot be read again)."""
-    if config.gateway.config_version:
-        return config.gateway.config_version
-    try:
-        return hashlib.sha256(config.source.read_bytes()).hexdigest()[:12]
-    except OSError:
-        return "unknown"
 
 
 def soc_temperature(thermal: Path = THERMAL_DIR) -> float | None:
@@ -210,6 +197,5 @@ __all__ = [
     "HEALTH_DEVICE",
     "HEALTH_READINGS",
     "HealthReport",
-    "default_config_version",
     "soc_temperature",
 ]

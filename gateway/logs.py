@@ -57,6 +57,17 @@ EVENTS: Mapping[str, Event] = {
     "clock_corrected": Event(INFO),
     "report_failed": Event(WARNING),
     "health_buffer_unread": Event(WARNING),  # a health report went without the buffer's figures
+    # reload (SIGHUP) and remote configuration (signed documents)
+    "reload_started": Event(INFO, _PATH),
+    "reloaded": Event(INFO, _PATH),
+    "reload_invalid": Event(ERROR, _PATH),  # one line per problem; the config in effect keeps running
+    "reload_refused": Event(ERROR, _PATH),
+    "config_refused": Event(WARNING, ("reason",)),
+    "config_trying": Event(INFO, _PATH),
+    "config_applied": Event(INFO, _PATH),
+    "config_rolled_back": Event(ERROR, ("reason",)),
+    "config_recovered": Event(WARNING, _PATH),  # a pending remote config rolled back at start
+    "config_poll_failed": Event(WARNING, ("reason",)),
     # the buffer
     "commit_failed": Event(ERROR),
     "buffer_moved_aside": Event(ERROR, _PATH),  # a damaged file moved aside, a fresh one started

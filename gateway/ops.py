@@ -74,10 +74,10 @@ class Operations:
             await asyncio.sleep(CLOCK_EVERY)
 
     async def _report_loop(self) -> None:
-        store, config = self.gateway.store, self.gateway.config
-        path, uplinks = self.gateway.buffer.path, list(config.uplinks)
+        store, path = self.gateway.store, self.gateway.buffer.path
         failures = 0
         while True:
+            uplinks = list(self.gateway.config.uplinks)  # a reload may change them
             try:
                 self.report = await store.call(read_buffer, path, uplinks)
                 failures = 0

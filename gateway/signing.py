@@ -269,6 +269,11 @@ class Signer:
         owner = os.geteuid() if check_owner else None
         return cls(_parse_private(path, _read_key_file(path, private=True, owner=owner)), alg=alg)
 
+    @property
+    def key(self) -> OKPKey:
+        """The key as a JWK, for documents other than batches (``gateway.configdoc``)."""
+        return self._key
+
     def sign(self, payload: bytes) -> str:
         """The compact JWS of ``payload``: header ``{"alg":"EdDSA","kid":KID}``, Ed25519 signature."""
         return jws.serialize_compact(dict(self._header), payload, self._key, registry=self._registry)

@@ -104,7 +104,7 @@ log: {level: 5}
         GATEWAY + "logging:\n  level: debug\n",
         (
             "FILE:4: logging: unknown key 'logging' (did you mean 'log'?); "
-            "allowed here: gateway, log, metrics, health, buffer, uplinks, buses, devices",
+            "allowed here: gateway, log, metrics, health, buffer, remote, uplinks, buses, devices",
         ),
     ),
     Bad(
@@ -129,7 +129,7 @@ devcies: {}
             "FILE:12: devices.d1.options: unknown key 'options'; "
             "allowed here: bus, rate, count, quantities, values, report, location",
             "FILE:14: devcies: unknown key 'devcies' (did you mean 'devices'?); "
-            "allowed here: gateway, log, metrics, health, buffer, uplinks, buses, devices",
+            "allowed here: gateway, log, metrics, health, buffer, remote, uplinks, buses, devices",
         ),
     ),
     Bad(
@@ -398,7 +398,7 @@ devices:
         "- gateway\n",
         (
             "FILE:1: (top level): the top level must be a mapping of sections "
-            "(gateway, log, metrics, health, buffer, uplinks, buses, devices); got a list",
+            "(gateway, log, metrics, health, buffer, remote, uplinks, buses, devices); got a list",
         ),
     ),
     Bad(
@@ -784,6 +784,7 @@ def test_models_built_in_code_do_no_io_and_publish_a_schema() -> None:
         "metrics",
         "health",
         "buffer",
+        "remote",
         "uplinks",
         "buses",
         "devices",

@@ -221,7 +221,7 @@ def test_health_readings_arrive_signed_at_the_interval(
     assert all(0.9 <= gap <= 3.0 for gap in gaps), gaps  # health.interval 1s, never faster
     last = found[-1]
     assert set(last) - {"_time", "socTemperature"} == BASE_NAMES
-    expected_version = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+    expected_version = "file-" + hashlib.sha256(config.read_bytes()).hexdigest()[:12]
     assert last["configVersion"] == (expected_version, None)
     assert last["softwareVersion"] == (__version__, None)
     assert last["healthInterval"] == (1, "s")
@@ -369,7 +369,7 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
         assert a["liveness"]["state"] == "online" and a["chain"]["last_seq"] >= 1
         assert (
             a["config_version"]
-            == hashlib.sha256((tmp_path / "gw-a" / "config.yaml").read_bytes()).hexdigest()[:12]
+            == "file-" + hashlib.sha256((tmp_path / "gw-a" / "config.yaml").read_bytes()).hexdigest()[:12]
         )
         assert a["failing_devices"] == [] and a["lag"] is not None and a["last_seen_age"] < 10
         box_b.kill9()

@@ -62,6 +62,7 @@ from gateway.config.base import (
 from gateway.config.health import HealthSettings, no_reserved_device
 from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
 from gateway.config.metrics import MetricsSettings
+from gateway.config.remote import RemoteSettings
 from gateway.config.report import ReportSettings, check_reports
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
@@ -93,7 +94,13 @@ class GatewaySettings(Section):
     config_version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")] | None = Field(
         default=None,
         description="the version of this config the box reports in its health and status; "
-        "default: the first 12 hex digits of the SHA-256 of the config file",
+        "default: the signed document's version when the file is the one a remote config wrote, "
+        "else file- and the first 12 hex digits of the SHA-256 of the config file",
+    )
+    operator_keys: tuple[ReadableFile, ...] = Field(
+        default=(),
+        description="public keys (PEM, from `citygw keygen`) whose signed config documents the box "
+        "takes (see remote); none: the box takes no remote configuration",
     )
 
 
@@ -377,7 +384,7 @@ def _device(value: Any, info: ValidationInfo) -> Any:
     return model.model_validate(data, context=info.context)
 
 
-_SECTIONS = ("log", "metrics", "health", "buffer", "uplinks", "buses", "devices")
+_SECTIONS = ("log", "metrics", "health", "buffer", "remote", "uplinks", "buses", "devices")
 
 
 class Config(Section):
@@ -394,6 +401,10 @@ class Config(Section):
         default=HealthSettings(), description="the box's own health readings (device id 'gateway')"
     )
     buffer: BufferSettings = Field(default=BufferSettings(), description="the durable buffer")
+    remote: RemoteSettings = Field(
+        default=RemoteSettings(),
+        description="signed config documents from the platform (with gateway.operator_keys)",
+    )
     uplinks: dict[UplinkId, Annotated[Uplink, BeforeValidator(_by_type(UPLINK_MODELS, "uplink"))]] = Field(
         default_factory=dict, description="where batches go, by uplink id"
     )

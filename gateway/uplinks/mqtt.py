@@ -67,6 +67,9 @@ class MqttUplink:
         self.format = Format(config.format)
         self.status = UplinkStatus(name=name)
         self.on_puback: Callable[[float], None] | None = None  # seconds publish -> PUBACK (metrics)
+        # remote configuration (gateway.remote): the retained topic of signed config documents
+        self.config_topic: str | None = None
+        self.on_config: Callable[[str, str], None] | None = None  # (document, where it came from)
         self._backoff = Backoff(config.backoff_initial, config.backoff_max, retry_on=_retryable)
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -164,6 +167,8 @@ class MqttUplink:
             if self.on_puback is not None:
                 self.on_puback(time.monotonic() - started)
 
+        if self.config_topic is not None and self.on_config is not None:
+            await client.subscribe(self.config_topic, qos=1, timeout=timeout)
         watcher = asyncio.ensure_future(self._watch(client))
         try:
             await Delivery(
@@ -175,6 +180,12 @@ class MqttUplink:
                 await watcher
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        """Ends (raising) when the connection drops: aiomqtt's message stream does that."""
-        async for _ in client.messages:
-            pass
+        """Hands config documents over; ends (raising) when the connection drops: aiomqtt's
+        message stream does that."""
+        async for message in client.messages:
+            topic = self.config_topic
+            if topic is None or self.on_config is None or not message.topic.matches(topic):
+                continue
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray) and payload:  # empty: the retained one was cleared
+                self.on_config(bytes(payload).decode("utf-8", "replace"), f"mqtt {self.name} {topic}")
