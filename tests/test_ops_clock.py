@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
-import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -205,7 +207,39 @@ def test_adjtimex_reads_the_kernel_state_without_privileges() -> None:
     state = clock._adjtimex()  # a read (modes 0) needs no CAP_SYS_TIME
     if state is None:
         pytest.skip("adjtimex is filtered here (a container's seccomp profile)")
-    assert state in (True, False)
+    # the same kernel state through another libc entry point: ntp_gettime(3) returns TIME_ERROR
+    # (5) exactly when the kernel counts the clock unsynchronised
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    ntptimeval = ctypes.create_string_buffer(256)  # struct ntptimeval and its reserved tail
+    assert state is (libc.ntp_gettime(ntptimeval) != 5)
+
+
+class _KernelSaying:
+    """libc whose adjtimex(2) answers ``state`` with ``status`` in struct timex, as the kernel would."""
+
+    def __init__(self, state: int, status: int) -> None:
+        self.state, self.status = state, status
+
+    def adjtimex(self, timex: Any) -> int:
+        timex._obj.status = self.status  # ctypes.byref(...) wraps the struct the caller reads
+        return self.state
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "synced"),
+    [
+        (0, 0x2001, True),  # TIME_OK, STA_PLL | STA_NANO: chrony or ntpd steering the clock
+        (1, 0x0001, True),  # TIME_INS: a leap second pending, still synchronised
+        (5, 0x0041, False),  # TIME_ERROR with STA_UNSYNC: no NTP client has synchronised it
+        (0, 0x0040, False),  # STA_UNSYNC alone
+        (-1, 0, None),  # EPERM (a seccomp filter) or ENOSYS: no answer
+    ],
+)
+def test_adjtimex_decodes_the_kernel_answer(
+    monkeypatch: pytest.MonkeyPatch, state: int, status: int, synced: bool | None
+) -> None:
+    monkeypatch.setattr(clock, "_libc", _KernelSaying(state, status))
+    assert clock._adjtimex() is synced
 
 
 def test_an_unknown_sync_state_counts_as_synchronised() -> None:
@@ -215,6 +249,33 @@ def test_an_unknown_sync_state_counts_as_synchronised() -> None:
     assert watch.stamp(records) is records
 
 
-def test_json_of_a_flagged_record_keeps_the_tag_on_disk_only() -> None:
-    stored = json.loads(json.dumps([rec(1.0, UNSYNCED | TAG)]))
-    assert stored[0][5] == UNSYNCED | TAG
+def test_a_flagged_record_keeps_its_boot_tag_on_disk_but_not_on_the_wire(tmp_path: Path, key: Path) -> None:
+    """Staged on disk, a flagged reading keeps the boot tag: after a restart the sync still corrects
+    the readings of this boot (and only those); the sealed batch carries the public flag only."""
+    other_boot = 0x0042 << 16
+
+    def buffer() -> Buffer:
+        buf = Buffer(
+            tmp_path / "b.db", gateway="gw", signer=Signer.from_file(key), uplinks=[], limits=BatchLimits(100)
+        )
+        buf.open()
+        return buf
+
+    first = buffer()
+    first.commit([rec(1.0, UNSYNCED | TAG, value=1.0), rec(2.0, UNSYNCED | other_boot, value=2.0)])
+    assert first.staged_count == 2
+    first.close()
+    again = buffer()  # the daemon restarted in the same boot; the records come back from disk
+    fake = FakeClock(1_600_000_000.0, synced=False)
+    watch = fake.watch()
+    fake.offset += 1000.0
+    fake.synced = True
+    fix = watch.check()
+    assert fix is not None
+    assert again.correct_staged(fix) == 1, "the tag of this boot survived the restart"
+    again.commit([], seal_all=True)
+    (batch,) = again.fetch(0, 10)
+    again.close()
+    flags = {r["v"]: r.get("flags") for r in payload_of(batch.jws)["senml"]}
+    assert flags[1.0] is None, "corrected: the time is right now"
+    assert flags[2.0] == "clock-unsynced", "another boot's reading stays flagged, without its tag"
