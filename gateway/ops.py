@@ -9,6 +9,7 @@ clock check, the buffer report refresh, listening for metrics until the port is 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from gateway.clock import ClockWatch
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 
 log = EventLog(__name__)
 
-REPORT_EVERY = 5.0  # seconds between refreshes of the buffer figures the metrics show
+TEST_REPORT_EVERY = "CITYGW_TEST_REPORT_EVERY"
+"""Environment variable for tests only: seconds between buffer reports instead of 5."""
+REPORT_EVERY = float(os.environ.get(TEST_REPORT_EVERY, 5.0))  # seconds between buffer figures refreshes
 CLOCK_EVERY = 1.0  # seconds between looks at the clock's sync state
 
 

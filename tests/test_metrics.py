@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from drivers.modbus.server import ModbusSimulator
 from gateway.localbroker import LocalBroker, free_port
+from gateway.ops import TEST_REPORT_EVERY
 
 from .support import Collector, Daemon, write_config
 from .test_modbus_cli import units
-from .test_ops_status import Samples, sample, scrape
+from .test_ops_status import REPORT_EVERY, Samples, sample, scrape, scrape_after_report
 from .test_uplinks_http import ScriptedServer
 
 
@@ -30,15 +32,15 @@ async def _busy(request: web.Request, body: bytes) -> web.StreamResponse:
 
 
 def _ready(samples: Samples) -> bool:
-    names = {name for name, _ in samples}
-    return {
-        "citygw_mqtt_puback_seconds_count",
-        "citygw_modbus_transaction_seconds_count",
-        "citygw_uplink_failures_total",
-    } <= names and any(
-        name == "citygw_uplink_failures_total" and dict(labels).get("uplink") == "down"
-        for name, labels in samples
-    )
+    """Everything the test asserts has happened at least as often as it asserts."""
+    at_least = {
+        ("citygw_mqtt_puback_seconds_count", (("uplink", "local"),)): 1,
+        ("citygw_modbus_transaction_seconds_count", (("device", "meter-1"),)): 2,
+        ("citygw_uplink_failures_total", (("reason", "http_503"), ("uplink", "platform"))): 1,
+        ("citygw_uplink_failures_total", (("reason", "refused"), ("uplink", "down"))): 1,
+        ("citygw_device_errors_total", (("device", "dead"), ("reason", "timeout"))): 1,
+    }
+    return all(samples.get(key, 0.0) >= least for key, least in at_least.items())
 
 
 async def test_metrics_follow_the_prometheus_conventions(
@@ -47,7 +49,9 @@ async def test_metrics_follow_the_prometheus_conventions(
     broker: LocalBroker,
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv(TEST_REPORT_EVERY, REPORT_EVERY)
     platform = ScriptedServer(_busy)
     port = free_port()
     try:
@@ -87,8 +91,8 @@ async def test_metrics_follow_the_prometheus_conventions(
                 assert time.monotonic() < deadline, sorted({name for name, _ in samples})
                 await asyncio.sleep(0.2)
                 samples = await asyncio.to_thread(_try_scrape, port)
-            await asyncio.sleep(5.5)  # one buffer report refresh (REPORT_EVERY) for the buffer's moments
-            samples = await asyncio.to_thread(scrape, port)
+            # one buffer report refresh after that, for the buffer's moments
+            samples = await asyncio.to_thread(scrape_after_report, port, time.time())
             scraped = time.time()
             assert daemon.terminate() == 0
     finally:

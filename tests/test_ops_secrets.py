@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from gateway.localbroker import LocalBroker, free_port
+from gateway.ops import TEST_REPORT_EVERY
 
 from .support import Daemon, write_config
+from .test_ops_status import REPORT_EVERY, scrape_after_report
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "pa55-Zq9x-NEVER-PRINTED-7f3e"  # what the gateway sends: wrong for this broker
@@ -57,8 +59,9 @@ def test_the_daemon_refuses_a_key_others_can_read(tmp_path: Path, key: Path) -> 
 
 @pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd (package mosquitto)")
 def test_a_password_appears_in_no_log_error_check_status_or_metric(
-    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(TEST_REPORT_EVERY, REPORT_EVERY)
     workdir = tmp_path / "broker"
     workdir.mkdir()
     passwords = workdir / "passwd"
@@ -98,7 +101,7 @@ def test_a_password_appears_in_no_log_error_check_status_or_metric(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "not authorized" not in log.read_text().lower():
             time.sleep(0.2)
-        time.sleep(5.5)  # a buffer report for the metrics
+        scrape_after_report(metrics, time.time())  # a buffer report for the metrics
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as response:
             outputs["metrics"] = response.read().decode()
         for args in (("--json",), ()):

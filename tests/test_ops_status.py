@@ -22,6 +22,7 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.localbroker import LocalBroker, free_port
 from gateway.metrics import GatewayCollector
+from gateway.ops import TEST_REPORT_EVERY
 from gateway.signing import Signer
 from gateway.status import read_buffer
 
@@ -59,6 +60,20 @@ def scrape(port: int) -> Samples:
 
 def sample(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
+
+
+REPORT_EVERY = "0.2"  # CITYGW_TEST_REPORT_EVERY for the daemons whose buffer report a test waits for
+
+
+def scrape_after_report(port: int, since: float, timeout: float = 30.0) -> Samples:
+    """The metrics once the daemon has refreshed its buffer report after ``since`` (wall time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        if samples.get(("citygw_buffer_report_timestamp_seconds", ()), 0.0) > since:
+            return samples
+        assert time.monotonic() < deadline, f"no buffer report after {since} within {timeout} s"
+        time.sleep(0.05)
 
 
 # --- a buffer with known contents --------------------------------------------------------------
@@ -207,7 +222,9 @@ def test_the_running_daemon_is_scraped_parsed_and_shown_by_status(
     broker: LocalBroker,
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv(TEST_REPORT_EVERY, REPORT_EVERY)
     port = free_port()
     config = write_config(
         tmp_path / "c.yaml",
@@ -220,8 +237,7 @@ def test_the_running_daemon_is_scraped_parsed_and_shown_by_status(
     daemon = daemon_factory(config)
     daemon.start()
     collector.wait(lambda c: c.readings() > 300, 30, "readings")
-    time.sleep(5.5)  # one buffer report refresh
-    samples = scrape(port)
+    samples = scrape_after_report(port, time.time())  # one buffer report refresh after the readings
     data = json.loads(citygw("status", "-c", str(config), "--json").stdout)
     table = citygw("status", "-c", str(config)).stdout
     assert daemon.terminate() == 0
