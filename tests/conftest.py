@@ -64,3 +64,4 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
             assert d.proc is not None
             d.proc.kill()
             d.proc.wait()
+        d.close_notify()

@@ -6,10 +6,13 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -75,6 +78,18 @@ class Collector:
         self.client.disconnect()
 
 
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``condition`` until it is truthy (and return it); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
 @dataclass
 class Verified:
     """What an independent JOSE library (jwcrypto) makes of the batches received."""
@@ -85,18 +100,38 @@ class Verified:
     duplicates: int = 0
 
 
-def verify_all(tokens: list[str], public_key: Path) -> Verified:
-    """Verify every JWS with jwcrypto; check seq uniqueness of content, then the hash chain."""
-    key = jwk.JWK.from_pem(public_key.read_bytes())
-    result = Verified()
-    gap_tokens: dict[int, str] = {}
-    for token in tokens:
+_verified: dict[tuple[bytes, str], dict[str, Any]] = {}  # (public key PEM, token) -> its verified body
+_keys: dict[bytes, jwk.JWK] = {}
+
+
+def verified_body(token: str, pem: bytes) -> dict[str, Any]:
+    """The payload of ``token`` once jwcrypto verified it under ``pem`` (and its header is the
+    contract's); a token is verified once, so that a wait polling a growing list stays cheap."""
+    body = _verified.get((pem, token))
+    if body is None:
+        key = _keys.get(pem)
+        if key is None:
+            key = _keys[pem] = jwk.JWK.from_pem(pem)
         obj = jws.JWS()
         obj.deserialize(token)
         obj.verify(key, alg="EdDSA")  # raises on a bad signature
         header = obj.jose_header
         assert header == {"alg": "EdDSA", "kid": key.thumbprint()}, header
         body = json.loads(obj.payload)
+        if len(_verified) > 200_000:
+            _verified.clear()
+        _verified[(pem, token)] = body
+    return body
+
+
+def verify_all(tokens: list[str], public_key: Path) -> Verified:
+    """Verify every JWS with jwcrypto; check seq uniqueness of content, then the hash chain."""
+    pem = public_key.read_bytes()
+    result = Verified()
+    gap_tokens: dict[int, str] = {}
+    bodies: dict[str, dict[str, Any]] = {}
+    for token in tokens:
+        body = bodies[token] = verified_body(token, pem)
         if "gap" in body:
             gap_tokens[body["gap"]["to"]] = token
             continue
@@ -119,7 +154,7 @@ def verify_all(tokens: list[str], public_key: Path) -> Verified:
             if seq not in result.by_seq:
                 continue
         token = result.by_seq[seq]
-        body = payload_of(token)
+        body = bodies[token]
         assert expected is None or seq == expected, f"seq {seq} follows {expected - 1}: batches missing"
         assert prev_hash is None or body["prev"] == prev_hash, f"chain broken at seq {seq}"
         prev_hash = hashlib.sha256(token.encode()).hexdigest()
@@ -159,18 +194,57 @@ def write_config(
     return path
 
 
+class ReadyListener:
+    """A ``$NOTIFY_SOCKET`` as systemd offers it (a unix datagram socket, drained all the time),
+    so that a test knows when the daemon said READY=1 instead of guessing with a sleep."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="citygw-notify-")  # short: sun_path holds 108 bytes
+        self.path = os.path.join(self._dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.ready = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="notify-listener", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._done.is_set():
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if "READY=1" in message.splitlines():
+                self.ready.set()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+        self.sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class Daemon:
     """``citygw run`` as a real subprocess; ``prefix`` runs it through e.g. ``ip netns exec NS``
-    (a command that execs it, so that signals reach the daemon itself)."""
+    (a command that execs it, so that signals reach the daemon itself). Unless the test gives it
+    a ``$NOTIFY_SOCKET`` of its own, the daemon gets one here: :meth:`wait_ready` waits for READY=1."""
 
     def __init__(self, config: Path, log: Path, *, prefix: Sequence[str] = ()) -> None:
         self.config = config
         self.log = log
         self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._notify: ReadyListener | None = None
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.close_notify()
+        if "NOTIFY_SOCKET" not in env:
+            self._notify = ReadyListener()
+            env["NOTIFY_SOCKET"] = self._notify.path
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
@@ -179,15 +253,33 @@ class Daemon:
             cwd=REPO,
         )
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the daemon notified READY=1 (its buffer open, its uplinks and buses started)."""
+        assert self.proc is not None and self._notify is not None, "start() it without a NOTIFY_SOCKET"
+        deadline = time.monotonic() + timeout
+        while not self._notify.ready.wait(0.05):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the daemon exited ({self.proc.returncode}) before READY=1")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no READY=1 from the daemon within {timeout} s")
+
+    def close_notify(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.close_notify()
 
     def terminate(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self.close_notify()
+        return code
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -11,10 +11,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.localbroker import LocalBroker
 
-from .support import Collector, Daemon, committed_values, start_load, verify_all
+from .support import Collector, Daemon, committed_values, read_buffer, start_load, verify_all, wait_until
 
 
 def pub(key: Path) -> Path:
@@ -46,7 +47,7 @@ def test_broker_outage_of_10s_loses_nothing(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    daemon = start_load(tmp_path, key, broker.port, daemon_factory, rate=5_000, count=100_000)
+    daemon = start_load(tmp_path, key, broker.port, daemon_factory, rate=10_000, count=100_000)
     collector.wait(lambda c: c.readings() >= 10_000, 60, "the first readings")
     broker.stop()
     time.sleep(10)
@@ -70,31 +71,40 @@ def test_kill9_while_broker_down_and_while_draining_loses_no_committed_reading(
     db_path = tmp_path / "state" / "buffer.db"
     must_arrive: dict[str, set[int]] = {}
 
-    def run(device: str, rate: int, count: int) -> Daemon:
-        return start_load(tmp_path, key, broker.port, daemon_factory, rate=rate, count=count, device=device)
+    def run(device: str, rate: int, count: int, **extra: Any) -> Daemon:
+        return start_load(
+            tmp_path, key, broker.port, daemon_factory, rate=rate, count=count, device=device, **extra
+        )
 
     def kill(daemon: Daemon) -> None:
         daemon.kill9()
         for device, values in committed_values(db_path).items():
             must_arrive.setdefault(device, set()).update(values)
 
+    def buffered(device: str, at_least: int) -> Callable[[], bool]:
+        return lambda: len(read_buffer(db_path).values.get(device, ())) >= at_least
+
     # 1: deliver some, then the broker goes away and the daemon is killed while it buffers
     daemon = run("run-1", 2_000, 40_000)
     collector.wait(lambda c: c.readings() >= 4_000, 60, "first deliveries")
     broker.stop()
-    time.sleep(3)
+    held = len(read_buffer(db_path).values.get("run-1", ()))
+    wait_until(buffered("run-1", held + 4_000), 60, "readings buffered while the broker is down")
     kill(daemon)
     # 2: restart with the broker still down, buffer more, kill again
     daemon = run("run-2", 2_000, 10_000)
-    time.sleep(3)
+    daemon.wait_ready()
+    wait_until(buffered("run-2", 4_000), 60, "run-2's readings buffered")
     kill(daemon)
     # 3: broker back; kill the daemon in the middle of its drain
     broker.start()
+    received = len(collector.snapshot())
     daemon = run("run-3", 2_000, 4_000)
-    time.sleep(1.0)
+    daemon.wait_ready()
+    collector.wait(lambda c: len(c.snapshot()) > received, 60, "the drain to begin")
     kill(daemon)
     # 4: a last run drains everything
-    daemon = run("run-4", 1_000, 1_000)
+    daemon = run("run-4", 1_000, 1_000, buffer={"batch": {"max_age": "500ms"}})  # its last batch at once
     total_needed = sum(len(v) for v in must_arrive.values())
 
     def drained(c: Collector) -> bool:
