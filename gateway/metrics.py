@@ -394,7 +394,9 @@ class GatewayCollector(Collector):
         )
 
 
-LISTEN_RETRY = (1.0, 30.0)  # seconds: first and longest wait between attempts to listen
+TEST_LISTEN_RETRY_MAX = "CITYGW_TEST_LISTEN_RETRY_MAX"
+"""Environment variable for tests only: the longest wait between attempts to listen, instead of 30 s."""
+LISTEN_RETRY = (1.0, float(os.environ.get(TEST_LISTEN_RETRY_MAX, 30.0)))  # seconds: first, longest wait
 
 
 class MetricsServer:

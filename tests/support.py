@@ -170,7 +170,11 @@ def verify_all(tokens: list[str], public_key: Path) -> Verified:
 def write_config(
     path: Path, *, key: Path, port: int, devices: dict[str, dict[str, Any]], **extra: Any
 ) -> Path:
-    buffer = {"path": str(path.parent / "state" / "buffer.db"), "commit_interval": "200ms"}
+    buffer: dict[str, Any] = {
+        "path": str(path.parent / "state" / "buffer.db"),
+        "commit_interval": "200ms",
+        "batch": {"max_age": "1s"},  # the first batch in a second, not 10 s; a test's "batch" replaces it
+    }
     buffer.update(extra.pop("buffer", {}))
     config = {
         "gateway": {"id": extra.pop("gateway_id", "gw-test"), "key_file": str(key)},

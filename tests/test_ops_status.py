@@ -21,7 +21,7 @@ from gateway.buffer import BatchLimits, Buffer, Gap
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.localbroker import LocalBroker, free_port
-from gateway.metrics import GatewayCollector
+from gateway.metrics import TEST_LISTEN_RETRY_MAX, GatewayCollector
 from gateway.ops import TEST_REPORT_EVERY
 from gateway.signing import Signer
 from gateway.status import read_buffer
@@ -354,9 +354,11 @@ def test_a_taken_metrics_port_costs_the_metrics_only_while_it_is_taken(
     broker: LocalBroker,
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The port is taken at start: the data flows, status finds the daemon by its lock, and once
     the port is free the metrics come back by themselves; each is logged once."""
+    monkeypatch.setenv(TEST_LISTEN_RETRY_MAX, "2")  # the next attempt soon after the port is free
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
