@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,8 +42,7 @@ def key(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def collector(broker: LocalBroker) -> Iterator[Collector]:
-    c = Collector(broker.port, "city/+/batches")
-    time.sleep(0.2)
+    c = Collector(broker.port, "city/+/batches")  # subscribed: it waited for the SUBACK
     yield c
     c.close()
 

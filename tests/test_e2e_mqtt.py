@@ -139,11 +139,10 @@ def test_retention_with_a_tiny_max_disk_sends_gap_records(
         count=200_000,
         buffer={"max_disk": "64KiB", "batch": {"max_readings": 500}},
     )
+    daemon.wait_ready()  # its buffer file holds its tables
     deadline, gaps = time.monotonic() + 60, 0
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if not db_path.exists():
-            continue
         with sqlite3.connect(db_path) as db:
             gaps = db.execute("SELECT count(*) FROM batches WHERE kind = 1").fetchone()[0]
         if gaps >= 2:

@@ -185,10 +185,9 @@ def test_http_faults_retry_a_poison_batch_is_parked_and_every_other_arrives_once
         config = _http_config(tmp_path, key, f"http://127.0.0.1:{server.port}/ingest", 2000, gzip=True)
         daemon = daemon_factory(config)
         daemon.start()
+        daemon.wait_ready()  # its buffer file holds its tables
 
         def parked_readings() -> int:  # batch 5's size depends on how the seal timing fell
-            if not (tmp_path / "state" / "buffer.db").exists():
-                return 0
             with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
                 row = db.execute(
                     "SELECT b.readings FROM parked p JOIN batches b ON b.seq = p.seq WHERE p.seq = 5"
