@@ -41,7 +41,7 @@ from gateway.lock import BufferLock
 from gateway.logs import EventLog
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
-from gateway.reload import ReloadPlan, plan_reload
+from gateway.reload import ReloadPlan, ReloadRefused, plan_reload
 from gateway.remote import RemoteConfig, version_in_effect
 from gateway.report import Reporter
 from gateway.sdnotify import Notifier
@@ -148,14 +148,6 @@ async def supervise(
             await asyncio.sleep(pause)
 
 
-class ReloadRefused(CitygwError):
-    """A new config that cannot be applied in place; the config in effect keeps running."""
-
-    def __init__(self, problems: list[ConfigProblem]) -> None:
-        super().__init__("; ".join(str(p) for p in problems))
-        self.problems = problems
-
-
 class Gateway:
     """One running gateway: buffer, pipeline, drivers and uplinks of one config."""
 
@@ -208,7 +200,9 @@ class Gateway:
         self._reload_wanted = asyncio.Event()
         self.reload_lock = asyncio.Lock()  # one reload (SIGHUP or remote) at a time
         self.ops = Operations(self)  # clock, watchdog, metrics
-        self.health_report = HealthReport(self)  # the box's own health, as readings of device "gateway"
+        self.health_report = HealthReport(
+            self, clock_synced=lambda: bool(self.ops.clock.synced)
+        )  # the box's own health, as readings of device "gateway"
 
     def _make_uplink(self, name: str, config: Config) -> Any:
         uplink = config.uplinks[name]

@@ -19,7 +19,7 @@ from gateway.status import BufferReport, read_buffer
 from gateway.watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.running import RunningGateway
 
 log = EventLog(__name__)
 
@@ -28,7 +28,7 @@ CLOCK_EVERY = 1.0  # seconds between looks at the clock's sync state
 
 
 class Operations:
-    def __init__(self, gateway: Gateway, *, clock: ClockWatch | None = None) -> None:
+    def __init__(self, gateway: RunningGateway, *, clock: ClockWatch | None = None) -> None:
         self.gateway = gateway
         self.clock = clock or ClockWatch()
         gateway.pipeline.stamp = self.clock.stamp

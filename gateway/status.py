@@ -340,7 +340,7 @@ def port_problem(state: str | None, errors: dict[str, int]) -> str | None:
     return None
 
 
-def _human_age(seconds: float | None) -> str:
+def human_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -385,7 +385,7 @@ def render(data: dict[str, Any]) -> None:
         head.add_row("note", daemon["note"])
     if "clock_synchronized" in daemon:
         head.add_row("clock", "synchronised" if daemon["clock_synchronized"] else "NOT synchronised")
-        head.add_row("uptime", _human_age(daemon["uptime_seconds"]))
+        head.add_row("uptime", human_age(daemon["uptime_seconds"]))
         head.add_row("accepted", f"{daemon['accepted_readings']} readings since start")
     console.print(head)
 
@@ -396,7 +396,7 @@ def render(data: dict[str, Any]) -> None:
     table.add_row("last seq", str(buffer["last_seq"]))
     table.add_row("staged", f"{buffer['staged_readings']} readings")
     table.add_row("held", f"{buffer['batches']} batches, {buffer['undelivered_readings']} readings")
-    table.add_row("oldest held", _human_age(buffer["oldest_undelivered_age_seconds"]))
+    table.add_row("oldest held", human_age(buffer["oldest_undelivered_age_seconds"]))
     table.add_row("disk", f"{_human_bytes(buffer['used_bytes'])} of {_human_bytes(buffer['max_bytes'])}")
     gaps = buffer["gaps"]
     dropped = (
@@ -427,7 +427,7 @@ def render(data: dict[str, Any]) -> None:
             str(u["acked_seq"]),
             str(u["lag_batches"]),
             str(u["lag_readings"]),
-            _human_age(u["oldest_undelivered_age_seconds"]),
+            human_age(u["oldest_undelivered_age_seconds"]),
             str(u["parked"]),
         )
     console.print(table)
@@ -444,7 +444,7 @@ def render(data: dict[str, Any]) -> None:
             d["state"] or "-",
             "-" if d["readings"] is None else str(d["readings"]),
             errors,
-            "-" if age is None else f"{_human_age(age)} ago",
+            "-" if age is None else f"{human_age(age)} ago",
         )
     console.print(table)
     for d in data["devices"]:

@@ -298,4 +298,6 @@ def health_readings_of_a_box(tmp: Path, *, now: float, buffer: bool = True) -> l
         file_bytes=1_000_000,
         uplinks=(UplinkLag("local", 3, 2, 120, now - 42.5), UplinkLag("platform", 5, 0, 0, None)),
     )
-    return HealthReport(gateway, thermal=tmp / "thermal").readings(report if buffer else None, now)
+    return HealthReport(
+        gateway, clock_synced=lambda: bool(gateway.ops.clock.synced), thermal=tmp / "thermal"
+    ).readings(report if buffer else None, now)

@@ -32,10 +32,10 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticKnownError, PydanticOmit
 
 from gateway.config.base import (
-    _URL_EXAMPLE,
     DEFAULT_BUFFER_PATH,
     DEFAULT_STATUS_TOPIC,
     DEFAULT_TOPIC,
+    URL_EXAMPLE,
     BusId,
     ConfigPath,
     DeviceId,
@@ -51,19 +51,28 @@ from gateway.config.base import (
     Synchronous,
     Topic,
     UplinkId,
-    _distinct,
     cert_key_pair,
+    distinct,
     load_context,
     located,
     not_below,
     tls_only,
     within,
 )
+from gateway.config.ble import BleBus, BleDevice, one_sensor_per_address
 from gateway.config.health import HealthSettings, no_reserved_device
 from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
 from gateway.config.metrics import MetricsSettings
+from gateway.config.modbus import (
+    ModbusDevice,
+    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+    ModbusTcpBus,
+    ModbusTcpDevice,
+)
 from gateway.config.remote import RemoteSettings
-from gateway.config.report import ReportSettings, check_reports
+from gateway.config.report import ReadingInfo, ReportSettings, check_reports
+from gateway.config.serial import SerialBus, SerialDevice, one_device_per_bus
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
 from gateway.config.wiring import one_bus_per_port, one_device_per_unit
@@ -155,7 +164,7 @@ class MqttUplink(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["mqtt"] = Field(description="the uplink type: mqtt")
-    url: MqttUrl = Field(description=f"the broker: mqtt://host[:port] or mqtts://host[:port], {_URL_EXAMPLE}")
+    url: MqttUrl = Field(description=f"the broker: mqtt://host[:port] or mqtts://host[:port], {URL_EXAMPLE}")
     topic: Topic = Field(default=DEFAULT_TOPIC, description="the topic template; {gateway} is the gateway id")
     status_topic: Topic = Field(
         default=DEFAULT_STATUS_TOPIC,
@@ -259,7 +268,7 @@ class SyntheticDevice(Section):
     count: Annotated[Int, AfterValidator(within(1, None))] | None = Field(
         default=None, description="readings to produce before stopping; none for no end"
     )
-    quantities: Annotated[tuple[QuantityName, ...], AfterValidator(_distinct)] = Field(
+    quantities: Annotated[tuple[QuantityName, ...], AfterValidator(distinct)] = Field(
         default=("temperature", "relativeHumidity"), description="the quantity names to produce"
     )
     values: Literal["wave", "sequence"] = Field(
@@ -273,18 +282,17 @@ class SyntheticDevice(Section):
     )
     location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
+    def report_readings(self) -> dict[str, ReadingInfo] | None:
+        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        return {name: ReadingInfo("number") for name in self.quantities}
+
+    def report_interval(self) -> float | None:
+        """How often this device gives each reading, seconds."""
+        return len(self.quantities) / self.rate
+
 
 # --- type tables: one entry per type -----------------------------------------------------------
 
-from gateway.config.ble import BleBus, BleDevice, one_sensor_per_address  # noqa: E402  (BleDevice chooses sensor or presence)
-from gateway.config.modbus import (  # noqa: E402  (hoist to the imports above when convenient)
-    ModbusDevice,
-    ModbusRtuBus,
-    ModbusRtuOverTcpBus,
-    ModbusTcpBus,
-    ModbusTcpDevice,
-)
-from gateway.config.serial import SerialBus, SerialDevice, one_device_per_bus  # noqa: E402  (one device per serial bus)
 
 Uplink = MqttUplink | HttpUplink | NgsiLdUplink
 Bus = SyntheticBus | ModbusRtuBus | ModbusTcpBus | ModbusRtuOverTcpBus | BleBus | SerialBus

@@ -1,0 +1,147 @@
+"""The house rules of the source tree, checked by parsing it (issue: the house).
+
+- no import cycles among the product modules: every import counts, function-local and
+  ``TYPE_CHECKING`` ones too (a cycle hidden in a function is still a cycle);
+- no module imports another module's private (``_name``) names, by ``from m import _x`` or ``m._x``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from gateway.config.profiles import ProfileError, load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("gateway", "drivers")
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _target(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if MODULES[module].name != "__init__.py":
+        base.pop()
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _imports(module: str) -> tuple[set[str], list[str]]:
+    """The product modules ``module`` imports, and its uses of another module's private names."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    targets: set[str] = set()
+    private: list[str] = []
+    aliases: dict[str, str] = {}  # a name bound to a product module -> the module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES:
+                    targets.add(alias.name)
+                    if alias.asname:
+                        aliases[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            source = _target(module, node)
+            for alias in node.names:
+                full = f"{source}.{alias.name}"
+                if full in MODULES:
+                    targets.add(full)
+                    aliases[alias.asname or alias.name] = full
+                elif source in MODULES:
+                    targets.add(source)
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        private.append(f"{module} imports {source}.{alias.name}")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            private.append(f"{module} uses {aliases[node.value.id]}.{node.attr}")
+    targets.discard(module)
+    return targets, private
+
+
+GRAPH = {module: _imports(module) for module in MODULES}
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(edges[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_among_product_modules() -> None:
+    cycles = _cycles({module: targets for module, (targets, _) in GRAPH.items()})
+    assert cycles == [], "import cycles (function-local and TYPE_CHECKING imports count):\n" + "\n".join(
+        " <-> ".join(cycle) for cycle in cycles
+    )
+
+
+def test_the_cycle_check_finds_a_hidden_cycle() -> None:
+    """The check itself: a cycle through a function-local import is found."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    private = [use for _, (_, uses) in sorted(GRAPH.items()) for use in uses]
+    assert private == []
+
+
+def test_a_profile_whose_top_level_is_a_list_gets_a_profiles_error(tmp_path: Path) -> None:
+    path = tmp_path / "meter.yaml"
+    path.write_text("- name: voltage\n  address: 0\n", encoding="utf-8")
+    try:
+        load_profile(path)
+    except ProfileError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("a list is not a profile")
+    assert "profile 'meter' is not valid" in message
+    assert "meter.yaml:1:" in message
+    assert "a mapping (description, source, registers, ...)" in message
+    assert "sections" not in message and "gateway" not in message
