@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import wal
-from gateway.errors import BufferError, BufferOwnerError
+from gateway.errors import BufferOwnerError, BufferStorageError
 from gateway.logs import EventLog
 from gateway.senml import PAYLOAD_VERSION, Record, encode_payload
 
@@ -308,7 +308,7 @@ class Buffer:
             before = self._read_damaged_wal(damage) if damage is not None else None
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
+            raise BufferStorageError(f"cannot open buffer {self.path}: {exc}") from exc
         self._db = db
         try:
             self._load(db)
@@ -316,7 +316,7 @@ class Buffer:
             if _is_damage(exc):
                 raise _Damaged(str(exc)) from exc
             self._abandon()
-            raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
+            raise BufferStorageError(f"cannot open buffer {self.path}: {exc}") from exc
         except BaseException:
             self._abandon()
             raise
@@ -348,7 +348,9 @@ class Buffer:
         self._old_meta = meta
         version = meta.get("schema", SCHEMA_VERSION)
         if version not in (1, SCHEMA_VERSION):
-            raise BufferError(f"buffer {self.path} has schema {version}, this citygw reads {SCHEMA_VERSION}")
+            raise BufferStorageError(
+                f"buffer {self.path} has schema {version}, this citygw reads {SCHEMA_VERSION}"
+            )
         owner = meta.get("gateway")
         if owner is not None and owner != self.gateway:
             raise BufferOwnerError(
@@ -546,7 +548,7 @@ class Buffer:
                 try:
                     source.rename(f"{aside}{suffix}")
                 except OSError as exc:
-                    raise BufferError(
+                    raise BufferStorageError(
                         f"buffer {self.path} is damaged ({why}) and cannot be moved aside: {exc}"
                     ) from exc
         meta = self._old_meta
@@ -1183,7 +1185,7 @@ class Buffer:
 
     def _require_db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise BufferError("buffer is not open")
+            raise BufferStorageError("buffer is not open")
         return self._db
 
     def _put_meta(self, **values: object) -> None:
@@ -1217,7 +1219,7 @@ def request_resend(
     """Mark parked batches for resending (``citygw resend``); the daemon picks them up within
     30 s, or at its next start. Works beside a running daemon (WAL). Returns what was marked."""
     if not path.exists():
-        raise BufferError(f"no buffer at {path}")
+        raise BufferStorageError(f"no buffer at {path}")
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
@@ -1235,6 +1237,6 @@ def request_resend(
         db.execute("COMMIT")
         return [(str(u), int(s)) for u, s in marked]
     except sqlite3.OperationalError as exc:
-        raise BufferError(f"cannot mark batches for resending in {path}: {exc}") from exc
+        raise BufferStorageError(f"cannot mark batches for resending in {path}: {exc}") from exc
     finally:
         db.close()

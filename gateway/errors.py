@@ -35,7 +35,7 @@ class KeyFileError(CitygwError):
     """A signing key file is missing, unreadable, malformed or too widely readable."""
 
 
-class BufferError(CitygwError):
+class BufferStorageError(CitygwError):
     """The durable buffer cannot be opened or written."""
 
 
@@ -47,5 +47,5 @@ class VerificationError(CitygwError):
     """A signed batch failed verification: bad signature, broken chain or malformed pack."""
 
 
-class BufferOwnerError(BufferError):
+class BufferOwnerError(BufferStorageError):
     """The buffer file was written by another gateway id: it is not adopted (exit 78)."""

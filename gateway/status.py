@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import BufferError
+from gateway.errors import BufferStorageError
 from gateway.lock import look
 
 if TYPE_CHECKING:
@@ -90,14 +90,14 @@ def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
 
 def read_buffer(path: Path, uplinks: Sequence[str] | None = None) -> BufferReport:
     """A report on the buffer file at ``path``, read-only; ``uplinks`` are the configured ones
-    (None: those the file has cursors for). Raises :class:`BufferError` if it cannot be read."""
+    (None: those the file has cursors for). Raises :class:`BufferStorageError` if it cannot be read."""
     if not path.exists():
         return BufferReport(str(path), exists=False, read_at=time.time())
     try:
         with _readonly(path) as db:
             return _report(db, path, uplinks)
     except sqlite3.Error as exc:
-        raise BufferError(f"cannot read buffer {path}: {exc}") from exc
+        raise BufferStorageError(f"cannot read buffer {path}: {exc}") from exc
 
 
 def _report(db: sqlite3.Connection, path: Path, uplinks: Sequence[str] | None) -> BufferReport:
@@ -455,7 +455,7 @@ def render(data: dict[str, Any]) -> None:
 def status_main(config: Config, *, as_json: bool) -> int:
     try:
         data = gather(config)
-    except BufferError as exc:
+    except BufferStorageError as exc:
         sys.stderr.write(f"citygw status: {exc}\n")
         return 1
     if as_json:
