@@ -145,3 +145,28 @@ def test_a_profile_whose_top_level_is_a_list_gets_a_profiles_error(tmp_path: Pat
     assert "meter.yaml:1:" in message
     assert "a mapping (description, source, registers, ...)" in message
     assert "sections" not in message and "gateway" not in message
+
+
+MAX_LINES = 600
+
+
+def test_no_module_over_600_lines() -> None:
+    """Modules of a few hundred lines, each owning one thing (docs/architecture.md)."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in MODULES.values()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+def test_uplinks_reach_the_buffer_only_through_the_outbox() -> None:
+    """One narrow seam (gateway.pipeline.UplinkOutbox): no uplink touches the store or the buffer."""
+    reached = []
+    for module, path in MODULES.items():
+        if not module.startswith("gateway.uplinks"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("store", "buffer"):
+                reached.append(f"{module}:{node.lineno}: .{node.attr}")
+    assert reached == []

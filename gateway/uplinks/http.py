@@ -197,7 +197,11 @@ class _HttpBase:
 
                     try:
                         await Delivery(
-                            self.name, self.pipeline, send, window=self.config.window, status=self.status
+                            self.name,
+                            self.pipeline.outbox,
+                            send,
+                            window=self.config.window,
+                            status=self.status,
                         ).run()
                     except Exception as exc:
                         self.status.disconnected(exc)
