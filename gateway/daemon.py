@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer, is_transient
+from gateway.config import model as config_model
 from gateway.config.location import places
 from gateway.config.report import report_policies
 from gateway.errors import CitygwError, ConfigError, ConfigProblem, DeliveryError
@@ -71,19 +72,12 @@ def _entry(target: str) -> Callable[..., Any]:
 
 # uplink type -> class: Uplink(name, config, gateway=..., pipeline=...), with .run() and .status
 UPLINK_RUNNERS: dict[str, Callable[..., Any]] = {
-    "mqtt": _entry("gateway.uplinks.mqtt:MqttUplink"),
-    "http": _entry("gateway.uplinks.http:HttpUplink"),
-    "ngsi-ld": _entry("gateway.uplinks.http:NgsiLdUplink"),
+    kind: _entry(t) for kind, t in config_model.UPLINK_RUNNERS.items()
 }
 
 # bus type -> runner: run(bus_name, bus_config, {device: device_config}, sink, {device: health})
 BUS_RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
-    "synthetic": _entry("drivers.synthetic:run_bus"),
-    "modbus-rtu": _entry("drivers.modbus.bus:run_bus"),
-    "modbus-tcp": _entry("drivers.modbus.bus:run_bus"),
-    "modbus-rtu-over-tcp": _entry("drivers.modbus.bus:run_bus"),
-    "ble": _entry("drivers.ble.bus:run_bus"),
-    "serial": _entry("drivers.serial.transport:run_bus"),
+    kind: _entry(target) for kind, target in config_model.BUS_RUNNERS.items()
 }
 
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 from drivers.health import DeviceState
 from gateway import __version__
+from gateway.buffer.report import BufferReport
 from gateway.config.health import HEALTH_DEVICE
 from gateway.errors import CitygwError
 from gateway.logs import EventLog
 from gateway.reading import Reading, Value
-from gateway.status import BufferReport, read_buffer
 from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
@@ -138,9 +138,7 @@ class HealthReport:
         its figures out of this report, logged once per streak; the rest is reported."""
         gw = self.gateway
         try:
-            report: BufferReport | None = await gw.store.call(
-                read_buffer, gw.buffer.path, list(gw.config.uplinks)
-            )
+            report: BufferReport | None = await gw.store.call(gw.store.buffer.report, list(gw.config.uplinks))
             self._failures = 0
         except CitygwError as exc:
             report = None

@@ -61,9 +61,9 @@ from gateway.uplinks.base import UplinkState
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from gateway.buffer.report import BufferReport
     from gateway.clock import ClockWatch
     from gateway.running import RunningGateway
-    from gateway.status import BufferReport
     from gateway.watchdog import Watchdog
 
 log = EventLog(__name__)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from gateway.buffer.report import BufferReport
 from gateway.clock import ClockWatch
 from gateway.errors import CitygwError
 from gateway.logs import EventLog
 from gateway.metrics import GatewayCollector, MetricsServer, Timings
-from gateway.status import BufferReport, read_buffer
 from gateway.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -74,12 +74,12 @@ class Operations:
             await asyncio.sleep(CLOCK_EVERY)
 
     async def _report_loop(self) -> None:
-        store, path = self.gateway.store, self.gateway.buffer.path
+        store = self.gateway.store
         failures = 0
         while True:
             uplinks = list(self.gateway.config.uplinks)  # a reload may change them
             try:
-                self.report = await store.call(read_buffer, path, uplinks)
+                self.report = await store.call(store.buffer.report, uplinks)
                 failures = 0
             except CitygwError as exc:
                 failures += 1

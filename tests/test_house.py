@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 from gateway.config.profiles import ProfileError, load_profile
@@ -16,14 +17,22 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "drivers")
 
 
+def _import_names() -> dict[str, str]:
+    """Source folder -> the import name it installs as (pyproject's package-dir, if any)."""
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        dirs = tomllib.load(file).get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    return {folder: dirs_name for dirs_name, folder in dirs.items()} or {p: p for p in PACKAGES}
+
+
 def _modules() -> dict[str, Path]:
+    names = _import_names()
     found: dict[str, Path] = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
-            found[".".join(parts)] = path
+            found[".".join([names[package], *parts[1:]])] = path
     return found
 
 
@@ -164,9 +173,60 @@ def test_uplinks_reach_the_buffer_only_through_the_outbox() -> None:
     """One narrow seam (gateway.pipeline.UplinkOutbox): no uplink touches the store or the buffer."""
     reached = []
     for module, path in MODULES.items():
-        if not module.startswith("gateway.uplinks"):
+        if path.parent != ROOT / "gateway" / "uplinks":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("store", "buffer"):
                 reached.append(f"{module}:{node.lineno}: .{node.attr}")
     assert reached == []
+
+
+def test_one_registry_of_bus_and_uplink_types() -> None:
+    """Each type string is in one place (gateway.config.model) with its model and its runner."""
+    import importlib
+
+    from gateway import daemon
+    from gateway.config import model
+
+    assert (
+        set(model.BUS_MODELS) == set(model.DEVICE_MODELS) == set(model.BUS_RUNNERS) == set(daemon.BUS_RUNNERS)
+    )
+    assert set(model.UPLINK_MODELS) == set(model.UPLINK_RUNNERS) == set(daemon.UPLINK_RUNNERS)
+    for target in [*model.BUS_RUNNERS.values(), *model.UPLINK_RUNNERS.values()]:
+        module, _, attribute = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute)), target
+
+
+def _library_table() -> dict[str, set[str]]:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Who imports which library", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[1].startswith("`"):
+            table[cells[0]] = {name.strip().strip("`") for name in cells[1].split(",")}
+    return table
+
+
+def _importers(library: str) -> set[str]:
+    found = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            if any(name == library or name.startswith(f"{library}.") for name in names):
+                found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_the_architecture_docs_list_every_importer_of_each_library() -> None:
+    """docs/architecture.md "Who imports which library" is the whole truth, by parsing imports."""
+    table = _library_table()
+    assert {"aiomqtt", "bleak", "prometheus_client", "sqlite3", "stamina"} <= set(table)
+    for library, listed in table.items():
+        assert _importers(library) == listed, library

@@ -32,22 +32,41 @@ The parts, one responsibility each, stacked into :class:`Buffer`:
 - :mod:`~gateway.buffer.file`: opening and closing: :class:`Buffer`.
 """
 
-from gateway.buffer.file import Buffer
-from gateway.buffer.layout import (
-    KIND_DATA,
-    KIND_GAP,
-    RESERVE_BYTES,
-    SCHEMA_VERSION,
-    BatchLimits,
-    BatchSigner,
-    BufferStats,
-    CommitResult,
-    Gap,
-    Outgoing,
-    is_transient,
-    new_chain_id,
-    request_resend,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.buffer.file import Buffer
+    from gateway.buffer.layout import (
+        KIND_DATA,
+        KIND_GAP,
+        RESERVE_BYTES,
+        SCHEMA_VERSION,
+        BatchLimits,
+        BatchSigner,
+        BufferStats,
+        CommitResult,
+        Gap,
+        Outgoing,
+        is_transient,
+        new_chain_id,
+        request_resend,
+    )
+
+_HOMES = {"Buffer": "gateway.buffer.file"}  # the rest live in gateway.buffer.layout
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: ``citygw status`` reads the layout and the report without loading
+    the sealing side (the signer's cryptography)."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES.get(name, "gateway.buffer.layout")), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "KIND_DATA",

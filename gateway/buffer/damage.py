@@ -17,11 +17,12 @@ from collections import deque
 from pathlib import Path
 
 from gateway import wal
-from gateway.buffer.layout import CHAIN_RE, KIND_GAP, SIG_B64_LEN, ZLEVEL, opt_str, unb64url
+from gateway.buffer.layout import CHAIN_RE, KIND_GAP, ZLEVEL, opt_str
 from gateway.buffer.sealing import Sealing
 from gateway.errors import BufferStorageError
 from gateway.logs import EventLog
 from gateway.senml import PAYLOAD_VERSION
+from gateway.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 
@@ -107,9 +108,9 @@ class DamageHandling(Sealing):
                     time.time(),
                     0,
                     len(jws),
-                    jws.partition(".")[0],
+                    split_compact(jws)[0],
                     zlib.compress(payload, ZLEVEL),
-                    unb64url(jws[-SIG_B64_LEN:]),
+                    b64url_decode(split_compact(jws)[2]),
                     bytes.fromhex(last),
                     self._held_now(),
                 ),

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import wal
@@ -22,6 +23,7 @@ from gateway.buffer.layout import (
     opt_str,
     stored_record,
 )
+from gateway.buffer.report import BufferReport, report_from
 from gateway.errors import BufferOwnerError, BufferStorageError
 from gateway.logs import EventLog
 
@@ -178,3 +180,11 @@ class Buffer(DamageHandling):
         finally:
             self._db.close()
             self._db = None
+
+    def report(self, uplinks: Sequence[str] | None = None) -> BufferReport:
+        """The file's figures (:func:`gateway.buffer.report.report_from`) through the buffer's own
+        connection: no second connection, consistent because this thread is the only writer."""
+        try:
+            return report_from(self._require_db(), self.path, uplinks)
+        except sqlite3.Error as exc:
+            raise BufferStorageError(f"cannot read buffer {self.path}: {exc}") from exc

@@ -23,16 +23,15 @@ from gateway.buffer.layout import (
     KIND_DATA,
     KIND_GAP,
     RESERVE_BYTES,
-    SIG_B64_LEN,
     SPACE_CHECK,
     ZLEVEL,
     Gap,
     is_full,
-    unb64url,
 )
 from gateway.buffer.state import BufferState
 from gateway.logs import EventLog
 from gateway.senml import PAYLOAD_VERSION
+from gateway.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 
@@ -237,8 +236,8 @@ class Retention(BufferState):
         }
         payload = json.dumps(body, separators=(",", ":")).encode()
         jws = self._signer.sign(payload)
-        header = jws.partition(".")[0]
-        sig = unb64url(jws[-SIG_B64_LEN:])
+        header, _, signature = split_compact(jws)
+        sig = b64url_decode(signature)
         with self._tx():
             db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?", (first, last))
             db.execute(

@@ -20,12 +20,12 @@ from gateway.buffer.layout import (
     Sealed,
     b64url,
     is_full,
-    unb64url,
 )
 from gateway.buffer.outbox import Outbox
 from gateway.logs import EventLog
 from gateway.senml import Record, encode_payload
 from gateway.signing import chain_hash
+from gateway.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 
@@ -88,9 +88,9 @@ class Sealing(Outbox):
                         b.created,
                         b.readings,
                         len(b.jws),
-                        b.jws.partition(".")[0],
+                        split_compact(b.jws)[0],
                         zlib.compress(b.payload, ZLEVEL),
-                        unb64url(b.jws[-SIG_B64_LEN:]),
+                        b64url_decode(split_compact(b.jws)[2]),
                         bytes.fromhex(b.digest),
                         held,
                     )

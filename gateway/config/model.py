@@ -5,8 +5,9 @@ Models are plain values: building one does no I/O unless validation is given a :
 file's directory and checks that the files named exist with the right permissions.
 
 Uplinks and buses are chosen by their ``type`` key (:data:`UPLINK_MODELS`, :data:`BUS_MODELS`);
-a device's model is chosen by the type of the bus it names (:data:`DEVICE_MODELS`). A new bus type
-is a bus model, a device model and one entry in each table.
+a device's model is chosen by the type of the bus it names (:data:`DEVICE_MODELS`); what runs each
+type is :data:`UPLINK_RUNNERS` and :data:`BUS_RUNNERS` (the daemon's only registry). A new bus
+type is a bus model, a device model, a runner and one entry in each table, all here.
 """
 
 from __future__ import annotations
@@ -298,6 +299,22 @@ Uplink = MqttUplink | HttpUplink | NgsiLdUplink
 Bus = SyntheticBus | ModbusRtuBus | ModbusTcpBus | ModbusRtuOverTcpBus | BleBus | SerialBus
 Device = SyntheticDevice | ModbusDevice | ModbusTcpDevice | BleDevice | SerialDevice
 
+UPLINK_RUNNERS: Mapping[str, str] = {
+    "mqtt": "gateway.uplinks.mqtt:MqttUplink",
+    "http": "gateway.uplinks.http:HttpUplink",
+    "ngsi-ld": "gateway.uplinks.http:NgsiLdUplink",
+}
+"""Uplink type -> the class that runs it, ``module:attribute`` (the daemon imports it on first use:
+a box loads only the uplinks and drivers its config names)."""
+BUS_RUNNERS: Mapping[str, str] = {
+    "synthetic": "drivers.synthetic:run_bus",
+    "modbus-rtu": "drivers.modbus.bus:run_bus",
+    "modbus-tcp": "drivers.modbus.bus:run_bus",
+    "modbus-rtu-over-tcp": "drivers.modbus.bus:run_bus",
+    "ble": "drivers.ble.bus:run_bus",
+    "serial": "drivers.serial.transport:run_bus",
+}
+"""Bus type -> the runner of its devices, ``module:attribute``."""
 UPLINK_MODELS: Mapping[str, type[Uplink]] = {"mqtt": MqttUplink, "http": HttpUplink, "ngsi-ld": NgsiLdUplink}
 BUS_MODELS: Mapping[str, type[Bus]] = {
     "synthetic": SyntheticBus,
