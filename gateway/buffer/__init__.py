@@ -55,7 +55,7 @@ if TYPE_CHECKING:
         request_resend,
     )
 
-_HOMES = {"Buffer": "gateway.buffer.file"}  # the rest live in gateway.buffer.layout
+_HOMES = {"Buffer": ".file"}  # the rest live in .layout
 
 
 def __getattr__(name: str) -> Any:
@@ -63,7 +63,7 @@ def __getattr__(name: str) -> Any:
     the sealing side (the signer's cryptography)."""
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES.get(name, "gateway.buffer.layout")), name)
+    value = getattr(importlib.import_module(_HOMES.get(name, ".layout"), __name__), name)
     globals()[name] = value
     return value
 
