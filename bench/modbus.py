@@ -31,8 +31,8 @@ from pathlib import Path
 from drivers.modbus.bus import DevicePoller
 from drivers.modbus.client import ModbusLink
 from drivers.modbus.plan import ReadPlan, minimum_requests
-from drivers.modbus.profiles import find_profile
 from gateway.config.modbus import ModbusTcpBus, ModbusTcpDevice
+from gateway.config.profiles import find_profile
 
 REPO = Path(__file__).resolve().parent.parent
 

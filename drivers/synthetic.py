@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from drivers.health import DeviceHealth
 from gateway.logs import EventLog
-from gateway.reading import Reading
+from gateway.reading import Reading, Sink
 from gateway.vocabulary import unit_of
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = EventLog(__name__)
 
-Sink = Callable[[list[Reading]], Awaitable[None]]
 
 _BASE = {"temperature": 24.0, "relativeHumidity": 60.0, "pm25": 12.0, "co2": 450.0, "voltage": 230.0}
 

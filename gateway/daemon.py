@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.health import DeviceHealth
 from gateway.buffer import BatchLimits, Buffer, is_transient
+from gateway.config import model as config_model
 from gateway.config.location import places
 from gateway.config.report import report_policies
 from gateway.errors import CitygwError, ConfigError, ConfigProblem, DeliveryError
@@ -41,7 +42,7 @@ from gateway.lock import BufferLock
 from gateway.logs import EventLog
 from gateway.ops import Operations
 from gateway.pipeline import Pipeline
-from gateway.reload import ReloadPlan, plan_reload
+from gateway.reload import ReloadPlan, ReloadRefused, plan_reload
 from gateway.remote import RemoteConfig, version_in_effect
 from gateway.report import Reporter
 from gateway.sdnotify import Notifier
@@ -71,19 +72,12 @@ def _entry(target: str) -> Callable[..., Any]:
 
 # uplink type -> class: Uplink(name, config, gateway=..., pipeline=...), with .run() and .status
 UPLINK_RUNNERS: dict[str, Callable[..., Any]] = {
-    "mqtt": _entry("gateway.uplinks.mqtt:MqttUplink"),
-    "http": _entry("gateway.uplinks.http:HttpUplink"),
-    "ngsi-ld": _entry("gateway.uplinks.http:NgsiLdUplink"),
+    kind: _entry(t) for kind, t in config_model.UPLINK_RUNNERS.items()
 }
 
 # bus type -> runner: run(bus_name, bus_config, {device: device_config}, sink, {device: health})
 BUS_RUNNERS: dict[str, Callable[..., Awaitable[None]]] = {
-    "synthetic": _entry("drivers.synthetic:run_bus"),
-    "modbus-rtu": _entry("drivers.modbus.bus:run_bus"),
-    "modbus-tcp": _entry("drivers.modbus.bus:run_bus"),
-    "modbus-rtu-over-tcp": _entry("drivers.modbus.bus:run_bus"),
-    "ble": _entry("drivers.ble.bus:run_bus"),
-    "serial": _entry("drivers.serial.transport:run_bus"),
+    kind: _entry(target) for kind, target in config_model.BUS_RUNNERS.items()
 }
 
 
@@ -148,14 +142,6 @@ async def supervise(
             await asyncio.sleep(pause)
 
 
-class ReloadRefused(CitygwError):
-    """A new config that cannot be applied in place; the config in effect keeps running."""
-
-    def __init__(self, problems: list[ConfigProblem]) -> None:
-        super().__init__("; ".join(str(p) for p in problems))
-        self.problems = problems
-
-
 class Gateway:
     """One running gateway: buffer, pipeline, drivers and uplinks of one config."""
 
@@ -208,7 +194,9 @@ class Gateway:
         self._reload_wanted = asyncio.Event()
         self.reload_lock = asyncio.Lock()  # one reload (SIGHUP or remote) at a time
         self.ops = Operations(self)  # clock, watchdog, metrics
-        self.health_report = HealthReport(self)  # the box's own health, as readings of device "gateway"
+        self.health_report = HealthReport(
+            self, clock_synced=lambda: bool(self.ops.clock.synced)
+        )  # the box's own health, as readings of device "gateway"
 
     def _make_uplink(self, name: str, config: Config) -> Any:
         uplink = config.uplinks[name]

@@ -96,23 +96,23 @@ FORMATS: Mapping[str, FormatDecoder] = {
 }
 
 
-def decode_main(format: str, data: str, *, bindkey: str | None, address: str | None) -> int:
-    """Decode ``data`` as ``format``, print its readings as JSON lines; the exit code."""
-    decoder = FORMATS.get(format.lower())
+def decode_main(kind: str, data: str, *, bindkey: str | None, address: str | None) -> int:
+    """Decode ``data`` as the format ``kind``, print its readings as JSON lines; the exit code."""
+    decoder = FORMATS.get(kind.lower())
     if decoder is None:
-        sys.stderr.write(f"citygw decode: unknown format {format!r}; formats: {', '.join(FORMATS)}\n")
+        sys.stderr.write(f"citygw decode: unknown format {kind!r}; formats: {', '.join(FORMATS)}\n")
         return EXIT_USAGE
     try:
         measurements = decoder(data, DecodeOptions(bindkey=bindkey, address=address))
     except BadInput as exc:
-        sys.stderr.write(f"citygw decode: {format}: {exc}\n")
+        sys.stderr.write(f"citygw decode: {kind}: {exc}\n")
         return EXIT_USAGE
     except CitygwError as exc:
-        sys.stderr.write(f"citygw decode: {format}: {exc}\n")
+        sys.stderr.write(f"citygw decode: {kind}: {exc}\n")
         return EXIT_FAILURE
     for name, value, unit in measurements:
-        line = {"device": format.lower(), "name": name, "value": value, "unit": unit}
+        line = {"device": kind.lower(), "name": name, "value": value, "unit": unit}
         sys.stdout.write(json.dumps(line) + "\n")
     if not measurements:
-        sys.stderr.write(f"citygw decode: {format}: a valid frame that carries no reading\n")
+        sys.stderr.write(f"citygw decode: {kind}: a valid frame that carries no reading\n")
     return EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -35,7 +36,7 @@ class KeyFileError(CitygwError):
     """A signing key file is missing, unreadable, malformed or too widely readable."""
 
 
-class BufferError(CitygwError):
+class BufferStorageError(CitygwError):
     """The durable buffer cannot be opened or written."""
 
 
@@ -47,5 +48,16 @@ class VerificationError(CitygwError):
     """A signed batch failed verification: bad signature, broken chain or malformed pack."""
 
 
-class BufferOwnerError(BufferError):
+class BufferOwnerError(BufferStorageError):
     """The buffer file was written by another gateway id: it is not adopted (exit 78)."""
+
+
+class DecodeError(CitygwError):
+    """Bytes (or registers) a decoder cannot read. ``reason`` says why in one word: a member of
+    the decoder layer's own ``Reason`` enum (BLE adverts, serial frames, Modbus registers), used as
+    a key of :attr:`drivers.health.DeviceHealth.errors`; ``detail`` says it in a sentence."""
+
+    def __init__(self, reason: enum.StrEnum, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}")

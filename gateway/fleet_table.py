@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from gateway.status import _human_age
+from gateway.status import human_age
 
 _STYLE = {
     "down": "bold red",
@@ -53,7 +53,7 @@ def _chain(chain: dict[str, Any] | None) -> str:
 
 def _seen(row: dict[str, Any]) -> str:
     age = row["last_seen_age"]
-    return "never" if age is None else f"{_human_age(age)} ago"
+    return "never" if age is None else f"{human_age(age)} ago"
 
 
 def render(data: dict[str, Any]) -> None:
@@ -77,7 +77,7 @@ def render(data: dict[str, Any]) -> None:
             row["gateway"],
             f"[{_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
             _seen(row),
-            "-" if lag is None else _human_age(lag),
+            "-" if lag is None else human_age(lag),
             _chain(row["chain"]),
             row["config_version"] or "-",
             ", ".join(row["failing_devices"]) or "-",

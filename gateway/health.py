@@ -16,21 +16,22 @@ import asyncio
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drivers.health import DeviceState
 from gateway import __version__
+from gateway.buffer.report import BufferReport
 from gateway.config.health import HEALTH_DEVICE
 from gateway.errors import CitygwError
 from gateway.logs import EventLog
 from gateway.reading import Reading, Value
-from gateway.status import BufferReport, read_buffer
 from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.running import RunningGateway
 
 log = EventLog(__name__)
 
@@ -109,8 +110,12 @@ def free_for_buffer(path: Path, max_disk: int, file_bytes: int) -> int:
 class HealthReport:
     """The ``health`` task: one set of health readings every ``health.interval``."""
 
-    def __init__(self, gateway: Gateway, *, thermal: Path = THERMAL_DIR) -> None:
+    def __init__(
+        self, gateway: RunningGateway, *, clock_synced: Callable[[], bool], thermal: Path = THERMAL_DIR
+    ) -> None:
+        """``clock_synced``: whether the system clock is synchronised now (the clock watch's)."""
         self.gateway = gateway
+        self.clock_synced = clock_synced
         self.thermal = thermal
         self.started = time.monotonic()
         self.reports = 0
@@ -133,9 +138,7 @@ class HealthReport:
         its figures out of this report, logged once per streak; the rest is reported."""
         gw = self.gateway
         try:
-            report: BufferReport | None = await gw.store.call(
-                read_buffer, gw.buffer.path, list(gw.config.uplinks)
-            )
+            report: BufferReport | None = await gw.store.call(gw.store.buffer.report, list(gw.config.uplinks))
             self._failures = 0
         except CitygwError as exc:
             report = None
@@ -167,7 +170,7 @@ class HealthReport:
         temperature = soc_temperature(self.thermal)
         if temperature is not None:
             values.append(("socTemperature", temperature))
-        values.append(("clockSynced", bool(gw.ops.clock.synced)))
+        values.append(("clockSynced", bool(self.clock_synced())))
         lags = {lag.name: lag for lag in report.uplinks} if report is not None else {}
         for uplink in gw.uplinks:
             lag = lags.get(uplink.name)

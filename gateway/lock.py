@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import BufferError, CitygwError
+from gateway.errors import BufferStorageError, CitygwError
 
 # a `citygw status` holds a shared lock for microseconds while it looks: a starting daemon waits
 # this long for such a reader before it believes another daemon holds the buffer
@@ -66,7 +66,7 @@ class BufferLock:
 
     def acquire(self, *, grace: float = READER_GRACE) -> None:
         """Take the lock and write our PID into it; :class:`BufferInUse` when another holds it,
-        :class:`BufferError` when the lock file cannot be made (the directory is not writable,
+        :class:`BufferStorageError` when the lock file cannot be made (the directory is not writable,
         a read-only file system): the buffer could not be opened there either."""
         if self._fd is not None:
             return
@@ -74,7 +74,7 @@ class BufferLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise BufferError(
+            raise BufferStorageError(
                 f"cannot lock buffer {self.buffer}: {exc.strerror or exc} ({self.path}); "
                 "buffer.path must be in a directory the daemon can write"
             ) from exc

@@ -46,7 +46,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -61,8 +61,10 @@ from gateway.uplinks.base import UplinkState
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from gateway.daemon import Gateway
-    from gateway.ops import Operations
+    from gateway.buffer.report import BufferReport
+    from gateway.clock import ClockWatch
+    from gateway.running import RunningGateway
+    from gateway.watchdog import Watchdog
 
 log = EventLog(__name__)
 
@@ -129,7 +131,7 @@ class Timings:
     One per gateway (:class:`gateway.ops.Operations` makes it), however many collectors read it.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: RunningGateway) -> None:
         config = gateway.config
         self.puback = Histogram(
             "citygw_mqtt_puback_seconds",
@@ -157,10 +159,28 @@ class Timings:
         yield from self.transaction.collect()
 
 
+class OperationsFigures(Protocol):
+    """What the collector reads of the daemon's operations side (:class:`gateway.ops.Operations`)."""
+
+    @property
+    def report(self) -> BufferReport | None:
+        """The buffer file's last figures (None: not read yet)."""
+        ...
+
+    @property
+    def clock(self) -> ClockWatch: ...
+
+    @property
+    def watchdog(self) -> Watchdog: ...
+
+    @property
+    def timings(self) -> Timings: ...
+
+
 class GatewayCollector(Collector):
     """Reads the live objects of one :class:`Gateway` at scrape time."""
 
-    def __init__(self, gateway: Gateway, ops: Operations) -> None:
+    def __init__(self, gateway: RunningGateway, ops: OperationsFigures) -> None:
         self.gateway = gateway
         self.ops = ops
         self.started = time.time()

@@ -12,15 +12,15 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
+from gateway.buffer.report import BufferReport
 from gateway.clock import ClockWatch
 from gateway.errors import CitygwError
 from gateway.logs import EventLog
 from gateway.metrics import GatewayCollector, MetricsServer, Timings
-from gateway.status import BufferReport, read_buffer
 from gateway.watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.running import RunningGateway
 
 log = EventLog(__name__)
 
@@ -31,7 +31,7 @@ CLOCK_EVERY = 1.0  # seconds between looks at the clock's sync state
 
 
 class Operations:
-    def __init__(self, gateway: Gateway, *, clock: ClockWatch | None = None) -> None:
+    def __init__(self, gateway: RunningGateway, *, clock: ClockWatch | None = None) -> None:
         self.gateway = gateway
         self.clock = clock or ClockWatch()
         gateway.pipeline.stamp = self.clock.stamp
@@ -77,12 +77,12 @@ class Operations:
             await asyncio.sleep(CLOCK_EVERY)
 
     async def _report_loop(self) -> None:
-        store, path = self.gateway.store, self.gateway.buffer.path
+        store = self.gateway.store
         failures = 0
         while True:
             uplinks = list(self.gateway.config.uplinks)  # a reload may change them
             try:
-                self.report = await store.call(read_buffer, path, uplinks)
+                self.report = await store.call(store.buffer.report, uplinks)
                 failures = 0
             except CitygwError as exc:
                 failures += 1

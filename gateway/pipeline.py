@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gateway.buffer import CommitResult, is_transient
+from gateway.buffer import CommitResult, Outgoing, is_transient
 from gateway.logs import EventLog
 from gateway.reading import Reading
 from gateway.senml import Record, record_of
@@ -57,6 +57,7 @@ class Pipeline:
         self._stopping = False
         # gateway.clock's hook: flags (and keeps monotonic) the readings put while the clock is unsynced
         self.stamp: Callable[[list[Record]], list[Record]] | None = None
+        self.outbox = UplinkOutbox(self)  # the uplinks' one way to the buffer
         # gateway.report's hook: what of the stamped readings is stored (on change, aggregates)
         self.process: Callable[[list[Record]], list[Record]] | None = None
 
@@ -106,9 +107,9 @@ class Pipeline:
 
     # -- the uplinks' side -------------------------------------------------------------------
 
-    def acked(self, uplink: str, seq: int) -> None:
+    async def acked(self, uplink: str, seq: int) -> None:
         """An uplink holds every batch up to ``seq``; persisted (and pruned) within a second."""
-        self.store.buffer.ack(uplink, seq)
+        await self.store.call(self.store.buffer.ack, uplink, seq)
         if not self._acks_dirty:
             self._acks_dirty = True
             self._wake.set()
@@ -199,3 +200,39 @@ class Pipeline:
     async def flush(self) -> None:
         """Shutdown: commit everything pending and seal every staged reading."""
         await self.commit(seal_all=True)
+
+
+class UplinkOutbox:
+    """The uplinks' one seam to the buffer: each call runs on the store thread (``store.call``),
+    none touches the buffer from the event loop (:mod:`gateway.buffer`'s threading contract)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._store = pipeline.store
+
+    async def cursor(self, uplink: str) -> int:
+        """The last seq ``uplink`` acknowledged (its saved cursor)."""
+        return await self._store.call(self._store.buffer.cursor, uplink)
+
+    async def fetch(self, after: int, limit: int, uplink: str) -> list[Outgoing]:
+        """Up to ``limit`` batches after ``after``, in seq order, handed to ``uplink``."""
+        return await self._store.call(self._store.buffer.fetch, after, limit, uplink)
+
+    async def acked(self, uplink: str, seq: int) -> None:
+        """``uplink`` holds every batch up to ``seq``."""
+        await self._pipeline.acked(uplink, seq)
+
+    async def wait_sealed(self, after: int) -> None:
+        """Return once a batch with seq > ``after`` exists."""
+        await self._pipeline.wait_sealed(after)
+
+    async def park(self, uplink: str, seq: int, reason: str, status: int | None) -> None:
+        """Keep batch ``seq`` for ``uplink`` until a person asks to resend it."""
+        await self._store.call(self._store.buffer.park, uplink, seq, reason, status)
+
+    async def unpark(self, uplink: str, seq: int) -> None:
+        await self._store.call(self._store.buffer.unpark, uplink, seq)
+
+    async def resend_requests(self, uplink: str) -> list[Outgoing]:
+        """Parked batches of ``uplink`` that ``citygw resend`` marked."""
+        return await self._store.call(self._store.buffer.resend_requests, uplink)

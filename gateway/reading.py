@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 Value = float | int | bool | str
 
@@ -50,3 +52,19 @@ class Reading:
     unit: str
     time: float
     flags: int = 0
+
+
+class Measurement(NamedTuple):
+    """One decoded value: a quantity name (:mod:`gateway.vocabulary`), its value and SenML unit.
+
+    A named tuple rather than a dataclass: decoders make millions of these, and a tuple is the
+    cheapest immutable value Python has.
+    """
+
+    name: str
+    value: Value
+    unit: str
+
+
+Sink = Callable[[list[Reading]], Awaitable[None]]
+"""Where a bus hands its readings (the pipeline's ``put``)."""

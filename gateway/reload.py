@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.errors import CitygwError, ConfigProblem
+
 if TYPE_CHECKING:
     from gateway.config import Config
 
@@ -146,3 +148,11 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     ):
         items.sort()
     return plan
+
+
+class ReloadRefused(CitygwError):
+    """A new config that cannot be applied in place; the config in effect keeps running."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems

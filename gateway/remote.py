@@ -47,7 +47,7 @@ from gateway.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
     from gateway.config import Config
-    from gateway.daemon import Gateway
+    from gateway.running import RunningGateway
 
 log = EventLog(__name__)
 
@@ -207,7 +207,7 @@ def _paths(value: Any) -> list[Path]:
 def _inline_secrets(text: str) -> list[str]:
     from ruamel.yaml import YAML
 
-    from gateway.config.loader import SECRET_FILES
+    from gateway.config.source import SECRET_FILES
 
     found: list[str] = []
 
@@ -257,7 +257,7 @@ def screen(current: Config, new: Config, text: str) -> str | None:
 class RemoteConfig:
     """Takes signed config documents for one running :class:`~gateway.daemon.Gateway`."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: RunningGateway) -> None:
         self.gateway = gateway
         self._offers: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=8)
         self.dropped = 0  # offers that found the queue full (a flood of documents)
@@ -355,7 +355,7 @@ class RemoteConfig:
 
     async def _take(self, document: ConfigDocument, source: str) -> None:
         from gateway.config import load_config
-        from gateway.daemon import ReloadRefused
+        from gateway.reload import ReloadRefused
 
         gateway = self.gateway
         current = gateway.config

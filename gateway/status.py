@@ -6,8 +6,8 @@ running daemon (WAL lets a reader see the last commit without blocking the write
 ``-wal`` and ``-shm`` files, owned by whoever ran ``status``, which the daemon could then not
 write). Whether a daemon runs, and its PID, comes from the buffer's lock (:mod:`gateway.lock`),
 so a daemon whose metrics port was taken is still found. The daemon's side — device health,
-uplink states, the clock — comes from its metrics endpoint when it answers. :func:`read_buffer`
-is also what the daemon's metrics report from.
+uplink states, the clock — comes from its metrics endpoint when it answers. The figures are
+:func:`gateway.buffer.report.report_from`'s, the same the daemon reports on its own connection.
 """
 
 from __future__ import annotations
@@ -20,56 +20,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import BufferError
+from gateway.buffer.report import BufferReport, UplinkLag, report_from
+from gateway.errors import BufferStorageError
 from gateway.lock import look
 
 if TYPE_CHECKING:
     from gateway.config import Config
-
-KIND_GAP = 1  # gateway.buffer.KIND_GAP (not imported: status must not need the daemon's modules)
-
-
-@dataclass(frozen=True, slots=True)
-class UplinkLag:
-    """What one uplink has not acknowledged yet, as the buffer file says (its cursor is saved
-    with each commit, so it trails the live acknowledgements by up to a second)."""
-
-    name: str
-    cursor: int  # the last seq this uplink acknowledged
-    batches: int  # batches and gap records after the cursor
-    readings: int
-    oldest_created: float | None  # UTC epoch seconds the oldest of them was sealed
-    parked: int = 0  # batches the destination refused for good, kept for `citygw resend`
-
-
-@dataclass(frozen=True, slots=True)
-class BufferReport:
-    path: str
-    exists: bool
-    gateway: str | None = None  # the gateway that wrote the file
-    last_seq: int = 0
-    staged: int = 0  # readings accepted and not sealed yet (as committed)
-    batches: int = 0  # batches and gap records held
-    undelivered_readings: int = 0  # in the batches held
-    undelivered_bytes: int = 0  # wire size of the batches held (their compact JWS)
-    oldest_created: float | None = None
-    gap_records: int = 0  # gap records held (not yet delivered everywhere)
-    dropped_batches: int = 0  # batches those gap records stand for
-    dropped_readings: int = 0
-    gap_reasons: dict[str, int] = field(default_factory=dict)  # reason -> readings dropped
-    used_bytes: int = 0  # pages in use
-    file_bytes: int = 0  # the file and its WAL on disk
-    uplinks: tuple[UplinkLag, ...] = ()
-    read_at: float = 0.0  # UTC epoch seconds
-    chain: str | None = None  # the buffer's stream id on the wire
-    moved_aside: dict[str, Any] | None = None  # the damaged file this buffer replaced: file, why, at
-    wal_lost: dict[str, Any] | None = None  # readings a damaged WAL lost: readings, at
 
 
 def _uri(path: Path) -> str:
@@ -90,82 +51,14 @@ def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
 
 def read_buffer(path: Path, uplinks: Sequence[str] | None = None) -> BufferReport:
     """A report on the buffer file at ``path``, read-only; ``uplinks`` are the configured ones
-    (None: those the file has cursors for). Raises :class:`BufferError` if it cannot be read."""
+    (None: those the file has cursors for). Raises :class:`BufferStorageError` if it cannot be read."""
     if not path.exists():
         return BufferReport(str(path), exists=False, read_at=time.time())
     try:
         with _readonly(path) as db:
-            return _report(db, path, uplinks)
+            return report_from(db, path, uplinks)
     except sqlite3.Error as exc:
-        raise BufferError(f"cannot read buffer {path}: {exc}") from exc
-
-
-def _report(db: sqlite3.Connection, path: Path, uplinks: Sequence[str] | None) -> BufferReport:
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "batches" not in tables:
-        return BufferReport(str(path), exists=True, read_at=time.time())
-    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    (chunked,) = db.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()
-    count, readings, oldest, size = db.execute(
-        "SELECT count(*), coalesce(sum(readings), 0), min(created), coalesce(sum(size), 0) FROM batches"
-    ).fetchone()
-    gap_records = dropped_batches = dropped_readings = 0
-    reasons: dict[str, int] = {}
-    for (payload,) in db.execute("SELECT payload FROM batches WHERE kind = ?", (KIND_GAP,)):
-        gap = json.loads(zlib.decompress(payload)).get("gap", {})
-        gap_records += 1
-        dropped_batches += int(gap.get("batches", 0))
-        dropped_readings += int(gap.get("readings", 0))
-        reason = str(gap.get("reason", "?"))
-        reasons[reason] = reasons.get(reason, 0) + int(gap.get("readings", 0))
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    cursors = dict(db.execute("SELECT uplink, seq FROM cursors").fetchall())
-    parked: dict[str, int] = {}
-    if "parked" in tables:
-        parked = dict(db.execute("SELECT uplink, count(*) FROM parked GROUP BY uplink").fetchall())
-    floor = int(meta.get("pruned_seq", 0))
-    lags = []
-    for name in cursors if uplinks is None else uplinks:
-        cursor = max(int(cursors.get(name, floor)), floor)
-        n, r, first = db.execute(
-            "SELECT count(*), coalesce(sum(readings), 0), min(created) FROM batches WHERE seq > ?", (cursor,)
-        ).fetchone()
-        lags.append(UplinkLag(name, cursor, int(n), int(r), first, int(parked.get(name, 0))))
-    files = (path, Path(f"{path}-wal"))
-    return BufferReport(
-        path=str(path),
-        exists=True,
-        gateway=meta.get("gateway"),
-        last_seq=int(meta.get("next_seq", 1)) - 1,
-        staged=max(0, int(chunked) - int(meta.get("stage_skip", 0))),
-        batches=int(count),
-        undelivered_readings=int(readings),
-        undelivered_bytes=int(size),
-        oldest_created=oldest,
-        gap_records=gap_records,
-        dropped_batches=dropped_batches,
-        dropped_readings=dropped_readings,
-        gap_reasons=reasons,
-        used_bytes=int((pages - free) * page_size),
-        file_bytes=sum(p.stat().st_size for p in files if p.exists()),
-        uplinks=tuple(lags),
-        read_at=time.time(),
-        chain=meta.get("chain"),
-        moved_aside=_json_meta(meta.get("moved_aside")),
-        wal_lost=_json_meta(meta.get("wal_lost")),
-    )
-
-
-def _json_meta(value: object) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(str(value))
-    except ValueError:
-        return {"note": str(value)}
-    return parsed if isinstance(parsed, dict) else {"note": str(value)}
+        raise BufferStorageError(f"cannot read buffer {path}: {exc}") from exc
 
 
 # --- the daemon's side: its metrics endpoint ---------------------------------------------------
@@ -340,7 +233,7 @@ def port_problem(state: str | None, errors: dict[str, int]) -> str | None:
     return None
 
 
-def _human_age(seconds: float | None) -> str:
+def human_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
@@ -385,7 +278,7 @@ def render(data: dict[str, Any]) -> None:
         head.add_row("note", daemon["note"])
     if "clock_synchronized" in daemon:
         head.add_row("clock", "synchronised" if daemon["clock_synchronized"] else "NOT synchronised")
-        head.add_row("uptime", _human_age(daemon["uptime_seconds"]))
+        head.add_row("uptime", human_age(daemon["uptime_seconds"]))
         head.add_row("accepted", f"{daemon['accepted_readings']} readings since start")
     console.print(head)
 
@@ -396,7 +289,7 @@ def render(data: dict[str, Any]) -> None:
     table.add_row("last seq", str(buffer["last_seq"]))
     table.add_row("staged", f"{buffer['staged_readings']} readings")
     table.add_row("held", f"{buffer['batches']} batches, {buffer['undelivered_readings']} readings")
-    table.add_row("oldest held", _human_age(buffer["oldest_undelivered_age_seconds"]))
+    table.add_row("oldest held", human_age(buffer["oldest_undelivered_age_seconds"]))
     table.add_row("disk", f"{_human_bytes(buffer['used_bytes'])} of {_human_bytes(buffer['max_bytes'])}")
     gaps = buffer["gaps"]
     dropped = (
@@ -427,7 +320,7 @@ def render(data: dict[str, Any]) -> None:
             str(u["acked_seq"]),
             str(u["lag_batches"]),
             str(u["lag_readings"]),
-            _human_age(u["oldest_undelivered_age_seconds"]),
+            human_age(u["oldest_undelivered_age_seconds"]),
             str(u["parked"]),
         )
     console.print(table)
@@ -444,7 +337,7 @@ def render(data: dict[str, Any]) -> None:
             d["state"] or "-",
             "-" if d["readings"] is None else str(d["readings"]),
             errors,
-            "-" if age is None else f"{_human_age(age)} ago",
+            "-" if age is None else f"{human_age(age)} ago",
         )
     console.print(table)
     for d in data["devices"]:
@@ -455,7 +348,7 @@ def render(data: dict[str, Any]) -> None:
 def status_main(config: Config, *, as_json: bool) -> int:
     try:
         data = gather(config)
-    except BufferError as exc:
+    except BufferStorageError as exc:
         sys.stderr.write(f"citygw status: {exc}\n")
         return 1
     if as_json:
@@ -463,3 +356,6 @@ def status_main(config: Config, *, as_json: bool) -> int:
     else:
         render(data)
     return 0
+
+
+__all__ = ["BufferReport", "UplinkLag", "read_buffer"]

@@ -17,6 +17,7 @@ JWS with ASCII (base64url of ``{``: ``eyJ``).
 
 from __future__ import annotations
 
+import base64
 import enum
 import gzip
 import zlib
@@ -26,6 +27,25 @@ from gateway.errors import VerificationError
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_LEVEL = 6  # zlib's default: ~8 B/value on the cabinet workload; level 9 saves 4 % for 3x the CPU
 _CHUNK = 64 * 1024
+
+
+def split_compact(token: str) -> tuple[str, str, str]:
+    """The three base64url parts of a compact JWS (RFC 7515 §7.1): header, payload, signature.
+    The one place a compact JWS is taken apart by hand; ValueError if it has not three parts."""
+    header, payload, signature = token.split(".")
+    return header, payload, signature
+
+
+def b64url_decode(text: str | bytes) -> bytes:
+    """base64url without padding (RFC 7515 §2) to bytes."""
+    raw = text.encode("ascii") if isinstance(text, str) else text
+    return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+
+
+def compact_payload(token: str | bytes) -> bytes:
+    """The payload of a compact JWS, decoded (not verified: a receiver verifies first)."""
+    text = token.decode("ascii") if isinstance(token, bytes) else token
+    return b64url_decode(split_compact(text)[1])
 
 
 class Format(enum.StrEnum):

@@ -327,6 +327,8 @@ class BufferSnapshot:
 
 def read_buffer(db_path: Path) -> BufferSnapshot:
     """Every reading the buffer file holds (staged or sealed), with integrity_check's verdict."""
+    from gateway.buffer.layout import KIND_DATA  # the file's layout is known in one module
+
     with sqlite3.connect(db_path) as db:
         snap = BufferSnapshot(integrity=str(db.execute("PRAGMA integrity_check").fetchone()[0]))
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -339,7 +341,8 @@ def read_buffer(db_path: Path) -> BufferSnapshot:
                 snap.values.setdefault(device, set()).add(value)
                 snap.staged += 1
             skip = max(0, skip - len(records))
-        for seq, payload, digest in db.execute("SELECT seq, payload, hash FROM batches WHERE kind = 0"):
+        rows = db.execute("SELECT seq, payload, hash FROM batches WHERE kind = ?", (KIND_DATA,))
+        for seq, payload, digest in rows:
             snap.hashes[seq] = bytes(digest)
             body = json.loads(zlib.decompress(payload))
             device = ""
@@ -394,4 +397,6 @@ def health_readings_of_a_box(tmp: Path, *, now: float, buffer: bool = True) -> l
         file_bytes=1_000_000,
         uplinks=(UplinkLag("local", 3, 2, 120, now - 42.5), UplinkLag("platform", 5, 0, 0, None)),
     )
-    return HealthReport(gateway, thermal=tmp / "thermal").readings(report if buffer else None, now)
+    return HealthReport(
+        gateway, clock_synced=lambda: bool(gateway.ops.clock.synced), thermal=tmp / "thermal"
+    ).readings(report if buffer else None, now)

@@ -15,7 +15,9 @@ import pytest
 
 from drivers.ble import bthome, pvvx, ruuvi
 from drivers.ble.cli import decode_bthome, decode_pvvx, decode_ruuvi
-from drivers.ble.common import DecodeError, Measurement, Reason, normalise_address
+from drivers.ble.common import Reason, normalise_address
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 from gateway.vocabulary import QUANTITIES
 
 M = Measurement

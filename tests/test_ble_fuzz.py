@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import DecodeError, Measurement, Reason
+from drivers.ble.common import Reason
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 from .mutation import mutated
 

@@ -152,9 +152,9 @@ def test_refuses_a_buffer_of_another_schema(tmp_path: Path, key: Path) -> None:
     make(path, key).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = 99 WHERE key = 'schema'")
-    from gateway.errors import BufferError
+    from gateway.errors import BufferStorageError
 
-    with pytest.raises(BufferError, match="schema 99"):
+    with pytest.raises(BufferStorageError, match="schema 99"):
         make(path, key)
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.profiles import find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from gateway.config import load_config
+from gateway.config.profiles import find_profile
 from gateway.daemon import Gateway
 from gateway.localbroker import LocalBroker
 

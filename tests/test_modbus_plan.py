@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.modbus.plan import MAX_REGISTERS, ReadPlan, minimum_requests
-from drivers.modbus.profiles import find_profile
 from drivers.modbus.registers import WIDTH, DataType, Field
+from gateway.config.profiles import find_profile
 
 
 def reg(address: int, kind: DataType = DataType.U16, *, function: int = 3, name: str = "") -> Field:

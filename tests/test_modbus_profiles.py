@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.profiles import SHIPPED_DIR, available, find_profile
 from drivers.modbus.registers import DataType, Order
 from gateway.config import load_config
 from gateway.config.modbus import ModbusDevice, ModbusRtuBus, ModbusTcpDevice
+from gateway.config.profiles import SHIPPED_DIR, available, find_profile
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,6 @@ from drivers.modbus.plan import ReadPlan
 from drivers.modbus.registers import (
     WIDTH,
     DataType,
-    DecodeError,
     Field,
     Order,
     decode_field,
@@ -26,6 +25,7 @@ from drivers.modbus.registers import (
     shortest_f32,
     to_registers,
 )
+from gateway.errors import DecodeError
 from gateway.reading import Flag
 
 ORDERS = st.sampled_from(list(Order))

@@ -20,9 +20,9 @@ import pytest
 
 from drivers.health import DeviceHealth, DeviceState
 from drivers.modbus.bus import probe, run_bus
-from drivers.modbus.profiles import find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from gateway.config.modbus import ModbusDevice, ModbusRtuBus
+from gateway.config.profiles import find_profile
 from gateway.reading import Reading
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")

@@ -17,9 +17,9 @@ import pytest
 from drivers.health import DeviceHealth, DeviceState
 from drivers.modbus.bus import DevicePoller, probe, run_bus
 from drivers.modbus.client import ModbusLink
-from drivers.modbus.profiles import find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from gateway.config.modbus import ModbusRtuOverTcpBus, ModbusTcpBus, ModbusTcpDevice
+from gateway.config.profiles import find_profile
 from gateway.reading import Flag, Reading
 
 SDM630 = {  # a live three-phase feeder: values as the meter's display shows them

@@ -24,10 +24,10 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from ruamel.yaml import YAML
 
-from drivers.modbus.profiles import available, find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from gateway import ngsi
 from gateway.config import load_config
+from gateway.config.profiles import available, find_profile
 from gateway.errors import ConfigError
 from gateway.receive import Receiver
 from gateway.senml import Record, encode_payload

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.profiles import find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from gateway.buffer import Buffer
+from gateway.config.profiles import find_profile
 from gateway.signing import Signer
 
 from .support import REPO

@@ -27,10 +27,10 @@ import pytest
 
 from drivers.ble import bthome, pvvx, ruuvi
 from drivers.ble.presence import NAME as PRESENCE
-from drivers.modbus.profiles import available, find_profile
 from drivers.serial import decoders as serial
 from gateway.buffer import KIND_GAP, BatchLimits, Buffer
 from gateway.config import load_config
+from gateway.config.profiles import available, find_profile
 from gateway.errors import ConfigError
 from gateway.reading import Flag, Reading
 from gateway.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic

@@ -140,6 +140,11 @@ def test_a_redirect_is_never_a_delivery_nor_followed_and_the_batch_waits_for_the
             "the broker has all",
             lambda: _cursor(tmp_path, "cb") == _cursor(tmp_path, "platform") == (last,) * 2,
         )
+        # the server counts an answer when it sends it; the daemon logs it when it has read it
+        _wait(
+            "each redirect logged by both uplinks",
+            lambda: (tmp_path / "daemon.log").read_text().count("redirect to ") >= 10,
+        )
         assert daemon.terminate() == 0
     finally:
         server.close()

@@ -34,7 +34,9 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from drivers.ble.common import DecodeError, Measurement, Reason, format_mac, uuid16
+from drivers.ble.common import Reason, format_mac, uuid16
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 UUID = uuid16(0xFCD2)
 _UUID_BYTES = b"\xd2\xfc"  # 0xFCD2 as it is sent, little endian

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from bleak import BleakScanner
@@ -23,14 +23,13 @@ from drivers.ble.scanner import QUEUE_SIZE, Scanner, ScannerFactory, patterns_fo
 from drivers.health import DeviceHealth
 from gateway.config.ble import BleSensor, PresenceCounter
 from gateway.logs import EventLog
-from gateway.reading import Reading
+from gateway.reading import Reading, Sink
 
 if TYPE_CHECKING:
     from gateway.config.ble import BleBus, BleDevice
 
 log = EventLog(__name__)
 
-Sink = Callable[[list[Reading]], Awaitable[None]]
 
 BATCH = 2048  # adverts routed per hand-over to the pipeline, at most
 HOUSEKEEPING = 5.0  # seconds between stale checks and drop reports when the air is quiet

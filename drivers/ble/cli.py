@@ -15,9 +15,11 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import Advert, DecodeError, Measurement, Reason, normalise_address
+from drivers.ble.common import Advert, Reason, normalise_address
 from drivers.ble.router import classify
 from gateway.config.ble import BleBus, BleSensor
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 if TYPE_CHECKING:
     from drivers.ble.scanner import ScannerFactory

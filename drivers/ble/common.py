@@ -12,9 +12,6 @@ import enum
 import re
 from typing import NamedTuple
 
-from gateway.errors import CitygwError
-from gateway.reading import Value
-
 _MAC_RE = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){5}")
 
 
@@ -36,14 +33,6 @@ class Advert(NamedTuple):
     seen: float
 
 
-class Measurement(NamedTuple):
-    """One decoded value: a quantity name (:mod:`gateway.vocabulary`), its value and SenML unit."""
-
-    name: str
-    value: Value
-    unit: str
-
-
 class Reason(enum.StrEnum):
     """Why an advert was refused: the keys of :attr:`drivers.health.DeviceHealth.errors`."""
 
@@ -57,15 +46,6 @@ class Reason(enum.StrEnum):
     PLAINTEXT = "plaintext"  # a plaintext advert from a device that has a bindkey (downgrade refused)
     ENCRYPTED = "encrypted"  # an encrypted variant of a format that citygw does not read
     EMPTY = "empty"  # a well-formed advert with no value in it (every field marked not available)
-
-
-class DecodeError(CitygwError):
-    """An advert that cannot be decoded: ``reason`` in one word, ``detail`` in a sentence."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason.value}: {detail}")
 
 
 def format_mac(mac: bytes) -> str:

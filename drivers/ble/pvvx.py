@@ -19,7 +19,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from drivers.ble.common import DecodeError, Measurement, Reason, uuid16
+from drivers.ble.common import Reason, uuid16
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 UUID = uuid16(0x181A)
 PVVX_SIZE = 15

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import Advert, DecodeError, Measurement, Reason
+from drivers.ble.common import Advert, Reason
 from drivers.ble.presence import PresenceCounter
 from gateway.config.ble import BleDevice, BleFormat, BleSensor
 from gateway.config.ble import PresenceCounter as PresenceConfig
-from gateway.reading import Reading
+from gateway.errors import DecodeError
+from gateway.reading import Measurement, Reading
 
 
 class Decoded(Protocol):

@@ -16,7 +16,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from drivers.ble.common import DecodeError, Measurement, Reason
+from drivers.ble.common import Reason
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 COMPANY_ID = 0x0499
 SIZE = 24

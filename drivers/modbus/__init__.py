@@ -5,7 +5,6 @@ Layers, each in its own module:
 - :mod:`~drivers.modbus.registers`: the data types and byte/word orders, pure encode/decode;
 - :mod:`~drivers.modbus.plan`: the read plan (which requests read a device's registers);
 - :mod:`~drivers.modbus.decoder`: responses in, readings out (pure; counter state explicit);
-- :mod:`~drivers.modbus.profiles`: device profiles (YAML register maps) found and validated;
 - :mod:`~drivers.modbus.client`: the bus link, the only pymodbus client importer: lock, inter-frame
   delay, reconnects;
 - :mod:`~drivers.modbus.bus`: the bus runner the daemon starts, one task per device;

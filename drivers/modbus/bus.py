@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import stamina
@@ -30,16 +30,14 @@ from drivers.health import DeviceHealth
 from drivers.modbus.client import ExceptionAnswer, ModbusLink, NoAnswer, TransactionError
 from drivers.modbus.decoder import Counters, decode_response
 from drivers.modbus.plan import ReadPlan, Request
-from drivers.modbus.registers import DecodeError
 from gateway.backoff import Backoff
 from gateway.config.modbus import ModbusBus, ModbusDeviceModel
-from gateway.errors import CitygwError
+from gateway.errors import CitygwError, DecodeError
 from gateway.logs import EventLog
-from gateway.reading import Reading
+from gateway.reading import Reading, Sink
 
 log = EventLog(__name__)
 
-Sink = Callable[[list[Reading]], Awaitable[None]]
 
 FAILING_AFTER = 2  # silent polls in a row before a device is reported failing
 
@@ -157,7 +155,7 @@ class DevicePoller:
             if isinstance(error, TransactionError):
                 health.error(error.reason, error.detail)
             else:
-                health.error("decode", error.reason)
+                health.error(error.reason, error.detail)
         if result.answered:
             health.seen(len(result.readings))
 

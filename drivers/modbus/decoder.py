@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drivers.modbus.plan import Request
-from drivers.modbus.registers import NUMERIC, DataType, DecodeError, Field, decode_field, int_range
+from drivers.modbus.registers import NUMERIC, DataType, Field, Reason, decode_field, int_range
+from gateway.errors import DecodeError
 from gateway.reading import Flag, Reading
 
 
@@ -72,7 +73,9 @@ def decode_response(
     first address first). A field that does not decode is reported in ``errors``; the others
     still give their readings."""
     if len(data) < request.count:
-        error = DecodeError(f"{request.describe()}: the response has {len(data)} values, not {request.count}")
+        error = DecodeError(
+            Reason.DECODE, f"{request.describe()}: the response has {len(data)} values, not {request.count}"
+        )
         return Decoded([], [error], [])
     readings: list[Reading] = []
     errors: list[DecodeError] = []

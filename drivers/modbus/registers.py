@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.errors import CitygwError
+from gateway.errors import DecodeError
 
 
 class DataType(enum.StrEnum):
@@ -42,12 +42,10 @@ class Order(enum.StrEnum):
     LITTLE = "little"
 
 
-class DecodeError(CitygwError):
-    """Registers that cannot be the value they are declared to hold."""
+class Reason(enum.StrEnum):
+    """Why registers were refused: the keys of :attr:`drivers.health.DeviceHealth.errors`."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    DECODE = "decode"  # registers that cannot be the value they are declared to hold
 
 
 _FORMAT: dict[DataType, str] = {
@@ -84,7 +82,7 @@ def _bytes_of(words: Sequence[int] | Sequence[bool]) -> bytes:
     try:
         return struct.pack(f">{len(words)}H", *words)
     except struct.error:
-        raise DecodeError(f"registers must be 0 to 65535; got {list(words)}") from None
+        raise DecodeError(Reason.DECODE, f"registers must be 0 to 65535; got {list(words)}") from None
 
 
 def _words_of(data: bytes) -> list[int]:
@@ -122,7 +120,7 @@ def from_registers(
     """
     if kind is DataType.BOOL:
         if len(words) != 1:
-            raise DecodeError(f"a bool in a register needs 1 register; got {len(words)}")
+            raise DecodeError(Reason.DECODE, f"a bool in a register needs 1 register; got {len(words)}")
         word = words[0]
         return bool(word >> bit & 1) if bit is not None else word != 0
     data = _bytes_of(words)
@@ -132,10 +130,12 @@ def from_registers(
         try:
             return data.rstrip(b"\x00 ").decode("utf-8")
         except UnicodeDecodeError:
-            raise DecodeError(f"a string register holds bytes that are not text: {data.hex()}") from None
+            raise DecodeError(
+                Reason.DECODE, f"a string register holds bytes that are not text: {data.hex()}"
+            ) from None
     width = WIDTH[kind]
     if len(words) != width:
-        raise DecodeError(f"{kind} needs {width} registers; got {len(words)}")
+        raise DecodeError(Reason.DECODE, f"{kind} needs {width} registers; got {len(words)}")
     if word_order is Order.LITTLE:
         data = b"".join(data[i : i + 2] for i in range(len(data) - 2, -1, -2))
     value: int | float = struct.unpack(f">{_FORMAT[kind]}", data)[0]
@@ -242,14 +242,14 @@ def decode_field(
     """
     if field.bits:
         if len(data) != 1:
-            raise DecodeError(f"{field.name}: expected 1 bit; got {len(data)}")
+            raise DecodeError(Reason.DECODE, f"{field.name}: expected 1 bit; got {len(data)}")
         return bool(data[0]), None
     kind = field.type
     raw: int | float | str | bool
     if kind is DataType.U16 and field.byte_order is Order.BIG and len(data) == 1:
         raw = data[0]  # the common case, without the byte shuffling
         if raw.__class__ is not int or not 0 <= raw <= 0xFFFF:
-            raise DecodeError(f"registers must be 0 to 65535; got {raw!r}")
+            raise DecodeError(Reason.DECODE, f"registers must be 0 to 65535; got {raw!r}")
     else:
         raw = from_registers(
             kind, data, byte_order=field.byte_order, word_order=field.word_order, bit=field.bit
@@ -257,6 +257,6 @@ def decode_field(
         if raw.__class__ is bool or raw.__class__ is str:
             return raw, None
         if raw.__class__ is float and not math.isfinite(raw):
-            raise DecodeError(f"{field.name}: the device sent {raw} (not a number)")
+            raise DecodeError(Reason.DECODE, f"{field.name}: the device sent {raw} (not a number)")
     assert isinstance(raw, int | float)
     return scaled(field, raw), raw if field.counter else None

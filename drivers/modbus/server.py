@@ -249,7 +249,7 @@ async def _serve(args: argparse.Namespace) -> None:
         for unit_id in _unit_ids(args.units)
     }
     if args.sdm630:
-        from drivers.modbus.profiles import find_profile
+        from gateway.config.profiles import find_profile
 
         fields = find_profile("eastron-sdm630").fields
         values = {f.name: 230.0 if f.quantity == "voltage" else 1.5 for f in fields}

@@ -15,10 +15,8 @@ from drivers.serial.decoders import (
     MHZ19_READ,
     PMS5003,
     SDS011,
-    DecodeError,
     Decoder,
     FixedFormat,
-    Measurement,
     NmeaFix,
     Reason,
     decode_mhz19,
@@ -28,6 +26,8 @@ from drivers.serial.decoders import (
 )
 from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer, Reject
 from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 __all__ = [
     "MHZ19",

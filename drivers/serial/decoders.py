@@ -17,10 +17,9 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from gateway.errors import CitygwError
-from gateway.reading import Value
+from gateway.errors import DecodeError
+from gateway.reading import Measurement
 
 
 class Reason(enum.StrEnum):
@@ -34,27 +33,6 @@ class Reason(enum.StrEnum):
     TRAILER = "trailer"  # not this format's end byte
     SYNTAX = "syntax"  # text that is not in the expected form
     VALUE = "value"  # a field holds a value out of its range or of the wrong kind
-
-
-class DecodeError(CitygwError):
-    """A frame that cannot be decoded; ``reason`` says why in one word, ``detail`` in a sentence."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason.value}: {detail}")
-
-
-class Measurement(NamedTuple):
-    """One decoded value: a quantity name (:mod:`gateway.vocabulary`), its value and SenML unit.
-
-    A named tuple rather than a dataclass: decoders make millions of these, and a tuple is the
-    cheapest immutable value Python has.
-    """
-
-    name: str
-    value: Value
-    unit: str
 
 
 Decoder = Callable[[bytes], list[Measurement]]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from drivers.serial.decoders import DecodeError, FixedFormat, Reason, split_sentence
+from drivers.serial.decoders import FixedFormat, Reason, split_sentence
+from gateway.errors import DecodeError
 
 
 class Reject(NamedTuple):

@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.serial.decoders import DecodeError, Measurement, Reason
-from gateway.reading import Value
+from drivers.serial.decoders import Reason
+from gateway.errors import DecodeError
+from gateway.reading import Measurement, Value
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")

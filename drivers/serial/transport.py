@@ -21,7 +21,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,6 @@ from drivers.serial.decoders import (
     MHZ19_READ,
     PMS5003,
     SDS011,
-    DecodeError,
     Decoder,
     FixedFormat,
     NmeaFix,
@@ -46,9 +45,9 @@ from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer
 from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
 from drivers.serial.port import diagnose
 from gateway.backoff import Backoff
-from gateway.errors import CitygwError
+from gateway.errors import CitygwError, DecodeError
 from gateway.logs import EventLog
-from gateway.reading import Reading
+from gateway.reading import Reading, Sink
 
 if TYPE_CHECKING:
     from asyncio import StreamReader, StreamWriter
@@ -57,7 +56,6 @@ if TYPE_CHECKING:
 
 log = EventLog(__name__)
 
-Sink = Callable[[list[Reading]], Awaitable[None]]
 
 READ_SIZE = 4096  # bytes per read at most; a UART at 9600 baud delivers ~960 bytes/s
 ANSWER_TIMEOUT = 1.0  # seconds a polled sensor has to answer (an MH-Z19 answers within milliseconds)

@@ -52,7 +52,7 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ID_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _UPLINK_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _UPLINK_ID_RULE = "use 1 to 32 lowercase letters, digits, '_' or '-', starting with a letter or digit"
-_URL_EXAMPLE = "e.g. mqtts://broker.example.city:8883"
+URL_EXAMPLE = "e.g. mqtts://broker.example.city:8883"
 
 
 def _close_key(key: str, allowed: list[str]) -> list[str]:
@@ -313,14 +313,14 @@ def _mqtt_url(value: str) -> str:
         raise problem(
             "url_scheme",
             f"{shown!r} is not an MQTT broker url; the scheme must be mqtt:// or mqtts:// (TLS), "
-            f"{_URL_EXAMPLE}",
+            f"{URL_EXAMPLE}",
         )
     try:
         port = parts.port
     except ValueError:
         port = 0
     if not parts.hostname:
-        raise problem("url_host", f"{shown!r} names no broker host; write {_URL_EXAMPLE}")
+        raise problem("url_host", f"{shown!r} names no broker host; write {URL_EXAMPLE}")
     if port == 0:
         raise problem("url_port", f"{shown!r} has an invalid port; a port is a number from 1 to 65535")
     if parts.username is not None or parts.password is not None:
@@ -370,7 +370,7 @@ def _quantity(value: str) -> str:
     )
 
 
-def _distinct(value: tuple[str, ...]) -> tuple[str, ...]:
+def distinct(value: tuple[str, ...]) -> tuple[str, ...]:
     if not value:
         raise problem("quantities_empty", "list at least one quantity, e.g. [temperature]")
     for index, name in enumerate(value):

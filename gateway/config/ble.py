@@ -34,6 +34,7 @@ from pydantic_core import CoreSchema
 
 from drivers.ble import recording
 from drivers.ble.common import normalise_address
+from drivers.ble.presence import NAME as PRESENCE_READING
 from gateway.config.base import (
     BusId,
     ConfigPath,
@@ -47,7 +48,7 @@ from gateway.config.base import (
     within,
 )
 from gateway.config.location import DEVICE_LOCATION, Location
-from gateway.config.report import ReportSettings
+from gateway.config.report import ReadingInfo, ReportSettings
 from gateway.config.units import Duration, describe, duration_within, format_duration
 
 _ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
@@ -268,6 +269,14 @@ class PresenceCounter(BleDevice):
         description="what is sent: raw (every sample, the default), on_change or aggregate; "
         "readings: overrides per reading name",
     )
+
+    def report_readings(self) -> dict[str, ReadingInfo] | None:
+        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        return {PRESENCE_READING: ReadingInfo("number")}
+
+    def report_interval(self) -> float | None:
+        """How often this device gives each reading, seconds."""
+        return self.window
 
 
 def one_sensor_per_address(devices: Mapping[str, object]) -> None:

@@ -5,8 +5,9 @@ Models are plain values: building one does no I/O unless validation is given a :
 file's directory and checks that the files named exist with the right permissions.
 
 Uplinks and buses are chosen by their ``type`` key (:data:`UPLINK_MODELS`, :data:`BUS_MODELS`);
-a device's model is chosen by the type of the bus it names (:data:`DEVICE_MODELS`). A new bus type
-is a bus model, a device model and one entry in each table.
+a device's model is chosen by the type of the bus it names (:data:`DEVICE_MODELS`); what runs each
+type is :data:`UPLINK_RUNNERS` and :data:`BUS_RUNNERS` (the daemon's only registry). A new bus
+type is a bus model, a device model, a runner and one entry in each table, all here.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticKnownError, PydanticOmit
 
 from gateway.config.base import (
-    _URL_EXAMPLE,
     DEFAULT_BUFFER_PATH,
     DEFAULT_STATUS_TOPIC,
     DEFAULT_TOPIC,
+    URL_EXAMPLE,
     BusId,
     ConfigPath,
     DeviceId,
@@ -51,19 +52,28 @@ from gateway.config.base import (
     Synchronous,
     Topic,
     UplinkId,
-    _distinct,
     cert_key_pair,
+    distinct,
     load_context,
     located,
     not_below,
     tls_only,
     within,
 )
+from gateway.config.ble import BleBus, BleDevice, one_sensor_per_address
 from gateway.config.health import HealthSettings, no_reserved_device
 from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
 from gateway.config.metrics import MetricsSettings
+from gateway.config.modbus import (
+    ModbusDevice,
+    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+    ModbusTcpBus,
+    ModbusTcpDevice,
+)
 from gateway.config.remote import RemoteSettings
-from gateway.config.report import ReportSettings, check_reports
+from gateway.config.report import ReadingInfo, ReportSettings, check_reports
+from gateway.config.serial import SerialBus, SerialDevice, one_device_per_bus
 from gateway.config.units import Duration, Size, describe, duration_within, size_within
 from gateway.config.uplinks import HttpUplink, NgsiLdUplink
 from gateway.config.wiring import one_bus_per_port, one_device_per_unit
@@ -155,7 +165,7 @@ class MqttUplink(Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["mqtt"] = Field(description="the uplink type: mqtt")
-    url: MqttUrl = Field(description=f"the broker: mqtt://host[:port] or mqtts://host[:port], {_URL_EXAMPLE}")
+    url: MqttUrl = Field(description=f"the broker: mqtt://host[:port] or mqtts://host[:port], {URL_EXAMPLE}")
     topic: Topic = Field(default=DEFAULT_TOPIC, description="the topic template; {gateway} is the gateway id")
     status_topic: Topic = Field(
         default=DEFAULT_STATUS_TOPIC,
@@ -259,7 +269,7 @@ class SyntheticDevice(Section):
     count: Annotated[Int, AfterValidator(within(1, None))] | None = Field(
         default=None, description="readings to produce before stopping; none for no end"
     )
-    quantities: Annotated[tuple[QuantityName, ...], AfterValidator(_distinct)] = Field(
+    quantities: Annotated[tuple[QuantityName, ...], AfterValidator(distinct)] = Field(
         default=("temperature", "relativeHumidity"), description="the quantity names to produce"
     )
     values: Literal["wave", "sequence"] = Field(
@@ -273,23 +283,38 @@ class SyntheticDevice(Section):
     )
     location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
+    def report_readings(self) -> dict[str, ReadingInfo] | None:
+        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        return {name: ReadingInfo("number") for name in self.quantities}
+
+    def report_interval(self) -> float | None:
+        """How often this device gives each reading, seconds."""
+        return len(self.quantities) / self.rate
+
 
 # --- type tables: one entry per type -----------------------------------------------------------
 
-from gateway.config.ble import BleBus, BleDevice, one_sensor_per_address  # noqa: E402  (BleDevice chooses sensor or presence)
-from gateway.config.modbus import (  # noqa: E402  (hoist to the imports above when convenient)
-    ModbusDevice,
-    ModbusRtuBus,
-    ModbusRtuOverTcpBus,
-    ModbusTcpBus,
-    ModbusTcpDevice,
-)
-from gateway.config.serial import SerialBus, SerialDevice, one_device_per_bus  # noqa: E402  (one device per serial bus)
 
 Uplink = MqttUplink | HttpUplink | NgsiLdUplink
 Bus = SyntheticBus | ModbusRtuBus | ModbusTcpBus | ModbusRtuOverTcpBus | BleBus | SerialBus
 Device = SyntheticDevice | ModbusDevice | ModbusTcpDevice | BleDevice | SerialDevice
 
+UPLINK_RUNNERS: Mapping[str, str] = {
+    "mqtt": "gateway.uplinks.mqtt:MqttUplink",
+    "http": "gateway.uplinks.http:HttpUplink",
+    "ngsi-ld": "gateway.uplinks.http:NgsiLdUplink",
+}
+"""Uplink type -> the class that runs it, ``module:attribute`` (the daemon imports it on first use:
+a box loads only the uplinks and drivers its config names)."""
+BUS_RUNNERS: Mapping[str, str] = {
+    "synthetic": "drivers.synthetic:run_bus",
+    "modbus-rtu": "drivers.modbus.bus:run_bus",
+    "modbus-tcp": "drivers.modbus.bus:run_bus",
+    "modbus-rtu-over-tcp": "drivers.modbus.bus:run_bus",
+    "ble": "drivers.ble.bus:run_bus",
+    "serial": "drivers.serial.transport:run_bus",
+}
+"""Bus type -> the runner of its devices, ``module:attribute``."""
 UPLINK_MODELS: Mapping[str, type[Uplink]] = {"mqtt": MqttUplink, "http": HttpUplink, "ngsi-ld": NgsiLdUplink}
 BUS_MODELS: Mapping[str, type[Bus]] = {
     "synthetic": SyntheticBus,

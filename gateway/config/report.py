@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
@@ -180,44 +180,28 @@ class ReadingInfo:
     counter: bool = False
 
 
+@runtime_checkable
+class ReportedDevice(Protocol):
+    """A device model whose config says what it produces and how often (each device type's own
+    model answers; a model that cannot tell does not implement this)."""
+
+    def report_readings(self) -> dict[str, ReadingInfo] | None:
+        """The readings the device produces (None: only known when they arrive)."""
+        ...
+
+    def report_interval(self) -> float | None:
+        """How often the device gives each reading, seconds (None: not known)."""
+        ...
+
+
 def device_readings(device: object) -> dict[str, ReadingInfo] | None:
     """The readings a device produces, where its config says (None: only known when they arrive)."""
-    from drivers.modbus.registers import DataType
-    from gateway.config.ble import PresenceCounter
-    from gateway.config.modbus import ModbusDevice
-    from gateway.config.model import SyntheticDevice
-    from gateway.config.serial import SerialDevice
-
-    if isinstance(device, ModbusDevice):
-        kinds: dict[DataType, Literal["bool", "text"]] = {DataType.BOOL: "bool", DataType.STRING: "text"}
-        return {f.name: ReadingInfo(kinds.get(f.type, "number"), f.counter) for f in device.fields}
-    if isinstance(device, SyntheticDevice):
-        return {name: ReadingInfo("number") for name in device.quantities}
-    if isinstance(device, SerialDevice) and device.protocol == "lines" and device.fields:
-        return {field.name: ReadingInfo("number") for field in device.fields.values()}
-    if isinstance(device, PresenceCounter):
-        from drivers.ble.presence import NAME
-
-        return {NAME: ReadingInfo("number")}
-    return None
+    return device.report_readings() if isinstance(device, ReportedDevice) else None
 
 
 def device_interval(device: object) -> float | None:
     """How often the device gives each reading, where its config says (seconds)."""
-    from gateway.config.ble import PresenceCounter
-    from gateway.config.modbus import ModbusDevice
-    from gateway.config.model import SyntheticDevice
-    from gateway.config.serial import POLLED, SerialDevice
-
-    if isinstance(device, ModbusDevice):
-        return device.interval
-    if isinstance(device, SyntheticDevice):
-        return len(device.quantities) / device.rate
-    if isinstance(device, SerialDevice) and device.protocol in POLLED:
-        return device.interval
-    if isinstance(device, PresenceCounter):
-        return device.window
-    return None
+    return device.report_interval() if isinstance(device, ReportedDevice) else None
 
 
 def _report_of(device: object) -> ReportSettings:

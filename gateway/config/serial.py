@@ -18,7 +18,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_va
 from drivers.serial.lines import LineFormat
 from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
 from gateway.config.location import DEVICE_LOCATION, Location
-from gateway.config.report import ReportSettings
+from gateway.config.report import ReadingInfo, ReportSettings
 from gateway.config.units import Duration, duration_within, format_duration
 from gateway.config.wiring import standard_baudrate
 from gateway.vocabulary import is_senml_unit, unit_of
@@ -249,6 +249,16 @@ class SerialDevice(Section):
                     source,
                 )
         return self
+
+    def report_readings(self) -> dict[str, ReadingInfo] | None:
+        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        if self.protocol == "lines" and self.fields:
+            return {field.name: ReadingInfo("number") for field in self.fields.values()}
+        return None
+
+    def report_interval(self) -> float | None:
+        """How often this device gives each reading, seconds."""
+        return self.interval if self.protocol in POLLED else None
 
 
 def one_device_per_bus(buses: Mapping[str, object], devices: Mapping[str, object]) -> None:

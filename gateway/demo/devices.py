@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.modbus.profiles import find_profile
 from drivers.modbus.server import ModbusSimulator, Unit
 from drivers.serial.decoders import nmea_checksum
+from gateway.config.profiles import find_profile
 
 # --- the cable -----------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ latest value of each reading name, for the live view and the summary.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ import aiomqtt
 from gateway.logs import EventLog
 from gateway.reading import Value
 from gateway.receive import Receiver
+from gateway.wireformat import compact_payload
 
 TOPIC = "city/+/batches"
 RECONNECT = 0.5  # seconds before connecting again
@@ -43,8 +43,7 @@ class DeviceSeen:
 
 
 def _payload(token: str) -> dict[str, Any]:
-    part = token.split(".")[1]
-    doc: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    doc: dict[str, Any] = json.loads(compact_payload(token))
     return doc
 
 

@@ -23,7 +23,7 @@ from gateway.logs import EventLog
 
 if TYPE_CHECKING:
     from gateway.buffer import Outgoing
-    from gateway.pipeline import Pipeline
+    from gateway.pipeline import UplinkOutbox
 
 log = EventLog(__name__)
 
@@ -115,16 +115,15 @@ class Delivery:
     """
 
     def __init__(
-        self, name: str, pipeline: Pipeline, deliver: Deliver, *, window: int, status: UplinkStatus
+        self, name: str, outbox: UplinkOutbox, deliver: Deliver, *, window: int, status: UplinkStatus
     ) -> None:
         self.name = name
-        self.pipeline = pipeline
+        self.outbox = outbox
         self.deliver = deliver
         self.window = window
         self.status = status
 
     async def _finish(self, batch: Outgoing, task: asyncio.Task[None]) -> None:
-        store = self.pipeline.store
         try:
             task.result()
         except Rejected as exc:
@@ -133,24 +132,23 @@ class Delivery:
             log.event("batch_rejected", uplink=self.name, seq=batch.seq).warning(
                 "uplink %s: batch %d rejected (%s); parked, the queue goes on", self.name, batch.seq, exc
             )
-            await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
+            await self.outbox.park(self.name, batch.seq, exc.reason, exc.status)
             return
         self.status.delivered_batches += 1
         self.status.delivered_readings += batch.readings
 
     async def _resend_parked(self) -> None:
         """Batches a person asked to resend (`citygw resend`), out of order: the platform dedupes."""
-        store = self.pipeline.store
-        for batch in await store.call(store.buffer.resend_requests, self.name):
+        for batch in await self.outbox.resend_requests(self.name):
             try:
                 await self.deliver(batch)
             except Rejected as exc:
-                await store.call(store.buffer.park, self.name, batch.seq, exc.reason, exc.status)
+                await self.outbox.park(self.name, batch.seq, exc.reason, exc.status)
                 log.event("batch_rejected_again", uplink=self.name, seq=batch.seq).warning(
                     "uplink %s: resent batch %d rejected again (%s)", self.name, batch.seq, exc
                 )
                 continue
-            await store.call(store.buffer.unpark, self.name, batch.seq)
+            await self.outbox.unpark(self.name, batch.seq)
             self.status.parked = max(0, self.status.parked - 1)
             log.event("batch_resent", uplink=self.name, seq=batch.seq).info(
                 "uplink %s: parked batch %d resent and accepted", self.name, batch.seq
@@ -204,22 +202,19 @@ class Delivery:
         asked: dict[int, float],
         watcher: asyncio.Future[None] | None,
     ) -> None:
-        store = self.pipeline.store
-        acked = store.buffer.cursor(self.name)
+        acked = await self.outbox.cursor(self.name)
         after = acked
         await self._resend_parked()
         while True:
             if len(inflight) < self.window:
-                for batch in await store.call(
-                    store.buffer.fetch, after, self.window - len(inflight), self.name
-                ):
+                for batch in await self.outbox.fetch(after, self.window - len(inflight), self.name):
                     inflight.append((batch, asyncio.ensure_future(self.deliver(batch))))
                     after = batch.seq
             waits: set[asyncio.Future[None]] = {watcher} if watcher is not None else set()
             if inflight:
                 await asyncio.wait({inflight[0][1], *waits}, return_when=asyncio.FIRST_COMPLETED)
             else:
-                sealed = asyncio.ensure_future(self.pipeline.wait_sealed(after))
+                sealed = asyncio.ensure_future(self.outbox.wait_sealed(after))
                 try:
                     done, _ = await asyncio.wait(
                         {sealed, *waits}, timeout=RESEND_CHECK, return_when=asyncio.FIRST_COMPLETED
@@ -242,4 +237,4 @@ class Delivery:
                 acked = batch.seq
             if acked != self.status.acked_seq:
                 self.status.acked_seq = acked
-                self.pipeline.acked(self.name, acked)
+                await self.outbox.acked(self.name, acked)

@@ -16,7 +16,6 @@ An answer's body is never read whole: a 2xx's not at all, another's only its fir
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import gzip
 import hashlib
@@ -36,6 +35,7 @@ from gateway.backoff import Backoff
 from gateway.config.location import Places
 from gateway.errors import DeliveryError
 from gateway.uplinks.base import Delivery, Rejected, RetryLater, UplinkState, UplinkStatus
+from gateway.wireformat import compact_payload
 
 if TYPE_CHECKING:
     from gateway.buffer import Outgoing
@@ -197,7 +197,11 @@ class _HttpBase:
 
                     try:
                         await Delivery(
-                            self.name, self.pipeline, send, window=self.config.window, status=self.status
+                            self.name,
+                            self.pipeline.outbox,
+                            send,
+                            window=self.config.window,
+                            status=self.status,
                         ).run()
                     except Exception as exc:
                         self.status.disconnected(exc)
@@ -252,8 +256,7 @@ class NgsiLdUplink(_HttpBase):
             self._headers["NGSILD-Tenant"] = config.tenant
 
     def entities(self, batch: Outgoing) -> list[dict[str, object]]:
-        middle = batch.data.split(b".", 2)[1]
-        payload = json.loads(base64.urlsafe_b64decode(middle + b"=" * (-len(middle) % 4)))
+        payload = json.loads(compact_payload(batch.data))
         if "senml" not in payload:
             return []  # a gap record: nothing to upsert
         digest = hashlib.sha256(batch.data).hexdigest()[:16]

@@ -172,7 +172,7 @@ class MqttUplink:
         watcher = asyncio.ensure_future(self._watch(client))
         try:
             await Delivery(
-                self.name, self.pipeline, publish, window=self.config.window, status=self.status
+                self.name, self.pipeline.outbox, publish, window=self.config.window, status=self.status
             ).run(watcher)
         finally:
             watcher.cancel()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.config.modbus import PROFILE_NAME_RE, Profile
+from gateway.config import source
+from gateway.config.register_map import PROFILE_NAME_RE, Profile
 from gateway.errors import CitygwError
 from gateway.shipped import shipped
 
@@ -67,23 +68,24 @@ def load_profile(path: Path) -> Profile:
 
 @functools.lru_cache(maxsize=64)
 def _load(path: str, mtime_ns: int, size: int) -> Profile:
-    # the config loader's YAML reading and error placing; imported here because the loader
-    # imports the config models, which import this module when a device names a profile
-    from gateway.config import loader
-
-    problems = loader._Problems(path)
+    problems = source.Problems(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ProfileError(f"cannot read profile {path}: {reason}") from None
-    root = loader._parse(text, problems)
+    root = source.parse(
+        text,
+        problems,
+        empty="the file is empty; a profile needs description, source and registers",
+        top_level="a mapping (description, source, registers, ...)",
+    )
     if root is not None and not problems.found:
         try:
-            return Profile.model_validate(loader._plain(root))
+            return Profile.model_validate(source.plain(root))
         except ValidationError as exc:
             for error in exc.errors():
-                key, line = loader._locate(root, error["loc"], at_key=error["type"] in loader._AT_KEY)
-                problems.add(line, key, loader._message(error))
+                key, line = source.locate(root, error["loc"], at_key=error["type"] in source.AT_KEY)
+                problems.add(line, key, source.message(error))
     found = sorted(problems.found, key=lambda p: (p.line or 0, p.key))
     raise ProfileError(f"profile {Path(path).stem!r} is not valid: " + "; ".join(str(p) for p in found))
