@@ -2,7 +2,7 @@
 
 A crowded street mixes configured sensors (BTHome plaintext and encrypted, RuuviTag, pvvx) with many
 phones that only feed the presence counter. This replays such a mix through the real
-:class:`~drivers.ble.router.Router` (allowlist, decoder, de-duplication, readings, presence hashing),
+:class:`~citygw.drivers.ble.router.Router` (allowlist, decoder, de-duplication, readings, presence hashing),
 each advert a new measurement so none is skipped as a duplicate, and prints one JSON line:
 
   decoded_per_s         sensor adverts through their decoder alone, per second (target >= 100,000)
@@ -25,10 +25,10 @@ import time
 
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import Advert
-from drivers.ble.router import Router
-from gateway.config.ble import BleDevice
+from citygw.config.ble import BleDevice
+from citygw.drivers.ble import bthome, pvvx, ruuvi
+from citygw.drivers.ble.common import Advert
+from citygw.drivers.ble.router import Router
 
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
 SENSORS = {

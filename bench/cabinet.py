@@ -53,10 +53,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from running import start_daemon
 
-from gateway.localbroker import LocalBroker
-from gateway.signing import generate_key
-from gateway.verify import MAX_TOKEN
-from gateway.wireformat import unwrap
+from citygw.localbroker import LocalBroker
+from citygw.signing import generate_key
+from citygw.verify import MAX_TOKEN
+from citygw.wireformat import unwrap
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS, REGISTERS = 50, 10
@@ -218,7 +218,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "drivers.modbus.server",
+            "citygw.drivers.modbus.server",
             "--units",
             f"1-{UNITS}",
             "--registers",

@@ -46,12 +46,12 @@ def _one_input(target: str) -> Callable[[bytes], None]:
     import atheris
 
     with atheris.instrument_imports():
-        from drivers.ble import bthome, pvvx, ruuvi
-        from drivers.serial import DecodeError as SerialDecodeError
-        from drivers.serial import decode_mhz19, decode_nmea, decode_pms5003, decode_sds011
-        from gateway.config.loader import load
-        from gateway.errors import ConfigError
-        from gateway.errors import DecodeError as BleDecodeError
+        from citygw.config.loader import load
+        from citygw.drivers.ble import bthome, pvvx, ruuvi
+        from citygw.drivers.serial import DecodeError as SerialDecodeError
+        from citygw.drivers.serial import decode_mhz19, decode_nmea, decode_pms5003, decode_sds011
+        from citygw.errors import ConfigError
+        from citygw.errors import DecodeError as BleDecodeError
 
     key = bthome.Key(bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932"), "54:48:E6:8F:80:A5")
     serial = {"pms5003": decode_pms5003, "sds011": decode_sds011, "mhz19": decode_mhz19, "nmea": decode_nmea}

@@ -28,11 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from drivers.modbus.bus import DevicePoller
-from drivers.modbus.client import ModbusLink
-from drivers.modbus.plan import ReadPlan, minimum_requests
-from gateway.config.modbus import ModbusTcpBus, ModbusTcpDevice
-from gateway.config.profiles import find_profile
+from citygw.config.modbus import ModbusTcpBus, ModbusTcpDevice
+from citygw.config.profiles import find_profile
+from citygw.drivers.modbus.bus import DevicePoller
+from citygw.drivers.modbus.client import ModbusLink
+from citygw.drivers.modbus.plan import ReadPlan, minimum_requests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ def main() -> None:
     profile = find_profile("eastron-sdm630")
     plan = ReadPlan.build(profile.fields, max_gap=profile.max_gap)
     server = subprocess.Popen(
-        [sys.executable, "-m", "drivers.modbus.server", "--sdm630", "--units", "1"],
+        [sys.executable, "-m", "citygw.drivers.modbus.server", "--sdm630", "--units", "1"],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -29,8 +29,8 @@ import random
 import statistics
 import time
 
-from gateway.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
-from gateway.senml import Record
+from citygw.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
+from citygw.senml import Record
 
 NAMES = (
     "voltage:l1",

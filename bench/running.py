@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.clock import TEST_CLOCK_FILE
+from citygw.clock import TEST_CLOCK_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def start_daemon(
         (workdir / "clock").write_text("synced\n" if synced else "unsynced\n")
         env[TEST_CLOCK_FILE] = str(workdir / "clock")
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(config), "--log-level", "warning"],
+            [sys.executable, "-m", "citygw", "run", "-c", str(config), "--log-level", "warning"],
             cwd=REPO,
             env=env,
         )

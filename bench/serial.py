@@ -2,7 +2,7 @@
 
 A stream of distinct valid frames, with a little noise between some of them, is cut into the
 1024-byte reads pyserial-asyncio-fast hands over and fed through the protocol's real stream framer
-and decoder (:mod:`drivers.serial`). Prints one JSON line, per protocol:
+and decoder (:mod:`citygw.drivers.serial`). Prints one JSON line, per protocol:
 
   frames_per_s           frames framed and decoded per second (framer + decoder)
   with_readings_per_s    the same, also stamping each measurement into a Reading as the transport does
@@ -22,7 +22,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from drivers.serial import (
+from citygw.drivers.serial import (
     MHZ19,
     PMS5003,
     SDS011,
@@ -39,8 +39,8 @@ from drivers.serial import (
     decode_pms5003,
     decode_sds011,
 )
-from drivers.serial.decoders import nmea_checksum
-from gateway.reading import Reading
+from citygw.drivers.serial.decoders import nmea_checksum
+from citygw.reading import Reading
 
 READ = 1024  # bytes per read, pyserial-asyncio-fast's read size
 TARGET = 200_000  # pms5003 frames per second

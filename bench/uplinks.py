@@ -29,9 +29,9 @@ import paho.mqtt.client as mqtt
 from aiohttp import web
 from running import start_daemon
 
-from gateway.buffer import BatchLimits, Buffer
-from gateway.localbroker import LocalBroker, free_port
-from gateway.signing import Signer, generate_key
+from citygw.buffer import BatchLimits, Buffer
+from citygw.localbroker import LocalBroker, free_port
+from citygw.signing import Signer, generate_key
 
 QUANTITIES = [("pm25", "ug/m3"), ("temperature", "Cel"), ("relativeHumidity", "%RH"), ("co2", "ppm")]
 

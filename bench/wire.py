@@ -36,9 +36,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
-from gateway.senml import Record, encode_payload
-from gateway.signing import Signer
-from gateway.wireformat import Format, serialize
+from citygw.senml import Record, encode_payload
+from citygw.signing import Signer
+from citygw.wireformat import Format, serialize
 
 GATEWAY = "bench-cabinet"
 TOPIC = f"city/{GATEWAY}/batches"

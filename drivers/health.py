@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.logs import EventLog
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 

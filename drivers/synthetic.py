@@ -14,13 +14,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from drivers.health import DeviceHealth
-from gateway.logs import EventLog
-from gateway.reading import Reading, Sink
-from gateway.vocabulary import unit_of
+from citygw.drivers.health import DeviceHealth
+from citygw.logs import EventLog
+from citygw.reading import Reading, Sink
+from citygw.vocabulary import unit_of
 
 if TYPE_CHECKING:
-    from gateway.config import SyntheticDevice
+    from citygw.config import SyntheticDevice
 
 log = EventLog(__name__)
 

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import __version__
-from gateway.errors import BufferOwnerError, CitygwError, ConfigError, KeyFileError
-from gateway.logs import EventLog
+from citygw import __version__
+from citygw.errors import BufferOwnerError, CitygwError, ConfigError, KeyFileError
+from citygw.logs import EventLog
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from citygw.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -35,7 +35,7 @@ log = EventLog("citygw")
 
 
 def _setup_logging(level: str = "info") -> None:
-    from gateway.logging_setup import setup
+    from citygw.logging_setup import setup
 
     setup(level)
 
@@ -52,8 +52,8 @@ def _report_config_error(exc: ConfigError) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-    from gateway.signing import Signer
+    from citygw.config import load_config
+    from citygw.signing import Signer
 
     path = _config_path(args)
     try:
@@ -74,7 +74,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _recover(path: Path, state_dir: Path) -> str | None:
     """A remote config left pending by a daemon that died: the previous one is restored."""
-    from gateway.remote import recover_at_start
+    from citygw.remote import recover_at_start
 
     try:
         return recover_at_start(path, state_dir)
@@ -84,8 +84,8 @@ def _recover(path: Path, state_dir: Path) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config import default_buffer_path, load_config
-    from gateway.daemon import Gateway
+    from citygw.config import default_buffer_path, load_config
+    from citygw.daemon import Gateway
 
     # SIGHUP reloads once the daemon runs (gateway.daemon); until then it must not end the process
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from gateway.signing import generate_key
+    from citygw.signing import generate_key
 
     try:
         kid = generate_key(Path(args.out), force=args.force)
@@ -144,8 +144,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_config_sign(args: argparse.Namespace) -> int:
-    from gateway.configdoc import sign_document
-    from gateway.signing import Signer
+    from citygw.configdoc import sign_document
+    from citygw.signing import Signer
 
     try:
         signer = Signer.from_file(Path(args.key))
@@ -169,7 +169,7 @@ def cmd_config_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from gateway.verify import verify_main
+    from citygw.verify import verify_main
 
     inputs: list[Path | str] = [Path(p) if p != "-" else "-" for p in args.inputs] or ["-"]
     keys_dir = Path(args.keys) if args.keys else None
@@ -180,13 +180,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from gateway.decode import decode_main
+    from citygw.decode import decode_main
 
     return decode_main(args.format, args.data, bindkey=args.bindkey, address=args.address)
 
 
 def _load_or_exit(args: argparse.Namespace) -> Config | int:
-    from gateway.config import load_config
+    from citygw.config import load_config
 
     try:
         return load_config(_config_path(args))
@@ -195,7 +195,7 @@ def _load_or_exit(args: argparse.Namespace) -> Config | int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from gateway.probe import probe_main
+    from citygw.probe import probe_main
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -205,7 +205,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from gateway.probe import scan_main
+    from citygw.probe import scan_main
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -224,15 +224,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
             sys.stderr.write(f"citygw scan: --duration must be more than 0 seconds; got {args.duration:g}\n")
             return EXIT_USAGE
     if ble:
-        from drivers.ble.cli import SCAN_SECONDS
-        from drivers.ble.cli import scan_main as ble_scan_main
+        from citygw.drivers.ble.cli import SCAN_SECONDS
+        from citygw.drivers.ble.cli import scan_main as ble_scan_main
 
         return ble_scan_main(config, args.bus, duration=args.duration or SCAN_SECONDS)
     return scan_main(config, args.bus, first=args.first, last=args.last)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from gateway.receive import receive_main
+    from citygw.receive import receive_main
 
     _setup_logging(args.log_level or "info")
     return receive_main(
@@ -249,14 +249,14 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from gateway.fleet_table import fleet_main
+    from citygw.fleet_table import fleet_main
 
     return fleet_main(args.url, as_json=args.json, timeout=args.timeout)
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from gateway.buffer import request_resend
-    from gateway.lock import look
+    from citygw.buffer import request_resend
+    from citygw.lock import look
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -277,7 +277,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.status import status_main
+    from citygw.status import status_main
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -286,14 +286,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from gateway.config.schema import schema_text
+    from citygw.config.schema import schema_text
 
     sys.stdout.write(schema_text())
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import Options, run_demo
+    from citygw.demo import Options, run_demo
 
     level = args.log_level or "warning"
     _setup_logging(level)

@@ -16,7 +16,7 @@ sync leave flagged, on the monotonic timeline; readings from an earlier boot sta
 (their monotonic clock is gone).
 
 The boot is told apart by a tag kept in bits 16-30 of a record's flags, which never reach the wire
-(:func:`gateway.reading.flag_names` names only the public flags).
+(:func:`citygw.reading.flag_names` names only the public flags).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.logs import EventLog
-from gateway.reading import Flag
-from gateway.senml import Record
+from citygw.logs import EventLog
+from citygw.reading import Flag
+from citygw.senml import Record
 
 log = EventLog(__name__)
 

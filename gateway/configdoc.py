@@ -1,7 +1,7 @@
 """Signed config documents: what ``citygw config sign`` makes and a box verifies.
 
 A document is a compact JWS (RFC 7515) signed with an operator's Ed25519 key (RFC 8037), the same
-machinery as the batches (:mod:`gateway.signing`). Its protected header is
+machinery as the batches (:mod:`citygw.signing`). Its protected header is
 ``{"alg":"EdDSA","kid":KID,"typ":"citygw-config+jws"}`` (``typ`` keeps a batch from ever passing
 for a config document); its payload is a JSON object::
 
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from gateway.errors import CitygwError
-from gateway.signing import ALG, ALGORITHMS
+from citygw.errors import CitygwError
+from citygw.signing import ALG, ALGORITHMS
 
 if TYPE_CHECKING:
     from joserfc.jwk import OKPKey
 
-    from gateway.signing import Signer
+    from citygw.signing import Signer
 
 TYP = "citygw-config+jws"
 MAX_DOCUMENT = 1024 * 1024  # characters: a config is a few KiB

@@ -8,12 +8,12 @@ restarted after a pause, logged once per reason. Anything else is a bug: it ends
 the daemon flushes what it can into the buffer and exits 1 with the traceback logged once, and
 systemd restarts it (a daemon that stays up but accepts nothing would never trip the watchdog).
 
-One daemon per buffer: :class:`gateway.lock.BufferLock` is taken before the buffer is opened.
+One daemon per buffer: :class:`citygw.lock.BufferLock` is taken before the buffer is opened.
 SIGTERM/SIGINT stop the drivers, flush the intake into the buffer (sealing what is staged), stop
 the uplinks and close the buffer, in that order. SIGHUP reloads the config file in the same
 process (:meth:`Gateway.reload`): an invalid file, or one that changes a key only a restart can
 change, is refused with every problem logged and the config in effect keeps running; otherwise
-the difference (:mod:`gateway.reload`) is applied — the buses and uplinks it touches restart,
+the difference (:mod:`citygw.reload`) is applied — the buses and uplinks it touches restart,
 the others go on, and nothing the pipeline accepted is dropped (same buffer, same chain).
 """
 
@@ -30,28 +30,28 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drivers.health import DeviceHealth
-from gateway.buffer import BatchLimits, Buffer, is_transient
-from gateway.config import model as config_model
-from gateway.config.location import places
-from gateway.config.report import report_policies
-from gateway.errors import CitygwError, ConfigError, ConfigProblem, DeliveryError
-from gateway.health import HealthReport
-from gateway.liveness import Liveness
-from gateway.lock import BufferLock
-from gateway.logs import EventLog
-from gateway.ops import Operations
-from gateway.pipeline import Pipeline
-from gateway.reload import ReloadPlan, ReloadRefused, plan_reload
-from gateway.remote import RemoteConfig, version_in_effect
-from gateway.report import Reporter
-from gateway.sdnotify import Notifier
-from gateway.signing import Signer
-from gateway.store import Store
-from gateway.uplinks.base import UplinkState
+from citygw.buffer import BatchLimits, Buffer, is_transient
+from citygw.config import model as config_model
+from citygw.config.location import places
+from citygw.config.report import report_policies
+from citygw.drivers.health import DeviceHealth
+from citygw.errors import CitygwError, ConfigError, ConfigProblem, DeliveryError
+from citygw.health import HealthReport
+from citygw.liveness import Liveness
+from citygw.lock import BufferLock
+from citygw.logs import EventLog
+from citygw.ops import Operations
+from citygw.pipeline import Pipeline
+from citygw.reload import ReloadPlan, ReloadRefused, plan_reload
+from citygw.remote import RemoteConfig, version_in_effect
+from citygw.report import Reporter
+from citygw.sdnotify import Notifier
+from citygw.signing import Signer
+from citygw.store import Store
+from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from citygw.config import Config
 
 log = EventLog(__name__)
 
@@ -271,7 +271,7 @@ class Gateway:
     async def reload(self) -> bool:
         """Re-read the config file and apply the difference; False (every problem logged, the
         config in effect still running) when the file is invalid or needs a restart."""
-        from gateway.config import load_config
+        from citygw.config import load_config
 
         path = self.config.source
         log.event("reload_started", path=str(path)).info("reloading the config from %s", path)
@@ -391,7 +391,7 @@ class Gateway:
     async def run(self) -> None:
         """Run until :meth:`stop` (or a signal); then shut down in order and return.
 
-        Raises :class:`gateway.lock.BufferInUse` (before touching the buffer) when another daemon
+        Raises :class:`citygw.lock.BufferInUse` (before touching the buffer) when another daemon
         holds the buffer, and :class:`TaskFailed` when a task ended on an unexpected error.
         """
         self.lock.acquire()

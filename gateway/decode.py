@@ -17,9 +17,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from drivers.serial.decoders import Decoder, decode_mhz19, decode_nmea, decode_pms5003, decode_sds011
-from gateway.errors import CitygwError
-from gateway.reading import Value
+from citygw.drivers.serial.decoders import Decoder, decode_mhz19, decode_nmea, decode_pms5003, decode_sds011
+from citygw.errors import CitygwError
+from citygw.reading import Value
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -70,7 +70,7 @@ def _ble(name: str) -> FormatDecoder:
     manufacturer data without its company id); ``bthome`` also takes ``--bindkey`` and ``--address``."""
 
     def run(data: str, options: DecodeOptions) -> Sequence[tuple[str, Value, str]]:
-        from drivers.ble import cli
+        from citygw.drivers.ble import cli
 
         frame = parse_hex(data)
         try:

@@ -55,7 +55,7 @@ class BufferOwnerError(BufferStorageError):
 class DecodeError(CitygwError):
     """Bytes (or registers) a decoder cannot read. ``reason`` says why in one word: a member of
     the decoder layer's own ``Reason`` enum (BLE adverts, serial frames, Modbus registers), used as
-    a key of :attr:`drivers.health.DeviceHealth.errors`; ``detail`` says it in a sentence."""
+    a key of :attr:`citygw.drivers.health.DeviceHealth.errors`; ``detail`` says it in a sentence."""
 
     def __init__(self, reason: enum.StrEnum, detail: str) -> None:
         self.reason = reason

@@ -21,17 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drivers.health import DeviceState
-from gateway import __version__
-from gateway.buffer.report import BufferReport
-from gateway.config.health import HEALTH_DEVICE
-from gateway.errors import CitygwError
-from gateway.logs import EventLog
-from gateway.reading import Reading, Value
-from gateway.uplinks.base import UplinkState
+from citygw import __version__
+from citygw.buffer.report import BufferReport
+from citygw.config.health import HEALTH_DEVICE
+from citygw.drivers.health import DeviceState
+from citygw.errors import CitygwError
+from citygw.logs import EventLog
+from citygw.reading import Reading, Value
+from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
-    from gateway.running import RunningGateway
+    from citygw.running import RunningGateway
 
 log = EventLog(__name__)
 

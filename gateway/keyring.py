@@ -26,9 +26,9 @@ from pathlib import Path
 
 from joserfc.jwk import OKPKey
 
-from gateway.errors import KeyFileError
-from gateway.logs import EventLog
-from gateway.signing import load_public_keys
+from citygw.errors import KeyFileError
+from citygw.logs import EventLog
+from citygw.signing import load_public_keys
 
 log = EventLog(__name__)
 

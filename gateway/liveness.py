@@ -24,10 +24,10 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from gateway import __version__
-from gateway.errors import CitygwError
-from gateway.keyring import Keyring
-from gateway.signing import ALGORITHMS, Signer
+from citygw import __version__
+from citygw.errors import CitygwError
+from citygw.keyring import Keyring
+from citygw.signing import ALGORITHMS, Signer
 
 STATUS_KIND = "citygw-status"
 """The ``kind`` member of a signed status document, so it is never taken for a batch."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway.errors import CitygwError
+from citygw.errors import CitygwError
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import BufferStorageError, CitygwError
+from citygw.errors import BufferStorageError, CitygwError
 
 # a `citygw status` holds a shared lock for microseconds while it looks: a starting daemon waits
 # this long for such a reader before it believes another daemon holds the buffer

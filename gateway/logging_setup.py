@@ -1,7 +1,7 @@
 """Logs: one line per event on stderr, ``key=value`` fields with stable keys, for journald.
 
 Every line has ``level``, ``logger``, ``event`` and ``msg``; our calls name their event and its
-fields through :class:`gateway.logs.EventLog` (the keys in :data:`FIELDS`, in that order), and a
+fields through :class:`citygw.logs.EventLog` (the keys in :data:`FIELDS`, in that order), and a
 library's line says ``event=library``. An exception's traceback goes on the same line, in ``exc``
 with its newlines escaped, so that one event is one journal entry. Under systemd
 (``$JOURNAL_STREAM`` set) each line starts with its syslog priority (``<4>`` for a warning), so
@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TextIO
 
-from gateway.redact import SecretFilter
+from citygw.redact import SecretFilter
 
 FIELDS = ("event", "device", "bus", "uplink", "seq", "path", "reason")
 """Structured fields a log call may pass in ``extra``, printed in this order after ``logger``."""

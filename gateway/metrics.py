@@ -52,19 +52,19 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from drivers.health import DeviceHealth, DeviceState
-from gateway import __version__
-from gateway.backoff import Backoff
-from gateway.logs import EventLog
-from gateway.uplinks.base import UplinkState
+from citygw import __version__
+from citygw.backoff import Backoff
+from citygw.drivers.health import DeviceHealth, DeviceState
+from citygw.logs import EventLog
+from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from gateway.buffer.report import BufferReport
-    from gateway.clock import ClockWatch
-    from gateway.running import RunningGateway
-    from gateway.watchdog import Watchdog
+    from citygw.buffer.report import BufferReport
+    from citygw.clock import ClockWatch
+    from citygw.running import RunningGateway
+    from citygw.watchdog import Watchdog
 
 log = EventLog(__name__)
 
@@ -108,11 +108,11 @@ def error_reasons(bus_type: str) -> tuple[str, ...]:
     if bus_type.startswith("modbus"):
         return (*_MODBUS_REASONS, *(_PORT_REASONS if bus_type == "modbus-rtu" else ()))
     if bus_type == "serial":
-        from drivers.serial.decoders import Reason as SerialReason
+        from citygw.drivers.serial.decoders import Reason as SerialReason
 
         return (*_PORT_REASONS, "timeout", *(r.value for r in SerialReason))
     if bus_type == "ble":
-        from drivers.ble.common import Reason as BleReason
+        from citygw.drivers.ble.common import Reason as BleReason
 
         return tuple(r.value for r in BleReason)
     return ()
@@ -128,7 +128,7 @@ class Timings:
     """The histograms, fed as things happen by hooks in the Modbus poller and the MQTT uplink
     (prometheus-client's own histograms, outside any registry: the collector yields them).
 
-    One per gateway (:class:`gateway.ops.Operations` makes it), however many collectors read it.
+    One per gateway (:class:`citygw.ops.Operations` makes it), however many collectors read it.
     """
 
     def __init__(self, gateway: RunningGateway) -> None:
@@ -160,7 +160,7 @@ class Timings:
 
 
 class OperationsFigures(Protocol):
-    """What the collector reads of the daemon's operations side (:class:`gateway.ops.Operations`)."""
+    """What the collector reads of the daemon's operations side (:class:`citygw.ops.Operations`)."""
 
     @property
     def report(self) -> BufferReport | None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config.health import HEALTH_DEVICE
+from citygw.config.health import HEALTH_DEVICE
 
 Value = float | int | bool | str
 

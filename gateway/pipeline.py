@@ -1,7 +1,7 @@
 """From drivers to the durable buffer: a bounded intake and the group-committing writer.
 
 Drivers hand over lists of :class:`Reading` (one poll cycle each); the clock's ``stamp`` marks
-them and the edge processing stage (``process``, :mod:`gateway.report`) decides what of them is
+them and the edge processing stage (``process``, :mod:`citygw.report`) decides what of them is
 kept. The writer commits them in groups — when ``commit_rows`` are waiting or the oldest has
 waited ``commit_interval`` — on the buffer's own thread, seals what is due, and wakes the
 uplinks. When the intake is full (the card stalled) ``put`` waits: a driver's next poll is
@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gateway.buffer import CommitResult, Outgoing, is_transient
-from gateway.logs import EventLog
-from gateway.reading import Reading
-from gateway.senml import Record, record_of
-from gateway.store import Store
+from citygw.buffer import CommitResult, Outgoing, is_transient
+from citygw.logs import EventLog
+from citygw.reading import Reading
+from citygw.senml import Record, record_of
+from citygw.store import Store
 
 log = EventLog(__name__)
 
@@ -158,9 +158,9 @@ class Pipeline:
         """Commit what is pending (and seal what is due).
 
         On a write error the design expects (the file system full, an I/O error, the file
-        locked: :func:`gateway.buffer.is_transient`) the readings stay pending and the writer
+        locked: :func:`citygw.buffer.is_transient`) the readings stay pending and the writer
         tries again a second later; any other error is raised, the readings still pending, and
-        ends the daemon (``gateway.daemon``: systemd restarts it, the staged readings are on disk).
+        ends the daemon (``citygw.daemon``: systemd restarts it, the staged readings are on disk).
         """
         records, self._pending = self._pending, []
         self._acks_dirty = False
@@ -204,7 +204,7 @@ class Pipeline:
 
 class UplinkOutbox:
     """The uplinks' one seam to the buffer: each call runs on the store thread (``store.call``),
-    none touches the buffer from the event loop (:mod:`gateway.buffer`'s threading contract)."""
+    none touches the buffer from the event loop (:mod:`citygw.buffer`'s threading contract)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline

@@ -28,16 +28,16 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from drivers.health import DeviceHealth
-from drivers.modbus.bus import PollResult, probe, scan
-from drivers.modbus.client import NoAnswer, TransactionError
-from drivers.serial.port import FIXES as PORT_FIXES
-from gateway.config.modbus import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
-from gateway.reading import Reading, flag_names
+from citygw.config.modbus import ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from citygw.drivers.health import DeviceHealth
+from citygw.drivers.modbus.bus import PollResult, probe, scan
+from citygw.drivers.modbus.client import NoAnswer, TransactionError
+from citygw.drivers.serial.port import FIXES as PORT_FIXES
+from citygw.reading import Reading, flag_names
 
 if TYPE_CHECKING:
-    from gateway.config import Config
-    from gateway.config.modbus import ModbusBus, ModbusDeviceModel
+    from citygw.config import Config
+    from citygw.config.modbus import ModbusBus, ModbusDeviceModel
 
 LISTEN_SECONDS = 10.0  # default --timeout of a serial or BLE probe: a sensor sends every 1 to 10 s
 EXIT_OK = 0
@@ -152,7 +152,7 @@ async def _listen(
     bus_name: str, bus: Any, name: str, device: Any, health: _Listened, timeout: float
 ) -> list[Reading]:
     """Run the daemon's runner of ``bus`` for ``device`` alone until it gives readings or ``timeout``."""
-    from gateway.daemon import BUS_RUNNERS
+    from citygw.daemon import BUS_RUNNERS
 
     readings: list[Reading] = []
     heard = asyncio.Event()
@@ -208,7 +208,7 @@ def listen_main(config: Config, device: str, *, timeout: float) -> int:
     where = f"bus {spec.bus} ({bus.adapter if bus.type == 'ble' else bus.port})"
     sys.stderr.write(f"citygw probe: listening for {device}'s next {what} on {where}, up to {timeout:g} s\n")
     health = _Listened(device)
-    logging.getLogger("drivers.health").setLevel(logging.ERROR)  # this command sums it up below
+    logging.getLogger("citygw.drivers.health").setLevel(logging.ERROR)  # this command sums it up below
     readings = asyncio.run(_listen(spec.bus, bus, device, spec, health, timeout))
     _emit([_reading_line(reading) for reading in readings])
     if readings:
@@ -251,7 +251,7 @@ def scan_main(config: Config, bus: str, *, first: int, last: int) -> int:
         return _fail("scan", f"no bus {bus!r} in {config.source}; buses: {known}", EXIT_USAGE)
     spec = config.buses[bus]
     if spec.type == "ble":  # a short scan listing the sensors nearby and the format each decodes as
-        from drivers.ble.cli import scan_main as ble_scan_main
+        from citygw.drivers.ble.cli import scan_main as ble_scan_main
 
         return ble_scan_main(config, bus)
     if not isinstance(spec, _MODBUS):

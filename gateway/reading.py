@@ -43,7 +43,7 @@ class Reading:
     """One value as a driver produced it.
 
     ``time`` is UTC seconds since the Unix epoch; ``unit`` is a SenML unit (RFC 8428 §12.1,
-    RFC 8798) or ``""`` for unitless values; ``name`` comes from :mod:`gateway.vocabulary`.
+    RFC 8798) or ``""`` for unitless values; ``name`` comes from :mod:`citygw.vocabulary`.
     """
 
     device: str
@@ -55,7 +55,7 @@ class Reading:
 
 
 class Measurement(NamedTuple):
-    """One decoded value: a quantity name (:mod:`gateway.vocabulary`), its value and SenML unit.
+    """One decoded value: a quantity name (:mod:`citygw.vocabulary`), its value and SenML unit.
 
     A named tuple rather than a dataclass: decoders make millions of these, and a tuple is the
     cheapest immutable value Python has.

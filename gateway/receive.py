@@ -8,7 +8,7 @@ gateway's it names (``--keys DIR``: ``DIR/<gateway id>/*.pub``, re-read while ru
 the payload and pack (contract v1 or v2). It stores each batch once per (gateway, chain, seq) —
 a duplicate is acknowledged, not stored again; another content for a stored key is refused (409)
 — keeps the readings in its own SQLite file, and tracks each gateway's chains
-(:mod:`gateway.streams`): seqs still missing, gap records, box resets and what they lost, cloned
+(:mod:`citygw.streams`): seqs still missing, gap records, box resets and what they lost, cloned
 ids, and any ``prev`` that does not match what it holds. Whatever is refused is counted by kind
 and logged (at most one line per kind every :data:`LOG_EVERY` seconds, with the count since).
 
@@ -17,7 +17,7 @@ parks it); 403 a key signing for a gateway it is not bound to; 409 a (gateway, c
 held with other content; 413 too large.
 
 With ``--mqtt`` it also takes the gateways' signed status messages (``--status-topic``,
-:mod:`gateway.liveness`); ``GET /fleet`` is the fleet view (:mod:`gateway.fleet`): each gateway's
+:mod:`citygw.liveness`); ``GET /fleet`` is the fleet view (:mod:`citygw.fleet`): each gateway's
 last health and liveness with its chain state, the boxes that need a person first.
 """
 
@@ -37,17 +37,17 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.backoff import Backoff
-from gateway.errors import KeyFileError, VerificationError
-from gateway.fleet import Fleet, fleet_view
-from gateway.keyring import Keyring
-from gateway.liveness import StatusRefused, read_status
-from gateway.logs import EventLog
-from gateway.ngsi import samples
-from gateway.signing import chain_hash, load_public_keys
-from gateway.streams import Event, Reset, Streams
-from gateway.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
-from gateway.wireformat import TooLarge, unwrap
+from citygw.backoff import Backoff
+from citygw.errors import KeyFileError, VerificationError
+from citygw.fleet import Fleet, fleet_view
+from citygw.keyring import Keyring
+from citygw.liveness import StatusRefused, read_status
+from citygw.logs import EventLog
+from citygw.ngsi import samples
+from citygw.signing import chain_hash, load_public_keys
+from citygw.streams import Event, Reset, Streams
+from citygw.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
+from citygw.wireformat import TooLarge, unwrap
 
 log = EventLog(__name__)
 

@@ -1,6 +1,6 @@
 """Remote configuration: signed config documents, applied as a reload, rolled back when unhealthy.
 
-A document (:mod:`gateway.configdoc`) arrives on the MQTT config topic (retained, every MQTT
+A document (:mod:`citygw.configdoc`) arrives on the MQTT config topic (retained, every MQTT
 uplink subscribes) or from ``remote.config_url`` (polled, conditional GET). The box:
 
 1. verifies the signature against ``gateway.operator_keys`` and that it names this gateway;
@@ -38,16 +38,16 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from drivers.health import DeviceState
-from gateway.configdoc import ConfigDocument, DocumentRefused, digest, verify_document
-from gateway.errors import CitygwError, ConfigError, KeyFileError
-from gateway.logs import EventLog
-from gateway.reading import Reading
-from gateway.uplinks.base import UplinkState
+from citygw.configdoc import ConfigDocument, DocumentRefused, digest, verify_document
+from citygw.drivers.health import DeviceState
+from citygw.errors import CitygwError, ConfigError, KeyFileError
+from citygw.logs import EventLog
+from citygw.reading import Reading
+from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
-    from gateway.config import Config
-    from gateway.running import RunningGateway
+    from citygw.config import Config
+    from citygw.running import RunningGateway
 
 log = EventLog(__name__)
 
@@ -207,7 +207,7 @@ def _paths(value: Any) -> list[Path]:
 def _inline_secrets(text: str) -> list[str]:
     from ruamel.yaml import YAML
 
-    from gateway.config.source import SECRET_FILES
+    from citygw.config.source import SECRET_FILES
 
     found: list[str] = []
 
@@ -231,7 +231,7 @@ def screen(current: Config, new: Config, text: str) -> str | None:
     for key in ("id", "key_file", "operator_keys"):
         if getattr(current.gateway, key) != getattr(new.gateway, key):
             return f"it changes gateway.{key}, which only a person at the box may change"
-    from gateway.reload import plan_reload
+    from citygw.reload import plan_reload
 
     restart = plan_reload(current, new).needs_restart
     if restart:
@@ -255,7 +255,7 @@ def screen(current: Config, new: Config, text: str) -> str | None:
 
 
 class RemoteConfig:
-    """Takes signed config documents for one running :class:`~gateway.daemon.Gateway`."""
+    """Takes signed config documents for one running :class:`~citygw.daemon.Gateway`."""
 
     def __init__(self, gateway: RunningGateway) -> None:
         self.gateway = gateway
@@ -345,7 +345,7 @@ class RemoteConfig:
         await self._take(document, source)
 
     def _verify(self, token: str) -> ConfigDocument:
-        from gateway.signing import load_public_keys
+        from citygw.signing import load_public_keys
 
         try:
             keys = load_public_keys(self.gateway.config.gateway.operator_keys)
@@ -354,8 +354,8 @@ class RemoteConfig:
         return verify_document(token, keys)
 
     async def _take(self, document: ConfigDocument, source: str) -> None:
-        from gateway.config import load_config
-        from gateway.reload import ReloadRefused
+        from citygw.config import load_config
+        from citygw.reload import ReloadRefused
 
         gateway = self.gateway
         current = gateway.config
@@ -468,7 +468,7 @@ class RemoteConfig:
         return None
 
     async def _roll_back(self, version: int, reason: str) -> None:
-        from gateway.config import load_config
+        from citygw.config import load_config
 
         gateway = self.gateway
         path = gateway.config.source

@@ -1,6 +1,6 @@
 """What the daemon's side services see of the running gateway: a typed face, not the daemon.
 
-:class:`gateway.daemon.Gateway` builds the buffer, pipeline, uplinks and device health, and hands
+:class:`citygw.daemon.Gateway` builds the buffer, pipeline, uplinks and device health, and hands
 itself to the services that run beside them (operations, health readings, remote config) as a
 :class:`RunningGateway`. They depend on this face, the daemon on them: no import cycle, and each
 service's needs are written down here.
@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from drivers.health import DeviceHealth
-    from gateway.buffer import Buffer
-    from gateway.config import Config
-    from gateway.pipeline import Pipeline
-    from gateway.reload import ReloadPlan
-    from gateway.sdnotify import Notifier
-    from gateway.store import Store
+    from citygw.buffer import Buffer
+    from citygw.config import Config
+    from citygw.drivers.health import DeviceHealth
+    from citygw.pipeline import Pipeline
+    from citygw.reload import ReloadPlan
+    from citygw.sdnotify import Notifier
+    from citygw.store import Store
 
 
 class RunningGateway(Protocol):
@@ -48,5 +48,5 @@ class RunningGateway(Protocol):
         ...
 
     async def apply(self, new: Config) -> ReloadPlan:
-        """Apply ``new`` in place; raises :class:`gateway.reload.ReloadRefused` when it cannot."""
+        """Apply ``new`` in place; raises :class:`citygw.reload.ReloadRefused` when it cannot."""
         ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
-from gateway.logs import EventLog
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 

@@ -6,16 +6,16 @@ thousands of them in memory and on disk and the pack is built once per batch. Th
 ``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
 the value field that fits the type (``v``, ``vb``, ``vs``; §4.2). A pack whose units include a
 secondary unit (``Wh``, ``ppm``, ``ug/m3``, … RFC 8798 §3) carries ``bver`` =
-:data:`~gateway.vocabulary.SECONDARY_UNITS_VERSION` on its first record (RFC 9100 §4).
+:data:`~citygw.vocabulary.SECONDARY_UNITS_VERSION` on its first record (RFC 9100 §4).
 
 Flags travel in the extension field ``flags`` as one string, the flag names joined by ``,``
 (``"clock-unsynced,counter-rollover"``): RFC 8428 §11 allows only numbers, strings, booleans and
 data as field values, so not a list. A string also lets a later base field state them once per
 run of records.
 
-An aggregate's window length (:mod:`gateway.report`) travels in the record's flags, above bit
+An aggregate's window length (:mod:`citygw.report`) travels in the record's flags, above bit
 :data:`WINDOW_SHIFT`, in milliseconds: records stored before aggregates existed read as samples,
-the stored format is unchanged, and :mod:`gateway.clock`'s corrections (which keep every bit they
+the stored format is unchanged, and :mod:`citygw.clock`'s corrections (which keep every bit they
 do not own) carry it along. On the wire it is the ``window`` field, in seconds.
 """
 
@@ -26,8 +26,8 @@ import math
 from operator import itemgetter
 from typing import Any
 
-from gateway.reading import Reading, flag_names
-from gateway.vocabulary import SECONDARY_UNITS, SECONDARY_UNITS_VERSION
+from citygw.reading import Reading, flag_names
+from citygw.vocabulary import SECONDARY_UNITS, SECONDARY_UNITS_VERSION
 
 # device, name, unit, value, time (UTC epoch seconds), flags (+ window << WINDOW_SHIFT)
 Record = tuple[str, str, str, float | int | bool | str, float, int]

@@ -27,7 +27,7 @@ from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 
-from gateway.errors import KeyFileError
+from citygw.errors import KeyFileError
 
 ALG = "EdDSA"
 """The JWS ``alg`` of the wire contract by default (RFC 8037 §3.1)."""
@@ -271,7 +271,7 @@ class Signer:
 
     @property
     def key(self) -> OKPKey:
-        """The key as a JWK, for documents other than batches (``gateway.configdoc``)."""
+        """The key as a JWK, for documents other than batches (``citygw.configdoc``)."""
         return self._key
 
     def sign(self, payload: bytes) -> str:

@@ -4,10 +4,10 @@ The buffer file is opened read-only and never created or written: with ``mode=ro
 running daemon (WAL lets a reader see the last commit without blocking the writer), and with
 ``immutable=1`` when the daemon is not running (a read-only WAL open would otherwise create the
 ``-wal`` and ``-shm`` files, owned by whoever ran ``status``, which the daemon could then not
-write). Whether a daemon runs, and its PID, comes from the buffer's lock (:mod:`gateway.lock`),
+write). Whether a daemon runs, and its PID, comes from the buffer's lock (:mod:`citygw.lock`),
 so a daemon whose metrics port was taken is still found. The daemon's side — device health,
 uplink states, the clock — comes from its metrics endpoint when it answers. The figures are
-:func:`gateway.buffer.report.report_from`'s, the same the daemon reports on its own connection.
+:func:`citygw.buffer.report.report_from`'s, the same the daemon reports on its own connection.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.buffer.report import BufferReport, UplinkLag, report_from
-from gateway.errors import BufferStorageError
-from gateway.lock import look
+from citygw.buffer.report import BufferReport, UplinkLag, report_from
+from citygw.errors import BufferStorageError
+from citygw.lock import look
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from citygw.config import Config
 
 
 def _uri(path: Path) -> str:
@@ -223,7 +223,7 @@ def gather(config: Config, *, timeout: float = 2.0) -> dict[str, Any]:
 def port_problem(state: str | None, errors: dict[str, int]) -> str | None:
     """For a failing device whose port does not open: the cause and its fix (the daemon's log line
     names the port, the user and the group)."""
-    from drivers.serial.port import FIXES
+    from citygw.drivers.serial.port import FIXES
 
     if state != "failing":
         return None

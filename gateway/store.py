@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from gateway.buffer import Buffer
+from citygw.buffer import Buffer
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -22,9 +22,9 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
-from gateway.errors import KeyFileError, VerificationError
-from gateway.keyring import MAX_GATEWAY_ID, Keyring
-from gateway.payloads import (
+from citygw.errors import KeyFileError, VerificationError
+from citygw.keyring import MAX_GATEWAY_ID, Keyring
+from citygw.payloads import (
     CONTRACT_VERSION,
     GAP_REASONS,
     MAX_HEADER,
@@ -38,9 +38,9 @@ from gateway.payloads import (
     parse_item,
     parse_json,
 )
-from gateway.signing import ALGORITHMS, chain_hash, load_public_keys
-from gateway.streams import Event, Reset, Streams
-from gateway.wireformat import is_gzip
+from citygw.signing import ALGORITHMS, chain_hash, load_public_keys
+from citygw.streams import Event, Reset, Streams
+from citygw.wireformat import is_gzip
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -166,12 +166,12 @@ class ChainVerifier:
     header (exactly ``{"alg":"EdDSA","kid":...}``, or ``"Ed25519"`` by RFC 9864), the key
     (``kid`` known), the signature; only
     then is the payload decoded, and its ``gateway`` must be one the key is bound to (see
-    :mod:`gateway.keyring`) before anything else of it is read. Then the payload and pack shape
+    :mod:`citygw.keyring`) before anything else of it is read. Then the payload and pack shape
     (contract v1 or v2), then the chain: items link over seqs, whatever order they arrive in — a
     resend after a parked batch arrives late and is fine. An item is bad when its ``prev`` is not
     the hash of the item before it (or the item after it does not link to it), or when its
     (gateway, chain, seq) was seen with other content. Seqs still missing at the end, resets and
-    clones are the business of :attr:`streams` (see :mod:`gateway.streams`).
+    clones are the business of :attr:`streams` (see :mod:`citygw.streams`).
     """
 
     def __init__(self, keys: Keyring | Mapping[str, OKPKey]) -> None:

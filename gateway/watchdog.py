@@ -26,11 +26,11 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from gateway.logs import EventLog
+from citygw.logs import EventLog
 
 if TYPE_CHECKING:
-    from gateway.sdnotify import Notifier
-    from gateway.store import Store
+    from citygw.sdnotify import Notifier
+    from citygw.store import Store
 
 log = EventLog(__name__)
 

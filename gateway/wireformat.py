@@ -22,7 +22,7 @@ import enum
 import gzip
 import zlib
 
-from gateway.errors import VerificationError
+from citygw.errors import VerificationError
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_LEVEL = 6  # zlib's default: ~8 B/value on the cabinet workload; level 9 saves 4 % for 3x the CPU

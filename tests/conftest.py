@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import LocalBroker
-from gateway.signing import generate_key
+from citygw.localbroker import LocalBroker
+from citygw.signing import generate_key
 
 from .support import Collector, Daemon
 

@@ -1,7 +1,7 @@
 """A fleet of gateways' MQTT uplinks in one process, and what the broker sees when it restarts.
 
-Each gateway is a real :class:`~gateway.buffer.Buffer` (its own SQLite file), store, pipeline
-and :class:`~gateway.uplinks.mqtt.MqttUplink` with the default reconnect backoff (or the one
+Each gateway is a real :class:`~citygw.buffer.Buffer` (its own SQLite file), store, pipeline
+and :class:`~citygw.uplinks.mqtt.MqttUplink` with the default reconnect backoff (or the one
 given). The broker logs every connection; after a restart the connections it logs are counted
 per second of its clock. Used by ``tests/test_fleet.py`` and ``bench/fleet.py``.
 """
@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.buffer import Buffer
-from gateway.config.model import MqttUplink as MqttUplinkConfig
-from gateway.localbroker import LocalBroker
-from gateway.pipeline import Pipeline
-from gateway.signing import Signer
-from gateway.store import Store
-from gateway.uplinks.mqtt import MqttUplink
+from citygw.buffer import Buffer
+from citygw.config.model import MqttUplink as MqttUplinkConfig
+from citygw.localbroker import LocalBroker
+from citygw.pipeline import Pipeline
+from citygw.signing import Signer
+from citygw.store import Store
+from citygw.uplinks.mqtt import MqttUplink
 
 _CONNECTED = re.compile(rb"^(\d+): New client connected from \S+ as (\S+)", re.MULTILINE)
 

@@ -250,7 +250,7 @@ class Daemon:
             self._notify = ReadyListener()
             env["NOTIFY_SOCKET"] = self._notify.path
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "citygw", "run", "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
             env=env,
@@ -327,7 +327,7 @@ class BufferSnapshot:
 
 def read_buffer(db_path: Path) -> BufferSnapshot:
     """Every reading the buffer file holds (staged or sealed), with integrity_check's verdict."""
-    from gateway.buffer.layout import KIND_DATA  # the file's layout is known in one module
+    from citygw.buffer.layout import KIND_DATA  # the file's layout is known in one module
 
     with sqlite3.connect(db_path) as db:
         snap = BufferSnapshot(integrity=str(db.execute("PRAGMA integrity_check").fetchone()[0]))
@@ -364,11 +364,11 @@ def committed_values(db_path: Path) -> dict[str, set[int]]:
 def health_readings_of_a_box(tmp: Path, *, now: float, buffer: bool = True) -> list[Any]:
     """Every health reading a box emits (gateway.health), from a real Gateway built on a config
     with two uplinks and a thermal zone written like the kernel's (/sys/class/thermal)."""
-    from gateway.config import load_config
-    from gateway.daemon import Gateway
-    from gateway.health import HealthReport
-    from gateway.signing import generate_key
-    from gateway.status import BufferReport, UplinkLag
+    from citygw.config import load_config
+    from citygw.daemon import Gateway
+    from citygw.health import HealthReport
+    from citygw.signing import generate_key
+    from citygw.status import BufferReport, UplinkLag
 
     tmp.mkdir(parents=True, exist_ok=True)
     key = tmp / "health.key"

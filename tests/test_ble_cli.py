@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.ble.cli import scan_main
-from gateway.cli import main
-from gateway.config import load_config
+from citygw.cli import main
+from citygw.config import load_config
+from citygw.drivers.ble.cli import scan_main
 
 from .test_ble_driver import BTHOME_UUID, PHONES, RUUVI, THERMO, Air
 

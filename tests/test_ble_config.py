@@ -8,9 +8,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import load_config
-from gateway.config.ble import BleBus, BleFormat, BleSensor, PresenceCounter, Scanning
-from gateway.errors import ConfigError
+from citygw.config import load_config
+from citygw.config.ble import BleBus, BleFormat, BleSensor, PresenceCounter, Scanning
+from citygw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = (

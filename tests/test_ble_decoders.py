@@ -13,12 +13,12 @@ import math
 
 import pytest
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.cli import decode_bthome, decode_pvvx, decode_ruuvi
-from drivers.ble.common import Reason, normalise_address
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
-from gateway.vocabulary import QUANTITIES
+from citygw.drivers.ble import bthome, pvvx, ruuvi
+from citygw.drivers.ble.cli import decode_bthome, decode_pvvx, decode_ruuvi
+from citygw.drivers.ble.common import Reason, normalise_address
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
+from citygw.vocabulary import QUANTITIES
 
 M = Measurement
 SPEC_KEY = "231d39c1d7cc1ab1aee224cd096db932"

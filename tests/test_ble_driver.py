@@ -26,17 +26,17 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from drivers.ble.bus import BleBusRunner, run_bus
-from drivers.ble.common import Advert
-from drivers.ble.router import Router
-from drivers.ble.scanner import Scanner, patterns_for
-from drivers.health import DeviceHealth, DeviceState
-from gateway.buffer import BatchLimits, Buffer
-from gateway.config.ble import BleBus, BleDevice, BleFormat, PresenceCounter, Scanning
-from gateway.pipeline import Pipeline
-from gateway.reading import Reading
-from gateway.signing import Signer
-from gateway.store import Store
+from citygw.buffer import BatchLimits, Buffer
+from citygw.config.ble import BleBus, BleDevice, BleFormat, PresenceCounter, Scanning
+from citygw.drivers.ble.bus import BleBusRunner, run_bus
+from citygw.drivers.ble.common import Advert
+from citygw.drivers.ble.router import Router
+from citygw.drivers.ble.scanner import Scanner, patterns_for
+from citygw.drivers.health import DeviceHealth, DeviceState
+from citygw.pipeline import Pipeline
+from citygw.reading import Reading
+from citygw.signing import Signer
+from citygw.store import Store
 
 from .support import payload_of
 

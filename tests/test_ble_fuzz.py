@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import Reason
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.drivers.ble import bthome, pvvx, ruuvi
+from citygw.drivers.ble.common import Reason
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 from .mutation import mutated
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from drivers.ble.presence import PresenceCounter
-from gateway.reading import Flag, Reading
+from citygw.drivers.ble.presence import PresenceCounter
+from citygw.reading import Flag, Reading
 
 DAY0 = 1_790_035_200.0  # a UTC midnight (2026-09-23)
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from drivers.ble import recording
-from drivers.ble.bus import run_bus
-from drivers.health import DeviceHealth
-from gateway.config import load_config
-from gateway.config.ble import BleBus, BleDevice
-from gateway.errors import ConfigError
-from gateway.reading import Reading
+from citygw.config import load_config
+from citygw.config.ble import BleBus, BleDevice
+from citygw.drivers.ble import recording
+from citygw.drivers.ble.bus import run_bus
+from citygw.drivers.health import DeviceHealth
+from citygw.errors import ConfigError
+from citygw.reading import Reading
 
 from .support import REPO
 

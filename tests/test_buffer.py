@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import KIND_GAP, BatchLimits, Buffer
-from gateway.senml import Record
-from gateway.signing import Signer
+from citygw.buffer import KIND_GAP, BatchLimits, Buffer
+from citygw.senml import Record
+from citygw.signing import Signer
 
 from .support import payload_of, verify_all
 
@@ -152,7 +152,7 @@ def test_refuses_a_buffer_of_another_schema(tmp_path: Path, key: Path) -> None:
     make(path, key).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = 99 WHERE key = 'schema'")
-    from gateway.errors import BufferStorageError
+    from citygw.errors import BufferStorageError
 
     with pytest.raises(BufferStorageError, match="schema 99"):
         make(path, key)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import free_port
+from citygw.localbroker import free_port
 
 from .support import Daemon, write_config
 

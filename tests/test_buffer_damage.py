@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from gateway.buffer import KIND_GAP, BatchLimits, Buffer
-from gateway.localbroker import LocalBroker, free_port
-from gateway.senml import Record
-from gateway.signing import Signer
-from gateway.wal import scan as wal_scan
+from citygw.buffer import KIND_GAP, BatchLimits, Buffer
+from citygw.localbroker import LocalBroker, free_port
+from citygw.senml import Record
+from citygw.signing import Signer
+from citygw.wal import scan as wal_scan
 
 from .support import REPO, Collector, Daemon, payload_of, read_buffer, verify_all, write_config
 from .test_ops_status import sample, scrape
@@ -63,7 +63,7 @@ def flip(path: Path, blob: bytes, n: int = 8) -> None:
 
 def status_json(config: Path) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "status", "-c", str(config), "--json"],
+        [sys.executable, "-m", "citygw", "status", "-c", str(config), "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,

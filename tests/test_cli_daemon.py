@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.buffer import BatchLimits, Buffer
-from gateway.localbroker import LocalBroker
-from gateway.signing import Signer
+from citygw.buffer import BatchLimits, Buffer
+from citygw.localbroker import LocalBroker
+from citygw.signing import Signer
 
 from .support import Collector, Daemon, write_config
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def citygw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "citygw", *args],
         capture_output=True,
         text=True,
         input=stdin,

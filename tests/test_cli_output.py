@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.server import ModbusSimulator
-from gateway.buffer import BatchLimits, Buffer
-from gateway.cli import EXIT_BROKEN_PIPE, main
-from gateway.signing import Signer
+from citygw.buffer import BatchLimits, Buffer
+from citygw.cli import EXIT_BROKEN_PIPE, main
+from citygw.drivers.modbus.server import ModbusSimulator
+from citygw.signing import Signer
 
 from .support import REPO, write_config
 from .test_ble_driver import BTHOME_UUID, THERMO, Air
@@ -30,7 +30,7 @@ def into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
     os.close(read)
     try:
         return subprocess.run(
-            [sys.executable, "-m", "gateway", *args],
+            [sys.executable, "-m", "citygw", *args],
             stdout=write,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

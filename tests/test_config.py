@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import (
+from citygw.config import (
     Config,
     GatewaySettings,
     LogLevel,
@@ -26,9 +26,9 @@ from gateway.config import (
     SyntheticDevice,
     load_config,
 )
-from gateway.config.units import parse_duration, parse_size
-from gateway.errors import ConfigError
-from gateway.vocabulary import QUANTITIES
+from citygw.config.units import parse_duration, parse_size
+from citygw.errors import ConfigError
+from citygw.vocabulary import QUANTITIES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
 KEY_PEM = Ed25519PrivateKey.generate().private_bytes(
@@ -941,7 +941,7 @@ def test_check_exits_78_on_wiring_mistakes(workdir: Path, case: Bad) -> None:
     """`citygw check` (what a technician runs, and Ansible's validate:) refuses them with exit 78."""
     path = write(workdir, case.text)
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        [sys.executable, "-m", "citygw", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

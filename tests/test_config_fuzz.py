@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Config
-from gateway.config.loader import load
-from gateway.errors import ConfigError
+from citygw.config import Config
+from citygw.config.loader import load
+from citygw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = sorted((REPO / "tests" / "corpus" / "config").glob("*.yaml"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.localbroker import LocalBroker
+from citygw.localbroker import LocalBroker
 
 from .crash import PHASES, CrashHarness
 from .support import Collector

@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from drivers.serial.decoders import decode_nmea, decode_pms5003
-from gateway.demo.devices import Fix, Pms5003, Route, Sdm630, nmea, nmea_sentences, pms5003_frame
-from gateway.demo.link import Link
-from gateway.demo.run import KEYS
-from gateway.demo.view import DeviceRow, Snapshot, render
+from citygw.demo.devices import Fix, Pms5003, Route, Sdm630, nmea, nmea_sentences, pms5003_frame
+from citygw.demo.link import Link
+from citygw.demo.run import KEYS
+from citygw.demo.view import DeviceRow, Snapshot, render
+from citygw.drivers.serial.decoders import decode_nmea, decode_pms5003
 
 from .support import REPO
 
@@ -127,7 +127,7 @@ async def test_the_link_drops_and_refuses_while_cut_then_relays_again() -> None:
 
 def run_demo(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "demo", *args, "--json"],
+        [sys.executable, "-m", "citygw", "demo", *args, "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -162,7 +162,7 @@ def test_an_outage_fills_the_buffer_and_it_drains_after() -> None:
 
 def test_bad_options_are_usage_errors() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "demo", "--outage-for", "5"],
+        [sys.executable, "-m", "citygw", "demo", "--outage-for", "5"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -214,7 +214,7 @@ def test_the_live_view_in_a_terminal_with_an_outage_key_and_ctrl_c(columns: int,
         os.chdir(REPO)
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
         os.environ.update(COLUMNS=str(columns), LINES=str(lines), TERM="xterm-256color")
-        os.execv(sys.executable, [sys.executable, "-m", "gateway", "demo", "--rate", "50"])
+        os.execv(sys.executable, [sys.executable, "-m", "citygw", "demo", "--rate", "50"])
     seen = bytearray()
 
     def read() -> bool:

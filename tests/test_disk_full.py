@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import RESERVE_BYTES
-from gateway.localbroker import LocalBroker
+from citygw.buffer import RESERVE_BYTES
+from citygw.localbroker import LocalBroker
 
 from .support import Collector, Daemon, start_load, verify_all
 

@@ -43,11 +43,11 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from gateway.buffer import BatchLimits, Buffer
-from gateway.cli import build_parser, main
-from gateway.senml import Record
-from gateway.signing import Signer, generate_key
-from gateway.wireformat import Format, serialize
+from citygw.buffer import BatchLimits, Buffer
+from citygw.cli import build_parser, main
+from citygw.senml import Record
+from citygw.signing import Signer, generate_key
+from citygw.wireformat import Format, serialize
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

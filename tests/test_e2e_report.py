@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway.config import load_config
-from gateway.config.modbus import ModbusTcpDevice
-from gateway.daemon import Gateway
-from gateway.localbroker import LocalBroker
-from gateway.receive import Receiver
+from citygw.config import load_config
+from citygw.config.modbus import ModbusTcpDevice
+from citygw.daemon import Gateway
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.localbroker import LocalBroker
+from citygw.receive import Receiver
 
 from .support import Collector, payload_of, verify_all, write_config
 

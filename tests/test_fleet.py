@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import LocalBroker
+from citygw.localbroker import LocalBroker
 
 from .fleet import fleet_restart, prepare_broker
 

@@ -24,14 +24,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway import __version__
-from gateway.config import load_config
-from gateway.errors import ConfigError
-from gateway.keyring import Keyring
-from gateway.liveness import Liveness, Status, StatusRefused, read_status
-from gateway.localbroker import LocalBroker
-from gateway.receive import Receiver
-from gateway.signing import Signer, generate_key, public_key_path
+from citygw import __version__
+from citygw.config import load_config
+from citygw.errors import ConfigError
+from citygw.keyring import Keyring
+from citygw.liveness import Liveness, Status, StatusRefused, read_status
+from citygw.localbroker import LocalBroker
+from citygw.receive import Receiver
+from citygw.signing import Signer, generate_key, public_key_path
 
 from .support import REPO, Collector, Daemon, health_readings_of_a_box, verify_all, write_config
 from .test_receive import ReceiveProcess
@@ -156,7 +156,7 @@ def test_health_section_and_reserved_device_are_checked_with_file_line_and_key(t
         "devices:\n  gateway:\n    bus: gen\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        [sys.executable, "-m", "citygw", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -379,7 +379,7 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
         assert b["problems"][0] == "offline: its last will arrived (connection lost)"
         assert box_a.alive()
         table = subprocess.run(
-            [sys.executable, "-m", "gateway", "fleet", "--url", url],
+            [sys.executable, "-m", "citygw", "fleet", "--url", url],
             capture_output=True,
             text=True,
             timeout=60,
@@ -391,7 +391,7 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
         assert "down" in rows[0] and "last will arrived" in rows[0]
         assert "ok" in rows[2] and a["config_version"] in rows[2]
         done = subprocess.run(
-            [sys.executable, "-m", "gateway", "fleet", "--url", "http://127.0.0.1:1"],
+            [sys.executable, "-m", "citygw", "fleet", "--url", "http://127.0.0.1:1"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -415,7 +415,7 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
 def test_the_soc_temperature_comes_from_the_cpu_zone_or_is_left_out(tmp_path: Path) -> None:
     """/sys/class/thermal as the kernel lays it out (millidegrees): the CPU's zone wins over a
     board sensor listed first; no zone, or none that reads, leaves the reading out."""
-    from gateway.health import soc_temperature
+    from citygw.health import soc_temperature
 
     def zone(index: int, kind: str, temp: str) -> None:
         folder = tmp_path / "thermal" / f"thermal_zone{index}"
@@ -449,7 +449,7 @@ def test_a_report_without_the_buffer_figures_leaves_them_out(tmp_path: Path) -> 
 
 def test_the_fleet_view_orders_by_what_needs_a_person() -> None:
     """Each severity from the figures a receiver holds (gateway.fleet), worst first, then by id."""
-    from gateway.fleet import Box, assess
+    from citygw.fleet import Box, assess
 
     now = 1_800_000_000.0
     health = {"healthInterval": 60.0, "uplinkLag:lte": 1.0, "failingDevices": "", "clockSynced": True}

@@ -11,7 +11,7 @@ import ast
 import tomllib
 from pathlib import Path
 
-from gateway.config.profiles import ProfileError, load_profile
+from citygw.config.profiles import ProfileError, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "drivers")
@@ -185,8 +185,8 @@ def test_one_registry_of_bus_and_uplink_types() -> None:
     """Each type string is in one place (gateway.config.model) with its model and its runner."""
     import importlib
 
-    from gateway import daemon
-    from gateway.config import model
+    from citygw import daemon
+    from citygw.config import model
 
     assert (
         set(model.BUS_MODELS) == set(model.DEVICE_MODELS) == set(model.BUS_RUNNERS) == set(daemon.BUS_RUNNERS)

@@ -17,12 +17,12 @@ from joserfc import jws as rfc_jws
 from joserfc.jwk import OKPKey
 from jwcrypto import jwk, jws
 
-from gateway.config import load_config
-from gateway.errors import ConfigError
-from gateway.localbroker import LocalBroker
-from gateway.senml import encode_payload
-from gateway.signing import Signer, chain_hash, load_public_keys, public_key_path
-from gateway.verify import ChainVerifier, Outcome
+from citygw.config import load_config
+from citygw.errors import ConfigError
+from citygw.localbroker import LocalBroker
+from citygw.senml import encode_payload
+from citygw.signing import Signer, chain_hash, load_public_keys, public_key_path
+from citygw.verify import ChainVerifier, Outcome
 
 from .support import Collector, Daemon, b64decode, write_config
 

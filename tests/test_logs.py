@@ -1,7 +1,7 @@
 """The log contract of docs/operations.md ("Logs"), checked two ways.
 
 By reading the source: every logging call in ``gateway/`` and ``drivers/`` names an event of
-:data:`gateway.logs.EVENTS`, at that event's level, with its fields. By running the real daemon
+:data:`citygw.logs.EVENTS`, at that event's level, with its fields. By running the real daemon
 (a subprocess, at debug level) through a broker restart, a dead Modbus device and a serial frame
 with a bad checksum on a real pty, and parsing every line it wrote: the keys in their order, an
 event on every line, the fields the event promises, and no ``level=error`` (nothing there needs a
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo.devices import pms5003_frame
-from gateway.localbroker import LocalBroker, free_port
-from gateway.logging_setup import FIELDS, KeyValueFormatter
-from gateway.logs import EVENTS, EventLog
+from citygw.demo.devices import pms5003_frame
+from citygw.localbroker import LocalBroker, free_port
+from citygw.logging_setup import FIELDS, KeyValueFormatter
+from citygw.logs import EVENTS, EventLog
 
 from .support import REPO, Daemon, write_config
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from drivers.modbus.server import ModbusSimulator
-from gateway.localbroker import LocalBroker, free_port
-from gateway.ops import TEST_REPORT_EVERY
+from citygw.drivers.modbus.server import ModbusSimulator
+from citygw.localbroker import LocalBroker, free_port
+from citygw.ops import TEST_REPORT_EVERY
 
 from .support import Collector, Daemon, write_config
 from .test_modbus_cli import units

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway.config import load_config
-from gateway.config.profiles import find_profile
-from gateway.daemon import Gateway
-from gateway.localbroker import LocalBroker
+from citygw.config import load_config
+from citygw.config.profiles import find_profile
+from citygw.daemon import Gateway
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.localbroker import LocalBroker
 
 from .support import REPO, Collector, payload_of, verify_all, write_config
 
@@ -66,7 +66,7 @@ async def citygw(*args: str, prefix: Sequence[str] = ()) -> tuple[int, str, str]
         *prefix,
         sys.executable,
         "-m",
-        "gateway",
+        "citygw",
         *args,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
@@ -203,7 +203,7 @@ async def test_probe_into_a_pipe_whose_reader_left_ends_quietly(tmp_path: Path, 
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway",
+            "citygw",
             "probe",
             "-c",
             str(config),

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from drivers.health import DeviceHealth
-from drivers.modbus.bus import run_bus
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway.config.modbus import ModbusBus, ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus
-from gateway.reading import Reading
+from citygw.config.modbus import ModbusBus, ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus
+from citygw.drivers.health import DeviceHealth
+from citygw.drivers.modbus.bus import run_bus
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.reading import Reading
 
 from .test_modbus_rtu import ptys
 

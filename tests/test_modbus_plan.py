@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.plan import MAX_REGISTERS, ReadPlan, minimum_requests
-from drivers.modbus.registers import WIDTH, DataType, Field
-from gateway.config.profiles import find_profile
+from citygw.config.profiles import find_profile
+from citygw.drivers.modbus.plan import MAX_REGISTERS, ReadPlan, minimum_requests
+from citygw.drivers.modbus.registers import WIDTH, DataType, Field
 
 
 def reg(address: int, kind: DataType = DataType.U16, *, function: int = 3, name: str = "") -> Field:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.registers import DataType, Order
-from gateway.config import load_config
-from gateway.config.modbus import ModbusDevice, ModbusRtuBus, ModbusTcpDevice
-from gateway.config.profiles import SHIPPED_DIR, available, find_profile
-from gateway.errors import ConfigError
+from citygw.config import load_config
+from citygw.config.modbus import ModbusDevice, ModbusRtuBus, ModbusTcpDevice
+from citygw.config.profiles import SHIPPED_DIR, available, find_profile
+from citygw.drivers.modbus.registers import DataType, Order
+from citygw.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

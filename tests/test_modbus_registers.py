@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.decoder import CounterEvent, Counters, decode_response
-from drivers.modbus.plan import ReadPlan
-from drivers.modbus.registers import (
+from citygw.drivers.modbus.decoder import CounterEvent, Counters, decode_response
+from citygw.drivers.modbus.plan import ReadPlan
+from citygw.drivers.modbus.registers import (
     WIDTH,
     DataType,
     Field,
@@ -25,8 +25,8 @@ from drivers.modbus.registers import (
     shortest_f32,
     to_registers,
 )
-from gateway.errors import DecodeError
-from gateway.reading import Flag
+from citygw.errors import DecodeError
+from citygw.reading import Flag
 
 ORDERS = st.sampled_from(list(Order))
 INTEGERS = [t for t in DataType if t.value[0] in "ui"]

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from drivers.health import DeviceHealth, DeviceState
-from drivers.modbus.bus import probe, run_bus
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway.config.modbus import ModbusDevice, ModbusRtuBus
-from gateway.config.profiles import find_profile
-from gateway.reading import Reading
+from citygw.config.modbus import ModbusDevice, ModbusRtuBus
+from citygw.config.profiles import find_profile
+from citygw.drivers.health import DeviceHealth, DeviceState
+from citygw.drivers.modbus.bus import probe, run_bus
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.reading import Reading
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
 

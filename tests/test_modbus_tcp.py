@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from drivers.health import DeviceHealth, DeviceState
-from drivers.modbus.bus import DevicePoller, probe, run_bus
-from drivers.modbus.client import ModbusLink
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway.config.modbus import ModbusRtuOverTcpBus, ModbusTcpBus, ModbusTcpDevice
-from gateway.config.profiles import find_profile
-from gateway.reading import Flag, Reading
+from citygw.config.modbus import ModbusRtuOverTcpBus, ModbusTcpBus, ModbusTcpDevice
+from citygw.config.profiles import find_profile
+from citygw.drivers.health import DeviceHealth, DeviceState
+from citygw.drivers.modbus.bus import DevicePoller, probe, run_bus
+from citygw.drivers.modbus.client import ModbusLink
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.reading import Flag, Reading
 
 SDM630 = {  # a live three-phase feeder: values as the meter's display shows them
     "voltage:l1": 230.1,

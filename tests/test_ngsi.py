@@ -24,14 +24,14 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from ruamel.yaml import YAML
 
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway import ngsi
-from gateway.config import load_config
-from gateway.config.profiles import available, find_profile
-from gateway.errors import ConfigError
-from gateway.receive import Receiver
-from gateway.senml import Record, encode_payload
-from gateway.signing import Signer, public_key_path
+from citygw import ngsi
+from citygw.config import load_config
+from citygw.config.profiles import available, find_profile
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.errors import ConfigError
+from citygw.receive import Receiver
+from citygw.senml import Record, encode_payload
+from citygw.signing import Signer, public_key_path
 
 from .support import Daemon, health_readings_of_a_box
 from .test_uplinks_http import ScriptedServer
@@ -88,7 +88,7 @@ def validate(entity: dict[str, Any]) -> None:
 
 
 def ngsi_context() -> str:
-    from gateway.config.uplinks import SMART_DATA_MODELS_CONTEXT
+    from citygw.config.uplinks import SMART_DATA_MODELS_CONTEXT
 
     return SMART_DATA_MODELS_CONTEXT
 

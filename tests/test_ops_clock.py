@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import clock
-from gateway.buffer import BatchLimits, Buffer
-from gateway.clock import ClockWatch, system_synchronized
-from gateway.pipeline import Pipeline
-from gateway.reading import Flag, Reading
-from gateway.senml import Record, build_pack
-from gateway.signing import Signer
-from gateway.store import Store
+from citygw import clock
+from citygw.buffer import BatchLimits, Buffer
+from citygw.clock import ClockWatch, system_synchronized
+from citygw.pipeline import Pipeline
+from citygw.reading import Flag, Reading
+from citygw.senml import Record, build_pack
+from citygw.signing import Signer
+from citygw.store import Store
 
 from .support import payload_of
 

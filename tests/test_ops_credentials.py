@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.server import ModbusSimulator, Unit
-from gateway.buffer import Buffer
-from gateway.config.profiles import find_profile
-from gateway.signing import Signer
+from citygw.buffer import Buffer
+from citygw.config.profiles import find_profile
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.signing import Signer
 
 from .support import REPO
 
@@ -58,7 +58,7 @@ async def _citygw(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway",
+        "citygw",
         *args,
         cwd=REPO,
         env=env,

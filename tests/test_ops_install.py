@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from gateway.logging_setup import KeyValueFormatter, setup
+from citygw.logging_setup import KeyValueFormatter, setup
 
 from .test_ops_image import FIRSTBOOT, image_root, on_box
 
@@ -30,7 +30,7 @@ MAX_EXPOSURE = 2.0
 
 def citygw(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "citygw", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -142,7 +142,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
 def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     root = image_root(tmp_path, "root")
     wrapper = tmp_path / "citygw"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gateway "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m citygw "$@"\n')
     wrapper.chmod(0o755)
 
     done = _install(root, wrapper, "--id", "gw-pole-7")
@@ -297,7 +297,7 @@ def test_an_image_made_where_systemctl_cannot_run_still_enables_its_units(tmp_pa
     (shims / "systemctl").chmod(0o755)
     root = image_root(tmp_path, "root")
     wrapper = tmp_path / "citygw"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m gateway "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m citygw "$@"\n')
     wrapper.chmod(0o755)
     done = subprocess.run(
         ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper)],

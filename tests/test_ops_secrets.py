@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import LocalBroker, free_port
-from gateway.ops import TEST_REPORT_EVERY
+from citygw.localbroker import LocalBroker, free_port
+from citygw.ops import TEST_REPORT_EVERY
 
 from .support import Daemon, write_config
 from .test_ops_status import REPORT_EVERY, scrape_after_report
@@ -27,7 +27,7 @@ OTHER_UID = 54_321
 
 def citygw(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "citygw", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

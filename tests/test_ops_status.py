@@ -17,14 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.buffer import BatchLimits, Buffer, Gap
-from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.localbroker import LocalBroker, free_port
-from gateway.metrics import TEST_LISTEN_RETRY_MAX, GatewayCollector
-from gateway.ops import TEST_REPORT_EVERY
-from gateway.signing import Signer
-from gateway.status import read_buffer
+from citygw.buffer import BatchLimits, Buffer, Gap
+from citygw.config import load_config
+from citygw.daemon import Gateway
+from citygw.localbroker import LocalBroker, free_port
+from citygw.metrics import TEST_LISTEN_RETRY_MAX, GatewayCollector
+from citygw.ops import TEST_REPORT_EVERY
+from citygw.signing import Signer
+from citygw.status import read_buffer
 
 from .support import Collector, Daemon, write_config
 
@@ -34,7 +34,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def citygw(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "citygw", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -313,8 +313,8 @@ def test_metrics_in_the_text_format_with_errors_gaps_and_the_clock(tmp_path: Pat
 
 
 def _states() -> set[str]:
-    from drivers.health import DeviceState
-    from gateway.uplinks.base import UplinkState
+    from citygw.drivers.health import DeviceState
+    from citygw.uplinks.base import UplinkState
 
     return {s.value for s in DeviceState} | {s.value for s in UplinkState}
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import LocalBroker
-from gateway.watchdog import TEST_BLOCK_LOOP, Watchdog
+from citygw.localbroker import LocalBroker
+from citygw.watchdog import TEST_BLOCK_LOOP, Watchdog
 
 from .support import Collector, Daemon, write_config
 

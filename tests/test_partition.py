@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import LocalBroker
+from citygw.localbroker import LocalBroker
 
 from .netns import NetnsError, VethNamespace
 from .support import Collector, Daemon, verify_all, write_config

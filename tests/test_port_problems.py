@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.localbroker import free_port
+from citygw.localbroker import free_port
 
 from .support import REPO, Daemon, write_config
 
 
 def status(config: Path) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "status", "-c", str(config), "--json"],
+        [sys.executable, "-m", "citygw", "status", "-c", str(config), "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -69,7 +69,7 @@ def test_a_missing_port_is_named_in_the_log_and_in_status(
             elif devices["pm"]["errors"].get("no-port") and devices["meter"]["errors"].get("no-port", 0) >= 2:
                 watched_until = time.monotonic() + 5.0  # reopen attempts 0 to 4 s apart, stale after 1 s
         table = subprocess.run(
-            [sys.executable, "-m", "gateway", "status", "-c", str(config)],
+            [sys.executable, "-m", "citygw", "status", "-c", str(config)],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -31,7 +31,7 @@ async def probe(path: Path, device: str, timeout: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway",
+        "citygw",
         "probe",
         "-c",
         str(path),

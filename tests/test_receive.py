@@ -25,11 +25,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.keyring import Keyring
-from gateway.localbroker import LocalBroker
-from gateway.receive import Receiver
-from gateway.signing import Signer, chain_hash, generate_key, public_key_path
-from gateway.verify import ChainVerifier, Outcome, Refusal, verify_main
+from citygw.keyring import Keyring
+from citygw.localbroker import LocalBroker
+from citygw.receive import Receiver
+from citygw.signing import Signer, chain_hash, generate_key, public_key_path
+from citygw.verify import ChainVerifier, Outcome, Refusal, verify_main
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_790_000_000.0
@@ -163,7 +163,7 @@ class ReceiveProcess:
             [
                 sys.executable,
                 "-m",
-                "gateway",
+                "citygw",
                 "receive",
                 "--keys",
                 str(keys),
@@ -380,7 +380,7 @@ def test_http_answers_hostile_payloads_4xx_and_stores_what_follows(
 
 
 def test_verify_and_receive_need_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
+    from citygw.cli import main
 
     assert main(["verify", str(tmp_path / "batches.jws")]) == 2
     assert "give --keys DIR" in capsys.readouterr().err
@@ -661,7 +661,7 @@ def test_a_receiver_file_from_before_chains_is_carried_over(
 
 def _buffer_has_chains(tmp_path: Path, key: Path) -> bool:
     """Whether this build's buffer seals contract v2 payloads (a chain id in every batch)."""
-    from gateway.buffer import BatchLimits, Buffer
+    from citygw.buffer import BatchLimits, Buffer
 
     buf = Buffer(
         tmp_path / "probe.db",
@@ -735,7 +735,7 @@ def test_a_key_outside_any_gateway_folder_is_ignored_and_said_so(
     keys, box1, _ = fleet
     stray = make_key(tmp_path, "stray")
     shutil.copy(public_key_path(stray), keys / "stray.pub")
-    with caplog.at_level("WARNING", logger="gateway.keyring"):
+    with caplog.at_level("WARNING", logger="citygw.keyring"):
         keyring = Keyring(keys)
     assert "stray.pub is in no gateway's folder" in caplog.text
     stranger = Box(Signer.from_file(stray), "gw1")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.localbroker import LocalBroker
+from citygw.localbroker import LocalBroker
 
 from .support import Collector, Daemon, payload_of, verify_all, write_config
 
@@ -146,7 +146,7 @@ def test_invalid_or_restart_only_reload_keeps_the_old_config_running(
 
 
 def _load(tmp_path: Path, key: Path, name: str, **changes: Any) -> Any:
-    from gateway.config import load_config
+    from citygw.config import load_config
 
     data: dict[str, Any] = {
         "gateway": {
@@ -175,7 +175,7 @@ def _load(tmp_path: Path, key: Path, name: str, **changes: Any) -> Any:
 
 
 def test_the_plan_restarts_only_what_a_change_touches(tmp_path: Path, key: Path) -> None:
-    from gateway.reload import plan_reload
+    from citygw.reload import plan_reload
 
     old = _load(tmp_path, key, "old")
     same = plan_reload(old, _load(tmp_path, key, "same"))

@@ -16,14 +16,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gateway.localbroker import LocalBroker, free_port
-from gateway.signing import generate_key
+from citygw.localbroker import LocalBroker, free_port
+from citygw.signing import generate_key
 
 from .support import REPO, Collector, Daemon, payload_of, verify_all, write_config
 from .test_reload import log_lines, wait_for
 
 TOPIC = "city/gw-test/config"
-SIGN = [sys.executable, "-m", "gateway", "config", "sign"]
+SIGN = [sys.executable, "-m", "citygw", "config", "sign"]
 
 
 def sign(op_key: Path, config: dict[str, Any], *, version: int, gateway: str = "gw-test", tmp: Path) -> str:
@@ -266,9 +266,9 @@ def test_an_http_only_box_polls_config_url_with_a_conditional_get(
 
 
 def test_a_document_cannot_touch_keys_paths_outside_or_carry_secrets(tmp_path: Path, key: Path) -> None:
-    """What :func:`gateway.remote.screen` refuses, on real configs loaded from real files."""
-    from gateway.config import load_config
-    from gateway.remote import screen
+    """What :func:`citygw.remote.screen` refuses, on real configs loaded from real files."""
+    from citygw.config import load_config
+    from citygw.remote import screen
 
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clock import ClockWatch
-from gateway.ngsi import entities
-from gateway.reading import Flag, Reading
-from gateway.report import (
+from citygw.clock import ClockWatch
+from citygw.ngsi import entities
+from citygw.reading import Flag, Reading
+from citygw.report import (
     MAX_EMPTY_WINDOWS,
     Aggregate,
     DevicePolicy,
@@ -29,8 +29,8 @@ from gateway.report import (
     Reporter,
     Statistic,
 )
-from gateway.senml import WINDOW_SHIFT, Record, build_pack, record_of, window_flags, window_of
-from gateway.verify import decode_pack
+from citygw.senml import WINDOW_SHIFT, Record, build_pack, record_of, window_flags, window_of
+from citygw.verify import decode_pack
 
 T0 = 1_790_035_200.0  # a UTC midnight: every window starts here
 ALL = tuple(Statistic)

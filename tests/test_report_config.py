@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import load_config
-from gateway.config.report import report_policies
-from gateway.errors import ConfigError
-from gateway.report import Aggregate, DevicePolicy, OnChange, Statistic
+from citygw.config import load_config
+from citygw.config.report import report_policies
+from citygw.errors import ConfigError
+from citygw.report import Aggregate, DevicePolicy, OnChange, Statistic
 
 HEAD = """\
 gateway: {id: gw-1, key_file: key.pem}
@@ -195,7 +195,7 @@ def test_every_driver_takes_a_report_and_the_policies_know_the_counters(workdir:
         "footfall": DevicePolicy(Aggregate(3600.0, (Statistic.SUM,))),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        [sys.executable, "-m", "citygw", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -207,7 +207,7 @@ def test_check_exits_78_on_a_report_that_makes_no_sense(workdir: Path) -> None:
     path = workdir / "citygw.yaml"
     path.write_text(HEAD + "  g:\n    bus: gen\n    rate: 0.5\n    report: {on_change: {heartbeat: 1s}}\n")
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        [sys.executable, "-m", "citygw", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         check=False,

@@ -25,18 +25,18 @@ from typing import Any
 
 import pytest
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.presence import NAME as PRESENCE
-from drivers.serial import decoders as serial
-from gateway.buffer import KIND_GAP, BatchLimits, Buffer
-from gateway.config import load_config
-from gateway.config.profiles import available, find_profile
-from gateway.errors import ConfigError
-from gateway.reading import Flag, Reading
-from gateway.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
-from gateway.senml import Record, build_pack, record_of
-from gateway.signing import Signer
-from gateway.vocabulary import QUANTITIES
+from citygw.buffer import KIND_GAP, BatchLimits, Buffer
+from citygw.config import load_config
+from citygw.config.profiles import available, find_profile
+from citygw.drivers.ble import bthome, pvvx, ruuvi
+from citygw.drivers.ble.presence import NAME as PRESENCE
+from citygw.drivers.serial import decoders as serial
+from citygw.errors import ConfigError
+from citygw.reading import Flag, Reading
+from citygw.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
+from citygw.senml import Record, build_pack, record_of
+from citygw.signing import Signer
+from citygw.vocabulary import QUANTITIES
 
 from .support import health_readings_of_a_box
 
@@ -266,7 +266,7 @@ def test_every_record_citygw_can_emit_conforms(emitted: list[Record]) -> None:
 def test_every_health_reading_conforms_and_names_its_registered_unit(emitted: list[Record]) -> None:
     """The box's own health (device "gateway", gateway.health): every name of the wire contract's
     table, in primary units only (s, count, B, Cel) or none for booleans and text."""
-    from gateway.health import HEALTH_READINGS
+    from citygw.health import HEALTH_READINGS
 
     health = [r for r in emitted if r[0] == "gateway" and "/" not in r[1]]  # not the aggregates
     pack = json.loads(json.dumps(build_pack("bkk-pathumwan-0042", health)))

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from drivers.serial import (
+from citygw.decode import decode_main
+from citygw.drivers.serial import (
     DecodeError,
     FieldRule,
     FixedFramer,
@@ -30,8 +31,7 @@ from drivers.serial import (
     decode_pms5003,
     decode_sds011,
 )
-from drivers.serial.decoders import MHZ19, MHZ19_READ, PMS5003, SDS011
-from gateway.decode import decode_main
+from citygw.drivers.serial.decoders import MHZ19, MHZ19_READ, PMS5003, SDS011
 
 M = Measurement
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.serial import (
+from citygw.drivers.serial import (
     DecodeError,
     FieldRule,
     FixedFramer,
@@ -33,7 +33,7 @@ from drivers.serial import (
     decode_pms5003,
     decode_sds011,
 )
-from drivers.serial.decoders import MHZ19, PMS5003, SDS011, FixedFormat, nmea_checksum
+from citygw.drivers.serial.decoders import MHZ19, PMS5003, SDS011, FixedFormat, nmea_checksum
 
 from .mutation import mutated
 from .test_serial_decoders import GGA, MHZ, PMS, RMC, SDS, VTG

@@ -25,19 +25,19 @@ from typing import Any
 
 import pytest
 
-from drivers import health as health_module
-from drivers.health import DeviceHealth, DeviceState
-from drivers.serial import transport
-from drivers.serial.decoders import MHZ19_READ, PMS5003
-from drivers.serial.transport import wire_for
-from gateway.buffer import Buffer
-from gateway.config import load_config
-from gateway.config.serial import SerialDevice
-from gateway.daemon import BUS_RUNNERS, Gateway
-from gateway.errors import ConfigError
-from gateway.reading import Reading
-from gateway.signing import Signer
-from gateway.vocabulary import QUANTITIES
+from citygw.buffer import Buffer
+from citygw.config import load_config
+from citygw.config.serial import SerialDevice
+from citygw.daemon import BUS_RUNNERS, Gateway
+from citygw.drivers import health as health_module
+from citygw.drivers.health import DeviceHealth, DeviceState
+from citygw.drivers.serial import transport
+from citygw.drivers.serial.decoders import MHZ19_READ, PMS5003
+from citygw.drivers.serial.transport import wire_for
+from citygw.errors import ConfigError
+from citygw.reading import Reading
+from citygw.signing import Signer
+from citygw.vocabulary import QUANTITIES
 
 from .support import payload_of
 from .test_serial_decoders import GGA, MHZ, RMC, SDS, VTG, nmea
@@ -374,7 +374,7 @@ async def test_line_noise_is_logged_once_per_episode_and_counted(
                 await asyncio.sleep(0.005)
 
     readings: list[Reading] = []
-    caplog.set_level(logging.INFO, logger="drivers.health")
+    caplog.set_level(logging.INFO, logger="citygw.drivers.health")
     async with bus_running(config, "u", readings) as health:
         pm = health["pm"]
         await send_until(sensor, F0, lambda: pm.frames > 0, "the port to open")
@@ -402,7 +402,7 @@ async def citygw_probe(config: Path, device: str, *args: str) -> asyncio.subproc
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway",
+        "citygw",
         "probe",
         "-c",
         str(config),

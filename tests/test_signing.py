@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk, jws
 
-from gateway.errors import KeyFileError
-from gateway.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
+from citygw.errors import KeyFileError
+from citygw.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
 
 
 def b64decode(text: str) -> bytes:

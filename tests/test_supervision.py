@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon import TaskFailed, supervise
-from gateway.errors import DeliveryError
-from gateway.localbroker import LocalBroker
+from citygw.daemon import TaskFailed, supervise
+from citygw.errors import DeliveryError
+from citygw.localbroker import LocalBroker
 
 from .support import REPO, Collector, Daemon, payload_of, verify_all, write_config
 
 
 def citygw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "citygw", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.localbroker import LocalBroker, free_port
+from citygw.localbroker import LocalBroker, free_port
 
 from .support import Collector, Daemon, verify_all, write_config
 
@@ -80,7 +80,7 @@ class ReceiverProcess:
             [
                 sys.executable,
                 "-m",
-                "gateway",
+                "citygw",
                 "receive",
                 "--key",
                 f"{key}.pub",
@@ -210,7 +210,7 @@ def test_http_faults_retry_a_poison_batch_is_parked_and_every_other_arrives_once
         assert "batch 5 rejected (HTTP 400 schema says no); parked" in (tmp_path / "daemon.log").read_text()
         # the platform is fixed; a person resends the parked batch
         done = subprocess.run(
-            [sys.executable, "-m", "gateway", "resend", "-c", str(config), "5"],
+            [sys.executable, "-m", "citygw", "resend", "-c", str(config), "5"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -306,9 +306,9 @@ def test_one_uplink_down_does_not_slow_the_other_and_catches_up(
 
 
 def test_receiver_refuses_forgeries_and_conflicts_and_dedupes(tmp_path: Path, key: Path) -> None:
-    from gateway.buffer import BatchLimits, Buffer
-    from gateway.receive import Receiver
-    from gateway.signing import Signer, generate_key
+    from citygw.buffer import BatchLimits, Buffer
+    from citygw.receive import Receiver
+    from citygw.signing import Signer, generate_key
 
     buf = Buffer(
         tmp_path / "b.db",

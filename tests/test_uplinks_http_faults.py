@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway import redact
-from gateway.localbroker import free_port
+from citygw import redact
+from citygw.localbroker import free_port
 
 from .support import Daemon, verify_all
 from .test_uplinks_http import REPO, ScriptedServer, _http_config
@@ -291,7 +291,7 @@ def test_retry_after_of_a_batch_behind_the_first_in_the_window_is_honoured_and_l
 
 def citygw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "citygw", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from jwcrypto import jwk, jws
 
-from gateway.errors import VerificationError
-from gateway.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
-from gateway.verify import ChainVerifier, ItemResult, Outcome, decode_pack, verify_main
+from citygw.errors import VerificationError
+from citygw.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
+from citygw.verify import ChainVerifier, ItemResult, Outcome, decode_pack, verify_main
 
 GW = "gw-1"
 T0 = 1700000000.0

@@ -22,10 +22,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.localbroker import LocalBroker
-from gateway.signing import Signer
-from gateway.verify import MAX_TOKEN
-from gateway.wireformat import Format, TooLarge, serialize, unwrap
+from citygw.localbroker import LocalBroker
+from citygw.signing import Signer
+from citygw.verify import MAX_TOKEN
+from citygw.wireformat import Format, TooLarge, serialize, unwrap
 
 from .support import Daemon, payload_of, start_load, verify_all
 from .test_receive import Box, ReceiveProcess, add_gateway, make_key, publish
@@ -133,7 +133,7 @@ def test_a_jws_gzip_uplink_sends_the_sealed_jws_compressed_and_receive_and_verif
     capture.write_bytes(b"".join(messages))
     pub = str(key.with_name(key.name + ".pub"))
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "verify", "--key", pub, str(capture)],
+        [sys.executable, "-m", "citygw", "verify", "--key", pub, str(capture)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -145,7 +145,7 @@ def test_a_jws_gzip_uplink_sends_the_sealed_jws_compressed_and_receive_and_verif
     damaged[len(damaged) // 2] ^= 0xFF
     capture.write_bytes(bytes(damaged))
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "verify", "--key", pub, str(capture)],
+        [sys.executable, "-m", "citygw", "verify", "--key", pub, str(capture)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ The service data (without its UUID, as bleak hands it over) is one device inform
 which must be 2), then with bit 1 the MAC (6 bytes, least significant first), and then objects,
 each an object id and its little-endian value. :data:`OBJECTS` is the spec's object list as data:
 id -> quantity name, SenML unit, size, signedness and scale. Values are converted to the canonical
-unit of the quantity in :mod:`gateway.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, l -> m3,
+unit of the quantity in :mod:`citygw.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m, lb -> kg, l -> m3,
 deg -> rad, m/s -> km/h for ``speed``), so a reading means the same whatever object id carried it.
 
 Objects with no quantity (packet id, timestamp, device information) are read for their length and
@@ -34,9 +34,9 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from drivers.ble.common import Reason, format_mac, uuid16
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.drivers.ble.common import Reason, format_mac, uuid16
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 UUID = uuid16(0xFCD2)
 _UUID_BYTES = b"\xd2\xfc"  # 0xFCD2 as it is sent, little endian

@@ -1,8 +1,8 @@
 """The BLE bus runner: one scanner, one router, readings to the pipeline.
 
-Two tasks under one :class:`asyncio.TaskGroup`: the :class:`~drivers.ble.scanner.Scanner` (bleak,
+Two tasks under one :class:`asyncio.TaskGroup`: the :class:`~citygw.drivers.ble.scanner.Scanner` (bleak,
 restarts, the bounded advert queue) and the consumer here, which takes adverts in batches, routes them
-(:class:`~drivers.ble.router.Router`), keeps each device's health, closes presence windows on time and
+(:class:`~citygw.drivers.ble.router.Router`), keeps each device's health, closes presence windows on time and
 hands the readings of a batch to the pipeline in one call. Cancelling the runner stops both and the
 bleak scanner with them; nothing outlives it.
 """
@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING
 
 from bleak import BleakScanner
 
-from drivers.ble.common import Advert
-from drivers.ble.router import Router
-from drivers.ble.scanner import QUEUE_SIZE, Scanner, ScannerFactory, patterns_for
-from drivers.health import DeviceHealth
-from gateway.config.ble import BleSensor, PresenceCounter
-from gateway.logs import EventLog
-from gateway.reading import Reading, Sink
+from citygw.config.ble import BleSensor, PresenceCounter
+from citygw.drivers.ble.common import Advert
+from citygw.drivers.ble.router import Router
+from citygw.drivers.ble.scanner import QUEUE_SIZE, Scanner, ScannerFactory, patterns_for
+from citygw.drivers.health import DeviceHealth
+from citygw.logs import EventLog
+from citygw.reading import Reading, Sink
 
 if TYPE_CHECKING:
-    from gateway.config.ble import BleBus, BleDevice
+    from citygw.config.ble import BleBus, BleDevice
 
 log = EventLog(__name__)
 
@@ -169,11 +169,11 @@ async def run_bus(
     *,
     factory: ScannerFactory = BleakScanner,
 ) -> None:
-    """All devices of one BLE bus, until cancelled (see :data:`gateway.daemon.BUS_RUNNERS`).
+    """All devices of one BLE bus, until cancelled (see :data:`citygw.daemon.BUS_RUNNERS`).
 
     A bus with ``replay`` hears the adverts of that recording instead of its adapter."""
     if bus.replay is not None:
-        from drivers.ble import replay
+        from citygw.drivers.ble import replay
 
         factory = replay.factory(bus.replay)
     await BleBusRunner(bus_name, bus, devices, sink, health, factory=factory).run()

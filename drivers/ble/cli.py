@@ -14,16 +14,16 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import Advert, Reason, normalise_address
-from drivers.ble.router import classify
-from gateway.config.ble import BleBus, BleSensor
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.config.ble import BleBus, BleSensor
+from citygw.drivers.ble import bthome, pvvx, ruuvi
+from citygw.drivers.ble.common import Advert, Reason, normalise_address
+from citygw.drivers.ble.router import classify
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 if TYPE_CHECKING:
-    from drivers.ble.scanner import ScannerFactory
-    from gateway.config import Config
+    from citygw.config import Config
+    from citygw.drivers.ble.scanner import ScannerFactory
 
 
 def _some(measurements: list[Measurement]) -> list[Measurement]:
@@ -112,7 +112,7 @@ def scan_main(
     from bleak import BleakScanner
     from bleak.exc import BleakError
 
-    from drivers.ble.scanner import scan_nearby
+    from citygw.drivers.ble.scanner import scan_nearby
 
     spec = config.buses[bus]
     assert isinstance(spec, BleBus)

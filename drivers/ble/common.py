@@ -34,7 +34,7 @@ class Advert(NamedTuple):
 
 
 class Reason(enum.StrEnum):
-    """Why an advert was refused: the keys of :attr:`drivers.health.DeviceHealth.errors`."""
+    """Why an advert was refused: the keys of :attr:`citygw.drivers.health.DeviceHealth.errors`."""
 
     SHORT = "short"  # fewer bytes than the format needs
     LENGTH = "length"  # a size the format does not have

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable
 
-from gateway.reading import Flag, Reading
+from citygw.reading import Flag, Reading
 
 DAY = 86_400
 NAME = "presenceCount"

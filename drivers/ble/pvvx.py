@@ -19,9 +19,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from drivers.ble.common import Reason, uuid16
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.drivers.ble.common import Reason, uuid16
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 UUID = uuid16(0x181A)
 PVVX_SIZE = 15
@@ -33,7 +33,7 @@ _ENCRYPTED_SIZES = (8, 11)
 
 class Decoded(NamedTuple):
     """The values of one advert, its counter and the MAC the thermometer reports (most significant
-    byte first; :func:`~drivers.ble.common.format_mac` spells it)."""
+    byte first; :func:`~citygw.drivers.ble.common.format_mac` spells it)."""
 
     measurements: list[Measurement]
     key: int

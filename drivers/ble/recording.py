@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.ble.common import normalise_address
-from gateway.errors import CitygwError
+from citygw.drivers.ble.common import normalise_address
+from citygw.errors import CitygwError
 
 _EXAMPLE = (
     '{"t": 0.0, "address": "A4:C1:38:0B:5E:ED", "rssi": -67, '

@@ -4,9 +4,9 @@ Chosen by a BLE bus's ``replay`` key (a bench, a demo, a site's air reproduced o
 without it never imports this module. Everything above bleak is unchanged: the adverts enter
 through bleak's own detection callbacks as real :class:`~bleak.backends.device.BLEDevice` and
 :class:`~bleak.backends.scanner.AdvertisementData` values, exactly where the BlueZ backend hands
-them over, then go through the same :class:`~drivers.ble.scanner.Scanner`, router and decoders.
+them over, then go through the same :class:`~citygw.drivers.ble.scanner.Scanner`, router and decoders.
 
-The recording (:mod:`drivers.ble.recording`) is played at its own pace and starts again from the
+The recording (:mod:`citygw.drivers.ble.recording`) is played at its own pace and starts again from the
 top when it ends, for as long as the scanner runs.
 """
 
@@ -21,8 +21,8 @@ from typing import Any, Literal
 from bleak import BleakScanner
 from bleak.backends.scanner import AdvertisementData, AdvertisementDataCallback, BaseBleakScanner
 
-from drivers.ble.recording import RecordedAdvert, load
-from gateway.logs import EventLog
+from citygw.drivers.ble.recording import RecordedAdvert, load
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 
@@ -90,7 +90,7 @@ class ReplayScanner(BaseBleakScanner):
 
 
 def factory(recording: Path) -> functools.partial[BleakScanner]:
-    """A :data:`~drivers.ble.scanner.ScannerFactory` of bleak scanners replaying ``recording``."""
+    """A :data:`~citygw.drivers.ble.scanner.ScannerFactory` of bleak scanners replaying ``recording``."""
     adverts = load(recording)
     log.event("ble_replay", path=str(recording)).info(
         "ble: replaying %d recorded adverts from %s instead of a radio", len(adverts), recording

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from drivers.ble import bthome, pvvx, ruuvi
-from drivers.ble.common import Advert, Reason
-from drivers.ble.presence import PresenceCounter
-from gateway.config.ble import BleDevice, BleFormat, BleSensor
-from gateway.config.ble import PresenceCounter as PresenceConfig
-from gateway.errors import DecodeError
-from gateway.reading import Measurement, Reading
+from citygw.config.ble import BleDevice, BleFormat, BleSensor
+from citygw.config.ble import PresenceCounter as PresenceConfig
+from citygw.drivers.ble import bthome, pvvx, ruuvi
+from citygw.drivers.ble.common import Advert, Reason
+from citygw.drivers.ble.presence import PresenceCounter
+from citygw.errors import DecodeError
+from citygw.reading import Measurement, Reading
 
 
 class Decoded(Protocol):

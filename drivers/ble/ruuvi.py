@@ -7,7 +7,7 @@ never reported as a number. The measurement sequence number is returned for de-d
 sends each measurement several times) and the tx power is not reported (a setting, not a measurement).
 An advert with every field not available is refused (:attr:`Reason.EMPTY`): a tag whose sensors failed.
 
-Units follow :mod:`gateway.vocabulary`: acceleration in m/s2 (the tag sends mG; 1 G = 9.80665 m/s2,
+Units follow :mod:`citygw.vocabulary`: acceleration in m/s2 (the tag sends mG; 1 G = 9.80665 m/s2,
 the standard gravity of CGPM 1901), battery voltage in V, pressure in Pa.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from drivers.ble.common import Reason
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.drivers.ble.common import Reason
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 COMPANY_ID = 0x0499
 SIZE = 24

@@ -3,7 +3,7 @@
 :class:`Scanner` owns the scanner's life: it starts a :class:`bleak.BleakScanner` (passive where
 BlueZ allows it, else active, as configured), restarts it with jittered backoff when the adapter or
 BlueZ goes away (start fails, or no advert arrives for ``restart_when_silent``), and hands every advert
-as an :class:`~drivers.ble.common.Advert` to a bounded queue. It never parses: a full queue drops the
+as an :class:`~citygw.drivers.ble.common.Advert` to a bounded queue. It never parses: a full queue drops the
 advert and counts it (:attr:`Scanner.dropped`).
 
 The test seam is :meth:`Scanner.on_advert`, the callback bleak calls with its own ``BLEDevice`` and
@@ -26,10 +26,10 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
-from drivers.ble.common import Advert
-from gateway.backoff import Backoff
-from gateway.config.ble import BleFormat, Scanning
-from gateway.logs import EventLog
+from citygw.backoff import Backoff
+from citygw.config.ble import BleFormat, Scanning
+from citygw.drivers.ble.common import Advert
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 

@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 
 import stamina
 
-from drivers.health import DeviceHealth
-from drivers.modbus.client import ExceptionAnswer, ModbusLink, NoAnswer, TransactionError
-from drivers.modbus.decoder import Counters, decode_response
-from drivers.modbus.plan import ReadPlan, Request
-from gateway.backoff import Backoff
-from gateway.config.modbus import ModbusBus, ModbusDeviceModel
-from gateway.errors import CitygwError, DecodeError
-from gateway.logs import EventLog
-from gateway.reading import Reading, Sink
+from citygw.backoff import Backoff
+from citygw.config.modbus import ModbusBus, ModbusDeviceModel
+from citygw.drivers.health import DeviceHealth
+from citygw.drivers.modbus.client import ExceptionAnswer, ModbusLink, NoAnswer, TransactionError
+from citygw.drivers.modbus.decoder import Counters, decode_response
+from citygw.drivers.modbus.plan import ReadPlan, Request
+from citygw.errors import CitygwError, DecodeError
+from citygw.logs import EventLog
+from citygw.reading import Reading, Sink
 
 log = EventLog(__name__)
 

@@ -40,11 +40,11 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from drivers.serial.port import diagnose
-from gateway.backoff import Backoff
-from gateway.config.modbus import ModbusBus, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
-from gateway.errors import CitygwError
-from gateway.logs import EventLog
+from citygw.backoff import Backoff
+from citygw.config.modbus import ModbusBus, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
+from citygw.drivers.serial.port import diagnose
+from citygw.errors import CitygwError
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 
@@ -83,7 +83,7 @@ class NoAnswer(TransactionError):
     """Nothing usable came back: ``timeout``, ``crc`` (garbled), ``connection``, ``gateway`` (a TCP gateway
     says the unit behind it is silent), ``mismatch`` (a valid frame answering another request) or
     ``framing``; or the link itself is down: ``connection``, and for a serial port ``no-port``,
-    ``permission``, ``busy`` or ``port`` (see :func:`drivers.serial.port.diagnose`)."""
+    ``permission``, ``busy`` or ``port`` (see :func:`citygw.drivers.serial.port.diagnose`)."""
 
     @property
     def link_down(self) -> bool:

@@ -5,7 +5,7 @@ time the response arrived and the device's :class:`Counters`. No I/O, no clock, 
 
 Cumulative counters (``counter: true``: energy, pulses, running hours) are sent as the device's
 own cumulative reading, never as a difference, so nothing is ever negative. When a counter goes
-down, the reading carries :attr:`~gateway.reading.Flag.COUNTER_ROLLOVER`: the counter either
+down, the reading carries :attr:`~citygw.reading.Flag.COUNTER_ROLLOVER`: the counter either
 wrapped past its type's maximum (the previous value was in the top quarter of the type's range
 and the new one in the bottom quarter) or the meter was reset or replaced. A consumer that
 computes consumption as the difference of successive readings must not subtract across a
@@ -18,10 +18,10 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drivers.modbus.plan import Request
-from drivers.modbus.registers import NUMERIC, DataType, Field, Reason, decode_field, int_range
-from gateway.errors import DecodeError
-from gateway.reading import Flag, Reading
+from citygw.drivers.modbus.plan import Request
+from citygw.drivers.modbus.registers import NUMERIC, DataType, Field, Reason, decode_field, int_range
+from citygw.errors import DecodeError
+from citygw.reading import Flag, Reading
 
 
 class CounterEvent(enum.Enum):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from drivers.modbus.registers import Field
+from citygw.drivers.modbus.registers import Field
 
 MAX_REGISTERS = 125  # per read of holding or input registers (functions 3, 4)
 MAX_BITS = 2000  # per read of coils or discrete inputs (functions 1, 2)

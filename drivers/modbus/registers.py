@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.errors import DecodeError
+from citygw.errors import DecodeError
 
 
 class DataType(enum.StrEnum):
@@ -43,7 +43,7 @@ class Order(enum.StrEnum):
 
 
 class Reason(enum.StrEnum):
-    """Why registers were refused: the keys of :attr:`drivers.health.DeviceHealth.errors`."""
+    """Why registers were refused: the keys of :attr:`citygw.drivers.health.DeviceHealth.errors`."""
 
     DECODE = "decode"  # registers that cannot be the value they are declared to hold
 

@@ -6,7 +6,7 @@ CRC (``garbled``). Unit ids the server does not hold do not answer, as on an RS-
 server counts transactions and the time it spent on them (request decoded to response sent), so
 a benchmark can subtract the server's share from the wall time it measures.
 
-Run as ``python -m drivers.modbus.server --units 1-50 --registers 10`` it serves on a loopback
+Run as ``python -m citygw.drivers.modbus.server --units 1-50 --registers 10`` it serves on a loopback
 TCP port (printed as JSON on stdout) until stdin closes; a line ``stats`` on stdin prints the
 counters.
 """
@@ -30,7 +30,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from drivers.modbus.registers import DataType, Field, to_registers
+from citygw.drivers.modbus.registers import DataType, Field, to_registers
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -249,7 +249,7 @@ async def _serve(args: argparse.Namespace) -> None:
         for unit_id in _unit_ids(args.units)
     }
     if args.sdm630:
-        from gateway.config.profiles import find_profile
+        from citygw.config.profiles import find_profile
 
         fields = find_profile("eastron-sdm630").fields
         values = {f.name: 230.0 if f.quantity == "voltage" else 1.5 for f in fields}

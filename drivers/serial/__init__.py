@@ -1,16 +1,16 @@
 """Serial (UART) sensors: stream framers, pure decoders and the port transport.
 
-- :mod:`drivers.serial.decoders`: one frame -> measurements (PMS5003/7003/A003, SDS011, MH-Z19,
+- :mod:`citygw.drivers.serial.decoders`: one frame -> measurements (PMS5003/7003/A003, SDS011, MH-Z19,
   NMEA 0183), raising :class:`DecodeError`;
-- :mod:`drivers.serial.lines`: the configurable line protocol (regex, CSV, JSON lines);
-- :mod:`drivers.serial.framing`: byte stream -> frames, resynchronising after noise and bad frames;
-- :mod:`drivers.serial.transport`: the port (pyserial-asyncio-fast), reopening with backoff, and the
+- :mod:`citygw.drivers.serial.lines`: the configurable line protocol (regex, CSV, JSON lines);
+- :mod:`citygw.drivers.serial.framing`: byte stream -> frames, resynchronising after noise and bad frames;
+- :mod:`citygw.drivers.serial.transport`: the port (pyserial-asyncio-fast), reopening with backoff, and the
   bus runner. Imported on its own, so the pure parts stay free of asyncio and pyserial.
 """
 
 from __future__ import annotations
 
-from drivers.serial.decoders import (
+from citygw.drivers.serial.decoders import (
     MHZ19,
     MHZ19_READ,
     PMS5003,
@@ -24,10 +24,10 @@ from drivers.serial.decoders import (
     decode_pms5003,
     decode_sds011,
 )
-from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer, Reject
-from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer, Reject
+from citygw.drivers.serial.lines import FieldRule, LineDecoder, LineFormat
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 __all__ = [
     "MHZ19",

@@ -1,9 +1,9 @@
 """Pure decoders for one frame of each serial protocol: bytes in, measurements out.
 
-No I/O, no clock, no logging: a decoder gets one frame as the framer (:mod:`drivers.serial.framing`)
+No I/O, no clock, no logging: a decoder gets one frame as the framer (:mod:`citygw.drivers.serial.framing`)
 cut it, checks it completely (length, header, checksum) and returns ``(name, value, unit)``
 :class:`Measurement` values, or raises one :class:`DecodeError` whose ``reason`` is a short fixed
-word (:class:`Reason`). The transport stamps device and time to make :class:`~gateway.reading.Reading`
+word (:class:`Reason`). The transport stamps device and time to make :class:`~citygw.reading.Reading`
 values; ``citygw decode`` prints them.
 
 The fixed-size binary formats are described as data (:class:`FixedFormat`: header, size, check),
@@ -18,12 +18,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import DecodeError
-from gateway.reading import Measurement
+from citygw.errors import DecodeError
+from citygw.reading import Measurement
 
 
 class Reason(enum.StrEnum):
-    """Why a frame was refused: the keys of :attr:`drivers.health.DeviceHealth.errors`."""
+    """Why a frame was refused: the keys of :attr:`citygw.drivers.health.DeviceHealth.errors`."""
 
     SHORT = "short"  # fewer bytes than the format's frame
     LONG = "long"  # more bytes than the format's frame, or a line over the length limit

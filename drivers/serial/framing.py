@@ -7,19 +7,19 @@ one frame, so its memory is bounded). It finds frames by their start bytes and c
 frame; a frame that fails its check is a :class:`Reject` (counted per device by the transport) and the
 search resumes one byte after its start, so a real frame hidden behind a false start is still found.
 
-Framers are pure: no I/O, no clock. They do not decode; :mod:`drivers.serial.decoders` does.
+Framers are pure: no I/O, no clock. They do not decode; :mod:`citygw.drivers.serial.decoders` does.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from drivers.serial.decoders import FixedFormat, Reason, split_sentence
-from gateway.errors import DecodeError
+from citygw.drivers.serial.decoders import FixedFormat, Reason, split_sentence
+from citygw.errors import DecodeError
 
 
 class Reject(NamedTuple):
-    """A frame found and refused: why (a :class:`~drivers.serial.decoders.Reason` value) and what."""
+    """A frame found and refused: why (a :class:`~citygw.drivers.serial.decoders.Reason` value) and what."""
 
     reason: str
     detail: str
@@ -45,7 +45,7 @@ def _partial_sync(buf: bytes, start: int, sync: bytes) -> int:
 
 
 class FixedFramer:
-    """Frames of a :class:`~drivers.serial.decoders.FixedFormat`: start bytes, fixed size, a check."""
+    """Frames of a :class:`~citygw.drivers.serial.decoders.FixedFormat`: start bytes, fixed size, a check."""
 
     def __init__(self, fmt: FixedFormat) -> None:
         self.fmt = fmt

@@ -1,7 +1,7 @@
 """The configurable line protocol: one reading (or a few) per text line, for simple boards.
 
 Radar speed counters, weather boards and home-made sensors print a line per measurement. Three
-forms are read, each configured in the device's ``lines`` keys (:mod:`gateway.config.serial`):
+forms are read, each configured in the device's ``lines`` keys (:mod:`citygw.config.serial`):
 
 - ``regex``: a regular expression with named groups, searched in the line (anchor it with ``^...$``
   to match whole lines only), e.g. ``speed=(?P<speed>\\d+) count=(?P<count>\\d+)``;
@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.serial.decoders import Reason
-from gateway.errors import DecodeError
-from gateway.reading import Measurement, Value
+from citygw.drivers.serial.decoders import Reason
+from citygw.errors import DecodeError
+from citygw.reading import Measurement, Value
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")

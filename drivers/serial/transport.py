@@ -7,7 +7,7 @@ For a request/response protocol (MH-Z19) it writes the read command every ``inte
 :data:`ANSWER_TIMEOUT` for the answer.
 
 Nothing a device does is raised into the daemon: bad frames and missing answers are counted in its
-:class:`~drivers.health.DeviceHealth`. A port that cannot be opened, fails on read (the device was
+:class:`~citygw.drivers.health.DeviceHealth`. A port that cannot be opened, fails on read (the device was
 unplugged) or whose device file vanished or was replaced is closed and reopened after a backoff
 with full jitter (``reopen_initial`` doubling up to ``reopen_max``), reset by the next good frame.
 A device with no good frame for ``stale_after`` is reported stale, unless its port is down: then it
@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import serial_asyncio_fast
 
-from drivers.health import DeviceHealth
-from drivers.serial.decoders import (
+from citygw.backoff import Backoff
+from citygw.drivers.health import DeviceHealth
+from citygw.drivers.serial.decoders import (
     MHZ19,
     MHZ19_READ,
     PMS5003,
@@ -41,18 +42,17 @@ from drivers.serial.decoders import (
     decode_pms5003,
     decode_sds011,
 )
-from drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer
-from drivers.serial.lines import FieldRule, LineDecoder, LineFormat
-from drivers.serial.port import diagnose
-from gateway.backoff import Backoff
-from gateway.errors import CitygwError, DecodeError
-from gateway.logs import EventLog
-from gateway.reading import Reading, Sink
+from citygw.drivers.serial.framing import FixedFramer, Framer, LineFramer, NmeaFramer
+from citygw.drivers.serial.lines import FieldRule, LineDecoder, LineFormat
+from citygw.drivers.serial.port import diagnose
+from citygw.errors import CitygwError, DecodeError
+from citygw.logs import EventLog
+from citygw.reading import Reading, Sink
 
 if TYPE_CHECKING:
     from asyncio import StreamReader, StreamWriter
 
-    from gateway.config.serial import SerialBus, SerialDevice
+    from citygw.config.serial import SerialBus, SerialDevice
 
 log = EventLog(__name__)
 

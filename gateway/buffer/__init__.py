@@ -16,20 +16,20 @@ undelivered batches behind a gap record and retries. The cap is lifted, and the 
 again, once the file system has room; each episode is logged once, not per commit.
 
 Threading: every :class:`Buffer` method is synchronous and runs on the store thread
-(:class:`gateway.store.Store`), one call at a time; the event loop reaches the buffer through the
-store (``await store.call(...)``), the uplinks through :class:`gateway.pipeline.UplinkOutbox`.
+(:class:`citygw.store.Store`), one call at a time; the event loop reaches the buffer through the
+store (``await store.call(...)``), the uplinks through :class:`citygw.pipeline.UplinkOutbox`.
 What other threads may read is listed on :class:`Buffer` (single ints and references, read
 whole: a figure may be a commit old, never torn).
 
 The parts, one responsibility each, stacked into :class:`Buffer`:
 
-- :mod:`~gateway.buffer.layout`: the file's schema and the values the buffer hands out;
-- :mod:`~gateway.buffer.state`: the state in memory, the connection, transactions;
-- :mod:`~gateway.buffer.retention`: caps, the disk-full emergency, gap records;
-- :mod:`~gateway.buffer.outbox`: batches out to the uplinks, cursors, parked batches;
-- :mod:`~gateway.buffer.sealing`: staging and sealing (the JWS size estimate);
-- :mod:`~gateway.buffer.damage`: a damaged file moved aside, a damaged WAL accounted for;
-- :mod:`~gateway.buffer.file`: opening and closing: :class:`Buffer`.
+- :mod:`~citygw.buffer.layout`: the file's schema and the values the buffer hands out;
+- :mod:`~citygw.buffer.state`: the state in memory, the connection, transactions;
+- :mod:`~citygw.buffer.retention`: caps, the disk-full emergency, gap records;
+- :mod:`~citygw.buffer.outbox`: batches out to the uplinks, cursors, parked batches;
+- :mod:`~citygw.buffer.sealing`: staging and sealing (the JWS size estimate);
+- :mod:`~citygw.buffer.damage`: a damaged file moved aside, a damaged WAL accounted for;
+- :mod:`~citygw.buffer.file`: opening and closing: :class:`Buffer`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.buffer.file import Buffer
-    from gateway.buffer.layout import (
+    from citygw.buffer.file import Buffer
+    from citygw.buffer.layout import (
         KIND_DATA,
         KIND_GAP,
         RESERVE_BYTES,

@@ -16,13 +16,13 @@ import zlib
 from collections import deque
 from pathlib import Path
 
-from gateway import wal
-from gateway.buffer.layout import CHAIN_RE, KIND_GAP, ZLEVEL, opt_str
-from gateway.buffer.sealing import Sealing
-from gateway.errors import BufferStorageError
-from gateway.logs import EventLog
-from gateway.senml import PAYLOAD_VERSION
-from gateway.wireformat import b64url_decode, split_compact
+from citygw import wal
+from citygw.buffer.layout import CHAIN_RE, KIND_GAP, ZLEVEL, opt_str
+from citygw.buffer.sealing import Sealing
+from citygw.errors import BufferStorageError
+from citygw.logs import EventLog
+from citygw.senml import PAYLOAD_VERSION
+from citygw.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 

@@ -9,9 +9,9 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import wal
-from gateway.buffer.damage import DamageHandling
-from gateway.buffer.layout import (
+from citygw import wal
+from citygw.buffer.damage import DamageHandling
+from citygw.buffer.layout import (
     CHAIN_RE,
     RESERVE_BYTES,
     SCHEMA,
@@ -23,9 +23,9 @@ from gateway.buffer.layout import (
     opt_str,
     stored_record,
 )
-from gateway.buffer.report import BufferReport, report_from
-from gateway.errors import BufferOwnerError, BufferStorageError
-from gateway.logs import EventLog
+from citygw.buffer.report import BufferReport, report_from
+from citygw.errors import BufferOwnerError, BufferStorageError
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 
@@ -33,13 +33,13 @@ log = EventLog(__name__)
 class Buffer(DamageHandling):
     """One SQLite file in WAL mode holding staged readings, sealed batches and cursors.
 
-    Threading: every method runs on the store thread (:class:`gateway.store.Store`), one call at
+    Threading: every method runs on the store thread (:class:`citygw.store.Store`), one call at
     a time, except these, safe from any thread because each reads one int or one reference the
     store thread replaces whole: :attr:`last_seq` and :meth:`seal_due_at` (the pipeline's writer,
     on the event loop), :attr:`staged_count` and the plain counters and settings (``path``,
     ``max_disk``, ``corrupt_batches``, ``full_episodes``, ... read by a metrics scrape or the
     health report). The uplinks reach the buffer only through
-    :class:`gateway.pipeline.UplinkOutbox`."""
+    :class:`citygw.pipeline.UplinkOutbox`."""
 
     def open(self) -> None:
         """Open (or create) the file. A damaged file is moved aside and a fresh buffer, on a new
@@ -182,7 +182,7 @@ class Buffer(DamageHandling):
             self._db = None
 
     def report(self, uplinks: Sequence[str] | None = None) -> BufferReport:
-        """The file's figures (:func:`gateway.buffer.report.report_from`) through the buffer's own
+        """The file's figures (:func:`citygw.buffer.report.report_from`) through the buffer's own
         connection: no second connection, consistent because this thread is the only writer."""
         try:
             return report_from(self._require_db(), self.path, uplinks)

@@ -8,10 +8,10 @@ import time
 import zlib
 from collections.abc import Sequence
 
-from gateway.buffer.layout import KIND_DATA, KIND_GAP, Outgoing, b64url
-from gateway.buffer.retention import Retention
-from gateway.logs import EventLog
-from gateway.signing import chain_hash
+from citygw.buffer.layout import KIND_DATA, KIND_GAP, Outgoing, b64url
+from citygw.buffer.retention import Retention
+from citygw.logs import EventLog
+from citygw.signing import chain_hash
 
 log = EventLog(__name__)
 

@@ -1,9 +1,9 @@
 """The buffer file's figures: what is held, for whom, what retention dropped.
 
-Read the same way by the daemon (:meth:`gateway.buffer.Buffer.report`, on the store thread, with
-the buffer's own connection) and by ``citygw status`` (:func:`gateway.status.read_buffer`, a
+Read the same way by the daemon (:meth:`citygw.buffer.Buffer.report`, on the store thread, with
+the buffer's own connection) and by ``citygw status`` (:func:`citygw.status.read_buffer`, a
 read-only connection beside a running daemon). It knows the file's layout from
-:mod:`gateway.buffer.layout`.
+:mod:`citygw.buffer.layout`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.buffer.layout import KIND_GAP
+from citygw.buffer.layout import KIND_GAP
 
 
 @dataclass(frozen=True, slots=True)

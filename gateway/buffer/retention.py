@@ -16,7 +16,7 @@ import sqlite3
 import time
 import zlib
 
-from gateway.buffer.layout import (
+from citygw.buffer.layout import (
     CLOCK_STEP,
     FULL_KEEP,
     FULL_WAL_PAGES,
@@ -28,10 +28,10 @@ from gateway.buffer.layout import (
     Gap,
     is_full,
 )
-from gateway.buffer.state import BufferState
-from gateway.logs import EventLog
-from gateway.senml import PAYLOAD_VERSION
-from gateway.wireformat import b64url_decode, split_compact
+from citygw.buffer.state import BufferState
+from citygw.logs import EventLog
+from citygw.senml import PAYLOAD_VERSION
+from citygw.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 

@@ -11,7 +11,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 
-from gateway.buffer.layout import (
+from citygw.buffer.layout import (
     KIND_DATA,
     SIG_B64_LEN,
     ZLEVEL,
@@ -21,11 +21,11 @@ from gateway.buffer.layout import (
     b64url,
     is_full,
 )
-from gateway.buffer.outbox import Outbox
-from gateway.logs import EventLog
-from gateway.senml import Record, encode_payload
-from gateway.signing import chain_hash
-from gateway.wireformat import b64url_decode, split_compact
+from citygw.buffer.outbox import Outbox
+from citygw.logs import EventLog
+from citygw.senml import Record, encode_payload
+from citygw.signing import chain_hash
+from citygw.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 

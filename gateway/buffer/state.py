@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.buffer.layout import BatchLimits, BatchSigner, BufferStats, Chunk, Transaction
-from gateway.errors import BufferStorageError
-from gateway.senml import Record
+from citygw.buffer.layout import BatchLimits, BatchSigner, BufferStats, Chunk, Transaction
+from citygw.errors import BufferStorageError
+from citygw.senml import Record
 
 
 class BufferState:

@@ -1,7 +1,7 @@
 """The citygw config: a YAML file validated as a whole before anything starts.
 
 :func:`load_config` reads a file into a frozen :class:`Config` or raises
-:class:`~gateway.errors.ConfigError` listing every problem, each with file, line, key and what is
+:class:`~citygw.errors.ConfigError` listing every problem, each with file, line, key and what is
 allowed. ``config/example.yaml`` is the annotated reference.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from gateway.config.base import LogLevel, Synchronous
-from gateway.config.loader import load
-from gateway.config.model import (
+from citygw.config.base import LogLevel, Synchronous
+from citygw.config.loader import load
+from citygw.config.model import (
     BUS_MODELS,
     DEVICE_MODELS,
     UPLINK_MODELS,
@@ -29,7 +29,7 @@ from gateway.config.model import (
     Uplink,
     default_buffer_path,
 )
-from gateway.config.units import Duration, Size, parse_duration, parse_size
+from citygw.config.units import Duration, Size, parse_duration, parse_size
 
 __all__ = [
     "BUS_MODELS",
@@ -61,6 +61,6 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     """Read and validate the config file at ``path``.
 
     ``environ`` (default :data:`os.environ`) supplies ``${VAR}`` values and ``STATE_DIRECTORY``.
-    Raises :class:`~gateway.errors.ConfigError` carrying every problem found.
+    Raises :class:`~citygw.errors.ConfigError` carrying every problem found.
     """
     return load(path, environ=os.environ if environ is None else environ)

@@ -39,9 +39,9 @@ from pydantic_core import (
 )
 from pydantic_core.core_schema import ErrorType
 
-from gateway import redact
-from gateway.config.units import describe, format_duration
-from gateway.vocabulary import QUANTITIES
+from citygw import redact
+from citygw.config.units import describe, format_duration
+from citygw.vocabulary import QUANTITIES
 
 DEFAULT_BUFFER_PATH = Path("/var/lib/citygw/buffer.db")
 DEFAULT_TOPIC = "city/{gateway}/batches"

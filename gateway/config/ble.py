@@ -32,10 +32,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from drivers.ble import recording
-from drivers.ble.common import normalise_address
-from drivers.ble.presence import NAME as PRESENCE_READING
-from gateway.config.base import (
+from citygw.config.base import (
     BusId,
     ConfigPath,
     Int,
@@ -47,9 +44,12 @@ from gateway.config.base import (
     problem,
     within,
 )
-from gateway.config.location import DEVICE_LOCATION, Location
-from gateway.config.report import ReadingInfo, ReportSettings
-from gateway.config.units import Duration, describe, duration_within, format_duration
+from citygw.config.location import DEVICE_LOCATION, Location
+from citygw.config.report import ReadingInfo, ReportSettings
+from citygw.config.units import Duration, describe, duration_within, format_duration
+from citygw.drivers.ble import recording
+from citygw.drivers.ble.common import normalise_address
+from citygw.drivers.ble.presence import NAME as PRESENCE_READING
 
 _ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
 _BINDKEY_RE = re.compile(r"[0-9A-Fa-f]{32}")
@@ -271,7 +271,7 @@ class PresenceCounter(BleDevice):
     )
 
     def report_readings(self) -> dict[str, ReadingInfo] | None:
-        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        """The readings this device produces (:class:`citygw.config.report.ReportedDevice`)."""
         return {PRESENCE_READING: ReadingInfo("number")}
 
     def report_interval(self) -> float | None:

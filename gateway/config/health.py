@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field
 
-from gateway.config.base import Section, located
-from gateway.config.units import Duration, duration_within
+from citygw.config.base import Section, located
+from citygw.config.units import Duration, duration_within
 
 HEALTH_DEVICE = "gateway"
 """The reserved device id of the box's own health readings; no config device may use it."""

@@ -1,4 +1,4 @@
-"""Reading a config file into a :class:`~gateway.config.model.Config`, with every problem located.
+"""Reading a config file into a :class:`~citygw.config.model.Config`, with every problem located.
 
 Steps, each collecting problems rather than stopping at the first:
 
@@ -7,7 +7,7 @@ Steps, each collecting problems rather than stopping at the first:
 3. substitute ``${VAR}`` inside string values (``$${`` writes a literal ``${``), in place, so positions
    are kept;
 4. read secret files (``password_file``) into their value (``password``);
-5. validate with pydantic under a :class:`~gateway.config.base.LoadContext`, which resolves relative
+5. validate with pydantic under a :class:`~citygw.config.base.LoadContext`, which resolves relative
    paths against the file's directory and checks the files named;
 6. map each pydantic error's ``loc`` back to a line through the parsed tree.
 """
@@ -24,11 +24,11 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml.comments import CommentedMap
 
-from gateway.config import source
-from gateway.config.base import LoadContext
-from gateway.config.model import Config, default_buffer_path
-from gateway.config.source import SECRET_FILES, Loc
-from gateway.errors import ConfigError, ConfigProblem
+from citygw.config import source
+from citygw.config.base import LoadContext
+from citygw.config.model import Config, default_buffer_path
+from citygw.config.source import SECRET_FILES, Loc
+from citygw.errors import ConfigError, ConfigProblem
 
 CREDENTIALS_VARIABLE = "CREDENTIALS_DIRECTORY"
 CREDENTIALS_STORE = Path("/etc/citygw/credentials")

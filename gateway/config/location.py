@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field
 
-from gateway.config.base import Float, Section, located, within
+from citygw.config.base import Float, Section, located, within
 
 _WHERE = "e.g. latitude: 13.7465, longitude: 100.5348 (decimal degrees, WGS 84, as a map app shows them)"
 DEVICE_LOCATION = (

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from gateway.config.base import Section, located, problem
+from citygw.config.base import Section, located, problem
 
 DEFAULT_LISTEN = "127.0.0.1:9108"
 _LISTEN_RULE = "write host:port, e.g. 127.0.0.1:9108 or [::1]:9108"

@@ -26,9 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.modbus.registers import DataType
-from drivers.modbus.registers import Field as RegisterField
-from gateway.config.base import (
+from citygw.config.base import (
     BusId,
     ConfigPath,
     Int,
@@ -37,9 +35,9 @@ from gateway.config.base import (
     problem,
     within,
 )
-from gateway.config.location import DEVICE_LOCATION, Location
-from gateway.config.profiles import ProfileError, find_profile
-from gateway.config.register_map import (
+from citygw.config.location import DEVICE_LOCATION, Location
+from citygw.config.profiles import ProfileError, find_profile
+from citygw.config.register_map import (
     DEFAULT_MAX_GAP,
     FactorySettings,
     Parity,
@@ -50,9 +48,11 @@ from gateway.config.register_map import (
     check_unique,
     resolve,
 )
-from gateway.config.report import ReadingInfo, ReportSettings
-from gateway.config.units import Duration, duration_within
-from gateway.config.wiring import standard_baudrate
+from citygw.config.report import ReadingInfo, ReportSettings
+from citygw.config.units import Duration, duration_within
+from citygw.config.wiring import standard_baudrate
+from citygw.drivers.modbus.registers import DataType
+from citygw.drivers.modbus.registers import Field as RegisterField
 
 
 def _host(value: str) -> str:
@@ -279,7 +279,7 @@ class ModbusDevice(Section):
         return self._profile.factory if self._profile is not None else None
 
     def report_readings(self) -> dict[str, ReadingInfo] | None:
-        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        """The readings this device produces (:class:`citygw.config.report.ReportedDevice`)."""
         kinds: dict[DataType, Literal["bool", "text"]] = {DataType.BOOL: "bool", DataType.STRING: "text"}
         return {f.name: ReadingInfo(kinds.get(f.type, "number"), f.counter) for f in self.fields}
 

@@ -1,7 +1,7 @@
 """The config's shape: one frozen pydantic model per YAML section, and the checks on its values.
 
 Models are plain values: building one does no I/O unless validation is given a :class:`LoadContext`
-(as :func:`gateway.config.load_config` does), which resolves relative paths against the config
+(as :func:`citygw.config.load_config` does), which resolves relative paths against the config
 file's directory and checks that the files named exist with the right permissions.
 
 Uplinks and buses are chosen by their ``type`` key (:data:`UPLINK_MODELS`, :data:`BUS_MODELS`);
@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticKnownError, PydanticOmit
 
-from gateway.config.base import (
+from citygw.config.base import (
     DEFAULT_BUFFER_PATH,
     DEFAULT_STATUS_TOPIC,
     DEFAULT_TOPIC,
@@ -60,23 +60,23 @@ from gateway.config.base import (
     tls_only,
     within,
 )
-from gateway.config.ble import BleBus, BleDevice, one_sensor_per_address
-from gateway.config.health import HealthSettings, no_reserved_device
-from gateway.config.location import DEVICE_LOCATION, Location, located_for_ngsi
-from gateway.config.metrics import MetricsSettings
-from gateway.config.modbus import (
+from citygw.config.ble import BleBus, BleDevice, one_sensor_per_address
+from citygw.config.health import HealthSettings, no_reserved_device
+from citygw.config.location import DEVICE_LOCATION, Location, located_for_ngsi
+from citygw.config.metrics import MetricsSettings
+from citygw.config.modbus import (
     ModbusDevice,
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
     ModbusTcpDevice,
 )
-from gateway.config.remote import RemoteSettings
-from gateway.config.report import ReadingInfo, ReportSettings, check_reports
-from gateway.config.serial import SerialBus, SerialDevice, one_device_per_bus
-from gateway.config.units import Duration, Size, describe, duration_within, size_within
-from gateway.config.uplinks import HttpUplink, NgsiLdUplink
-from gateway.config.wiring import one_bus_per_port, one_device_per_unit
+from citygw.config.remote import RemoteSettings
+from citygw.config.report import ReadingInfo, ReportSettings, check_reports
+from citygw.config.serial import SerialBus, SerialDevice, one_device_per_bus
+from citygw.config.units import Duration, Size, describe, duration_within, size_within
+from citygw.config.uplinks import HttpUplink, NgsiLdUplink
+from citygw.config.wiring import one_bus_per_port, one_device_per_unit
 
 # --- sections ----------------------------------------------------------------------------------
 
@@ -284,7 +284,7 @@ class SyntheticDevice(Section):
     location: Location | None = Field(default=None, description=DEVICE_LOCATION)
 
     def report_readings(self) -> dict[str, ReadingInfo] | None:
-        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        """The readings this device produces (:class:`citygw.config.report.ReportedDevice`)."""
         return {name: ReadingInfo("number") for name in self.quantities}
 
     def report_interval(self) -> float | None:
@@ -300,19 +300,19 @@ Bus = SyntheticBus | ModbusRtuBus | ModbusTcpBus | ModbusRtuOverTcpBus | BleBus 
 Device = SyntheticDevice | ModbusDevice | ModbusTcpDevice | BleDevice | SerialDevice
 
 UPLINK_RUNNERS: Mapping[str, str] = {
-    "mqtt": "gateway.uplinks.mqtt:MqttUplink",
-    "http": "gateway.uplinks.http:HttpUplink",
-    "ngsi-ld": "gateway.uplinks.http:NgsiLdUplink",
+    "mqtt": "citygw.uplinks.mqtt:MqttUplink",
+    "http": "citygw.uplinks.http:HttpUplink",
+    "ngsi-ld": "citygw.uplinks.http:NgsiLdUplink",
 }
 """Uplink type -> the class that runs it, ``module:attribute`` (the daemon imports it on first use:
 a box loads only the uplinks and drivers its config names)."""
 BUS_RUNNERS: Mapping[str, str] = {
-    "synthetic": "drivers.synthetic:run_bus",
-    "modbus-rtu": "drivers.modbus.bus:run_bus",
-    "modbus-tcp": "drivers.modbus.bus:run_bus",
-    "modbus-rtu-over-tcp": "drivers.modbus.bus:run_bus",
-    "ble": "drivers.ble.bus:run_bus",
-    "serial": "drivers.serial.transport:run_bus",
+    "synthetic": "citygw.drivers.synthetic:run_bus",
+    "modbus-rtu": "citygw.drivers.modbus.bus:run_bus",
+    "modbus-tcp": "citygw.drivers.modbus.bus:run_bus",
+    "modbus-rtu-over-tcp": "citygw.drivers.modbus.bus:run_bus",
+    "ble": "citygw.drivers.ble.bus:run_bus",
+    "serial": "citygw.drivers.serial.transport:run_bus",
 }
 """Bus type -> the runner of its devices, ``module:attribute``."""
 UPLINK_MODELS: Mapping[str, type[Uplink]] = {"mqtt": MqttUplink, "http": HttpUplink, "ngsi-ld": NgsiLdUplink}

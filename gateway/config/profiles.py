@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.config import source
-from gateway.config.register_map import PROFILE_NAME_RE, Profile
-from gateway.errors import CitygwError
-from gateway.shipped import shipped
+from citygw.config import source
+from citygw.config.register_map import PROFILE_NAME_RE, Profile
+from citygw.errors import CitygwError
+from citygw.shipped import shipped
 
 SHIPPED_DIR = shipped("profiles")
 """The profiles shipped with citygw."""

@@ -1,7 +1,7 @@
 """Register maps: one register entry as written, resolved into a driver's register field, and the
-device profile (a register map in a YAML file; :mod:`gateway.config.profiles` finds and reads it).
+device profile (a register map in a YAML file; :mod:`citygw.config.profiles` finds and reads it).
 
-A Modbus device's config (:mod:`gateway.config.modbus`) uses the same entries to override a
+A Modbus device's config (:mod:`citygw.config.modbus`) uses the same entries to override a
 profile's registers or to give its own.
 """
 
@@ -23,11 +23,11 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from drivers.modbus.plan import max_count
-from drivers.modbus.registers import WIDTH, DataType, Order
-from drivers.modbus.registers import Field as RegisterField
-from gateway.config.base import Float, Int, QuantityName, Section, problem, within
-from gateway.vocabulary import unit_of
+from citygw.config.base import Float, Int, QuantityName, Section, problem, within
+from citygw.drivers.modbus.plan import max_count
+from citygw.drivers.modbus.registers import WIDTH, DataType, Order
+from citygw.drivers.modbus.registers import Field as RegisterField
+from citygw.vocabulary import unit_of
 
 _CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,15}")
 PROFILE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

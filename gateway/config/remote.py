@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field
 
-from gateway.config.base import Section, Topic
-from gateway.config.units import Duration, duration_within
-from gateway.config.uplinks import HttpUrl
+from citygw.config.base import Section, Topic
+from citygw.config.units import Duration, duration_within
+from citygw.config.uplinks import HttpUrl
 
 DEFAULT_CONFIG_TOPIC = "city/{gateway}/config"
 

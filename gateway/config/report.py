@@ -1,8 +1,8 @@
 """The ``report:`` block of a device: raw, on change or aggregated, per device and per reading.
 
 Every device model has ``report`` (:class:`ReportSettings`); ``readings`` overrides it per reading
-name. What the rules mean is :mod:`gateway.report`'s docstring; this module checks them and turns
-them into :class:`~gateway.report.DevicePolicy` values. The checks that need the device (its
+name. What the rules mean is :mod:`citygw.report`'s docstring; this module checks them and turns
+them into :class:`~citygw.report.DevicePolicy` values. The checks that need the device (its
 interval, the names and kinds of its readings, which are counters) run over the whole config
 (:func:`check_reports`): a model of one block cannot see its device.
 
@@ -25,10 +25,10 @@ from typing import Annotated, Any, Literal, Protocol, Self, runtime_checkable
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
-from gateway.config.base import Float, Section, located, problem, within
-from gateway.config.units import Duration, duration_within, format_duration
-from gateway.report import NUMERIC_STATISTICS, Aggregate, DevicePolicy, OnChange, Policy, Statistic
-from gateway.vocabulary import QUANTITIES
+from citygw.config.base import Float, Section, located, problem, within
+from citygw.config.units import Duration, duration_within, format_duration
+from citygw.report import NUMERIC_STATISTICS, Aggregate, DevicePolicy, OnChange, Policy, Statistic
+from citygw.vocabulary import QUANTITIES
 
 _RAW_HINT = "write raw, or a mapping with on_change or aggregate"
 

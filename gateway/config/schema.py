@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.config.model import Config
+from citygw.config.model import Config
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ENV_REFERENCE = {

@@ -1,7 +1,7 @@
 """Config of serial (UART) buses and the device on each: ``type: serial``.
 
 A UART is point to point, so a serial bus carries exactly one device. The device's ``protocol``
-chooses the framer and decoder (:mod:`drivers.serial`); ``lines`` takes the keys of the
+chooses the framer and decoder (:mod:`citygw.drivers.serial`); ``lines`` takes the keys of the
 configurable line protocol (``format``, ``pattern``, ``columns``, ``delimiter``, ``fields``).
 """
 
@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from drivers.serial.lines import LineFormat
-from gateway.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
-from gateway.config.location import DEVICE_LOCATION, Location
-from gateway.config.report import ReadingInfo, ReportSettings
-from gateway.config.units import Duration, duration_within, format_duration
-from gateway.config.wiring import standard_baudrate
-from gateway.vocabulary import is_senml_unit, unit_of
+from citygw.config.base import BusId, Float, Int, QuantityName, Section, located, not_below, problem, within
+from citygw.config.location import DEVICE_LOCATION, Location
+from citygw.config.report import ReadingInfo, ReportSettings
+from citygw.config.units import Duration, duration_within, format_duration
+from citygw.config.wiring import standard_baudrate
+from citygw.drivers.serial.lines import LineFormat
+from citygw.vocabulary import is_senml_unit, unit_of
 
 PORT_EXAMPLE = "e.g. /dev/ttyAMA0, /dev/ttyUSB0 or /dev/serial/by-id/usb-..."
 POLLED = frozenset({"mhz19"})  # request/response protocols: the gateway asks every interval
@@ -251,7 +251,7 @@ class SerialDevice(Section):
         return self
 
     def report_readings(self) -> dict[str, ReadingInfo] | None:
-        """The readings this device produces (:class:`gateway.config.report.ReportedDevice`)."""
+        """The readings this device produces (:class:`citygw.config.report.ReportedDevice`)."""
         if self.protocol == "lines" and self.fields:
             return {field.name: ReadingInfo("number") for field in self.fields.values()}
         return None

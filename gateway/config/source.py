@@ -1,7 +1,7 @@
 """Reading YAML with every value's line, and placing a validation error at its file, line and key.
 
-The config loader (:mod:`gateway.config.loader`) and the profile loader
-(:mod:`gateway.config.profiles`) share it: parse with ruamel's round-trip loader (which records the
+The config loader (:mod:`citygw.config.loader`) and the profile loader
+(:mod:`citygw.config.profiles`) share it: parse with ruamel's round-trip loader (which records the
 line of every key and value), report every duplicate key and YAML bomb, turn the tree into plain
 values for pydantic, and map each pydantic error's ``loc`` back to a line with a message a person at
 the box can act on.
@@ -20,8 +20,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from gateway.config.units import describe
-from gateway.errors import ConfigProblem
+from citygw.config.units import describe
+from citygw.errors import ConfigProblem
 
 Loc = tuple[str | int, ...]
 

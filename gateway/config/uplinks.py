@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from gateway import redact
-from gateway.config.base import (
+from citygw import redact
+from citygw.config.base import (
     ConfigPath,
     DeviceId,
     Int,
@@ -21,7 +21,7 @@ from gateway.config.base import (
     tls_only,
     within,
 )
-from gateway.config.units import Duration, duration_within
+from citygw.config.units import Duration, duration_within
 
 _HTTP_EXAMPLE = "e.g. https://platform.example.city/ingest"
 _ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")

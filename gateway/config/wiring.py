@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gateway.config.base import located, problem
+from citygw.config.base import located, problem
 
 STANDARD_BAUDRATES = (
     *(50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 14400, 19200, 28800),

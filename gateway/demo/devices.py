@@ -1,7 +1,7 @@
 """The demo's simulated devices: each speaks its real protocol; the daemon reads it with its real driver.
 
 - :class:`Sdm630`: an Eastron SDM630 three-phase meter behind a pymodbus server
-  (:class:`drivers.modbus.server.ModbusSimulator`), with the register map of the shipped profile and
+  (:class:`citygw.drivers.modbus.server.ModbusSimulator`), with the register map of the shipped profile and
   values that move as a street cabinet's load does;
 - :class:`Pms5003`: a Plantower PMS5003 particle sensor on a serial line, frames of the datasheet
   (appendix I: 32 bytes, ``42 4D``, checksum) once a second;
@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.modbus.server import ModbusSimulator, Unit
-from drivers.serial.decoders import nmea_checksum
-from gateway.config.profiles import find_profile
+from citygw.config.profiles import find_profile
+from citygw.drivers.modbus.server import ModbusSimulator, Unit
+from citygw.drivers.serial.decoders import nmea_checksum
 
 # --- the cable -----------------------------------------------------------------------------------
 

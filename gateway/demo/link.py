@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 
-from gateway.logs import EventLog
+from citygw.logs import EventLog
 
 log = EventLog(__name__)
 

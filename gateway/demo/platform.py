@@ -1,4 +1,4 @@
-"""The demo's city platform: the reference receiver (:class:`gateway.receive.Receiver`) on the broker.
+"""The demo's city platform: the reference receiver (:class:`citygw.receive.Receiver`) on the broker.
 
 It subscribes with QoS 1 and a persistent session, verifies every batch's signature and hash chain,
 stores it once per seq, and keeps per device what arrived verified: how many readings and the
@@ -17,10 +17,10 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.logs import EventLog
-from gateway.reading import Value
-from gateway.receive import Receiver
-from gateway.wireformat import compact_payload
+from citygw.logs import EventLog
+from citygw.reading import Value
+from citygw.receive import Receiver
+from citygw.wireformat import compact_payload
 
 TOPIC = "city/+/batches"
 RECONNECT = 0.5  # seconds before connecting again

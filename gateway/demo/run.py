@@ -2,10 +2,10 @@
 that verifies every batch; with a live view, an uplink outage to watch the buffer work, a summary.
 
 Everything runs on loopback under a temporary directory: a fresh signing key; a mosquitto; a link
-(:class:`~gateway.demo.link.Link`) between the gateway and the broker that can be cut; an Eastron
+(:class:`~citygw.demo.link.Link`) between the gateway and the broker that can be cut; an Eastron
 SDM630 behind a pymodbus server; a PMS5003 and a GPS on pty serial lines; the recorded BLE adverts
 ``config/demo.yaml`` replays at bleak's scanner seam; a synthetic load; the daemon's own
-:class:`~gateway.daemon.Gateway` with that config (the same code a pole runs); and the reference
+:class:`~citygw.daemon.Gateway` with that config (the same code a pole runs); and the reference
 receiver as the city platform.
 
 Stopping (``--duration``, ``q``, Ctrl-C, SIGTERM) is orderly: the link comes back if it was cut, the
@@ -32,19 +32,19 @@ from pathlib import Path
 
 from rich.text import Text
 
-from gateway.config import load_config
-from gateway.daemon import Gateway
-from gateway.demo.devices import Gps, Pms5003, PtyPort, Sdm630, emit
-from gateway.demo.link import Link
-from gateway.demo.platform import Platform
-from gateway.demo.view import Snapshot, Summary, plain_line, render, scrape, snapshot
-from gateway.errors import CitygwError
-from gateway.localbroker import LocalBroker, free_port
-from gateway.logging_setup import setup as setup_logging
-from gateway.metrics import GatewayCollector
-from gateway.shipped import shipped
-from gateway.signing import generate_key
-from gateway.uplinks.base import UplinkState
+from citygw.config import load_config
+from citygw.daemon import Gateway
+from citygw.demo.devices import Gps, Pms5003, PtyPort, Sdm630, emit
+from citygw.demo.link import Link
+from citygw.demo.platform import Platform
+from citygw.demo.view import Snapshot, Summary, plain_line, render, scrape, snapshot
+from citygw.errors import CitygwError
+from citygw.localbroker import LocalBroker, free_port
+from citygw.logging_setup import setup as setup_logging
+from citygw.metrics import GatewayCollector
+from citygw.shipped import shipped
+from citygw.signing import generate_key
+from citygw.uplinks.base import UplinkState
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the demo shows: a snapshot of the gateway (from its own metrics), the link and the platform,
 drawn as a live ``rich`` view, a plain progress line, or the closing summary.
 
-The gateway's side comes from :class:`gateway.metrics.GatewayCollector`, the collector behind its
+The gateway's side comes from :class:`citygw.metrics.GatewayCollector`, the collector behind its
 ``/metrics`` endpoint, so the view shows what an operator's Prometheus sees: device state and
 counts, accepted readings, the sealed and acknowledged seqs, the uplink's state, the buffer file.
 The platform's side is what arrived verified.
@@ -27,13 +27,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from gateway.config.ble import BleSensor
-from gateway.config.modbus import ModbusDevice
-from gateway.config.serial import SerialDevice
+from citygw.config.ble import BleSensor
+from citygw.config.modbus import ModbusDevice
+from citygw.config.serial import SerialDevice
 
 if TYPE_CHECKING:
-    from gateway.config import Config
-    from gateway.demo.platform import DeviceSeen
+    from citygw.config import Config
+    from citygw.demo.platform import DeviceSeen
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway import redact
-from gateway.errors import CitygwError, DeliveryError
-from gateway.logs import EventLog
+from citygw import redact
+from citygw.errors import CitygwError, DeliveryError
+from citygw.logs import EventLog
 
 if TYPE_CHECKING:
-    from gateway.buffer import Outgoing
-    from gateway.pipeline import UplinkOutbox
+    from citygw.buffer import Outgoing
+    from citygw.pipeline import UplinkOutbox
 
 log = EventLog(__name__)
 

@@ -10,7 +10,7 @@ corrected; any other 4xx rejects the batch for good: it is parked (kept, counted
 
 An answer's body is never read whole: a 2xx's not at all, another's only its first
 :data:`EXCERPT_BYTES` (for the log), and every request, body included, ends within the uplink's
-``timeout``. Urls and server text pass through :mod:`gateway.redact` before anyone sees them.
+``timeout``. Urls and server text pass through :mod:`citygw.redact` before anyone sees them.
 """
 
 from __future__ import annotations
@@ -30,18 +30,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from gateway import ngsi, redact
-from gateway.backoff import Backoff
-from gateway.config.location import Places
-from gateway.errors import DeliveryError
-from gateway.uplinks.base import Delivery, Rejected, RetryLater, UplinkState, UplinkStatus
-from gateway.wireformat import compact_payload
+from citygw import ngsi, redact
+from citygw.backoff import Backoff
+from citygw.config.location import Places
+from citygw.errors import DeliveryError
+from citygw.uplinks.base import Delivery, Rejected, RetryLater, UplinkState, UplinkStatus
+from citygw.wireformat import compact_payload
 
 if TYPE_CHECKING:
-    from gateway.buffer import Outgoing
-    from gateway.config.uplinks import HttpUplink as HttpUplinkConfig
-    from gateway.config.uplinks import NgsiLdUplink as NgsiLdUplinkConfig
-    from gateway.pipeline import Pipeline
+    from citygw.buffer import Outgoing
+    from citygw.config.uplinks import HttpUplink as HttpUplinkConfig
+    from citygw.config.uplinks import NgsiLdUplink as NgsiLdUplinkConfig
+    from citygw.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """MQTT uplink: compact JWS batches published QoS 1, acknowledged only on PUBACK.
 
-Each batch travels in the uplink's ``format`` (:mod:`gateway.wireformat`): the compact JWS, or
+Each batch travels in the uplink's ``format`` (:mod:`citygw.wireformat`): the compact JWS, or
 that JWS gzip-compressed.
 
 The only module that imports aiomqtt. A window of publishes is kept in flight (awaiting each
@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 
-from gateway.backoff import Backoff
-from gateway.errors import DeliveryError
-from gateway.logs import EventLog, library_logger
-from gateway.uplinks.base import Delivery, UplinkState, UplinkStatus
-from gateway.wireformat import Format, serialize
+from citygw.backoff import Backoff
+from citygw.errors import DeliveryError
+from citygw.logs import EventLog, library_logger
+from citygw.uplinks.base import Delivery, UplinkState, UplinkStatus
+from citygw.wireformat import Format, serialize
 
 if TYPE_CHECKING:
-    from gateway.buffer import Outgoing
-    from gateway.config import MqttUplink as MqttUplinkConfig
-    from gateway.liveness import Liveness
-    from gateway.pipeline import Pipeline
+    from citygw.buffer import Outgoing
+    from citygw.config import MqttUplink as MqttUplinkConfig
+    from citygw.liveness import Liveness
+    from citygw.pipeline import Pipeline
 
 log = EventLog(__name__)
 
