@@ -134,3 +134,31 @@ def encode_payload(
         body["reset"] = reset
     body["senml"] = build_pack(gateway, records)
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_gap(
+    gateway: str,
+    *,
+    chain: str,
+    first: int,
+    to: int,
+    batches: int,
+    readings: int,
+    reason: str,
+    prev: str | None,
+    last: str,
+    created: float,
+) -> bytes:
+    """The JSON payload of a gap record: seqs ``first``..``to`` will not arrive, and why (the wire
+    contract, see docs/integrator.md). Field order is fixed: v, gateway, chain, gap, prev, last,
+    created."""
+    body = {
+        "v": PAYLOAD_VERSION,
+        "gateway": gateway,
+        "chain": chain,
+        "gap": {"from": first, "to": to, "batches": batches, "readings": readings, "reason": reason},
+        "prev": prev,
+        "last": last,
+        "created": round(created, 3),
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()

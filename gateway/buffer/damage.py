@@ -12,17 +12,14 @@ import shutil
 import sqlite3
 import tempfile
 import time
-import zlib
 from collections import deque
 from pathlib import Path
 
 from citygw import wal
-from citygw.buffer.layout import CHAIN_RE, KIND_GAP, ZLEVEL, opt_str
+from citygw.buffer.layout import CHAIN_RE, Gap, opt_str
 from citygw.buffer.sealing import Sealing
 from citygw.errors import BufferStorageError
 from citygw.logs import EventLog
-from citygw.senml import PAYLOAD_VERSION
-from citygw.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
 
@@ -76,23 +73,8 @@ class DamageHandling(Sealing):
         if last is None or not re.fullmatch(r"[0-9a-f]{64}", last):
             last = hashlib.sha256(f"{self.chain}/{to}".encode()).hexdigest()  # a link for the next batch
         readings = lost or 0
-        body = {
-            "v": PAYLOAD_VERSION,
-            "gateway": self.gateway,
-            "chain": self.chain,
-            "gap": {
-                "from": first,
-                "to": to,
-                "batches": to - first + 1,
-                "readings": readings,
-                "reason": "corrupt",
-            },
-            "prev": prev,
-            "last": last,
-            "created": round(time.time(), 3),
-        }
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        jws = self._signer.sign(payload)
+        gap = Gap(first, to, to - first + 1, readings, "corrupt")
+        row = self._signed_gap_row(gap, prev=prev, last=bytes.fromhex(last))
         record = {
             "readings": readings if lost is not None else None,
             "from": first,
@@ -100,21 +82,7 @@ class DamageHandling(Sealing):
             "kept": kept.name,
         }
         with self._tx():
-            self._require_db().execute(
-                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    to,
-                    KIND_GAP,
-                    time.time(),
-                    0,
-                    len(jws),
-                    split_compact(jws)[0],
-                    zlib.compress(payload, ZLEVEL),
-                    b64url_decode(split_compact(jws)[2]),
-                    bytes.fromhex(last),
-                    self._held_now(),
-                ),
-            )
+            self._require_db().execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)", row)
             self._put_meta(
                 next_seq=to + 1,
                 last_hash=last,

@@ -112,7 +112,7 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Batches dropped by retention before every uplink had them."""
+    """Batches dropped before every uplink had them (retention, or damage on the box)."""
 
     first: int
     last: int

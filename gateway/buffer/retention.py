@@ -10,7 +10,6 @@ file system has room; each episode is logged once, not per commit.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -30,7 +29,7 @@ from citygw.buffer.layout import (
 )
 from citygw.buffer.state import BufferState
 from citygw.logs import EventLog
-from citygw.senml import PAYLOAD_VERSION
+from citygw.senml import encode_gap
 from citygw.wireformat import b64url_decode, split_compact
 
 log = EventLog(__name__)
@@ -212,6 +211,36 @@ class Retention(BufferState):
             return self._pruned_hash
         return None
 
+    def _signed_gap_row(self, gap: Gap, *, prev: str | None, last: bytes) -> tuple[object, ...]:
+        """Sign the gap record for ``gap`` and return its row of the batches table, stored at the
+        gap's last seq; ``last`` is the hash that seq's batch had (the chain goes on from it)."""
+        payload = encode_gap(
+            self.gateway,
+            chain=self.chain,
+            first=gap.first,
+            to=gap.last,
+            batches=gap.batches,
+            readings=gap.readings,
+            reason=gap.reason,
+            prev=prev,
+            last=last.hex(),
+            created=time.time(),
+        )
+        jws = self._signer.sign(payload)
+        header, _, signature = split_compact(jws)
+        return (
+            gap.last,
+            KIND_GAP,
+            time.time(),
+            0,
+            len(jws),
+            header,
+            zlib.compress(payload, ZLEVEL),
+            b64url_decode(signature),
+            last,
+            self._held_now(),
+        )
+
     def _replace_with_gap(self, picked: list[tuple[int, int]], reason: str, *, quiet: bool = False) -> Gap:
         """Delete the batches ``picked`` and store a signed gap record at the last one's seq."""
         db = self._require_db()
@@ -219,42 +248,10 @@ class Retention(BufferState):
         readings = sum(n for _, n in picked)
         gap = Gap(first, last, len(picked), readings, reason)
         last_hash = bytes(db.execute("SELECT hash FROM batches WHERE seq = ?", (last,)).fetchone()[0])
-        body = {
-            "v": PAYLOAD_VERSION,
-            "gateway": self.gateway,
-            "chain": self.chain,
-            "gap": {
-                "from": first,
-                "to": last,
-                "batches": gap.batches,
-                "readings": readings,
-                "reason": reason,
-            },
-            "prev": self._hash_before(first),
-            "last": last_hash.hex(),
-            "created": round(time.time(), 3),
-        }
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        jws = self._signer.sign(payload)
-        header, _, signature = split_compact(jws)
-        sig = b64url_decode(signature)
+        row = self._signed_gap_row(gap, prev=self._hash_before(first), last=last_hash)
         with self._tx():
             db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?", (first, last))
-            db.execute(
-                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    last,
-                    KIND_GAP,
-                    time.time(),
-                    0,
-                    len(jws),
-                    header,
-                    zlib.compress(payload, ZLEVEL),
-                    sig,
-                    last_hash,
-                    self._held_now(),
-                ),
-            )
+            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?)", row)
         if quiet:
             return gap
         if self.full_cap is not None:  # a full disk: one line when it starts, one when it ends
