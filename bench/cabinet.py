@@ -53,10 +53,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from running import start_daemon
 
-from citygw.localbroker import LocalBroker
-from citygw.signing import generate_key
-from citygw.verify import MAX_TOKEN
-from citygw.wireformat import unwrap
+from citygw.demo.broker import LocalBroker
+from citygw.receiver.verify import MAX_TOKEN
+from citygw.wire.envelope import unwrap
+from citygw.wire.signing import generate_key
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS, REGISTERS = 50, 10

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package holds the harness
 
-from citygw.localbroker import LocalBroker
-from citygw.signing import generate_key
+from citygw.demo.broker import LocalBroker
+from citygw.wire.signing import generate_key
 from tests.crash import CrashHarness
 from tests.support import Collector
 

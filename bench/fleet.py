@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package holds the fleet
 
-from citygw.localbroker import LocalBroker
-from citygw.signing import generate_key
+from citygw.demo.broker import LocalBroker
+from citygw.wire.signing import generate_key
 from tests.fleet import fleet_restart, prepare_broker
 
 

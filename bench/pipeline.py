@@ -29,8 +29,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from running import start_daemon
 
-from citygw.localbroker import LocalBroker
-from citygw.signing import generate_key
+from citygw.demo.broker import LocalBroker
+from citygw.wire.signing import generate_key
 
 
 def proc_stat(pid: int) -> dict[str, float]:

@@ -29,8 +29,8 @@ import random
 import statistics
 import time
 
-from citygw.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
-from citygw.senml import Record
+from citygw.pipeline.edge import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
+from citygw.wire.senml import Record
 
 NAMES = (
     "voltage:l1",

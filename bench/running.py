@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from citygw.clock import TEST_CLOCK_FILE
+from citygw.pipeline.clock import TEST_CLOCK_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 A street box here is 50 sensors at 1 Hz (as in bench/uplinks.py); 20x is 1,000 readings/s, and
 a day of it compressed 20x takes 72 minutes (``--duration 4320``). The gateway runs in a child
-process (the daemon's own :class:`~citygw.daemon.Gateway`, started as ``citygw run`` does)
+process (the daemon's own :class:`~citygw.daemon.gateway.Gateway`, started as ``citygw run`` does)
 with a sampler task beside it that records, every ``--interval`` seconds: RSS, open file
 descriptors, threads, asyncio tasks, and the buffer's file + WAL size. A loopback mosquitto and
 a QoS 1 subscriber in this process count what arrives.
@@ -41,8 +41,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from citygw.localbroker import LocalBroker  # noqa: E402
-from citygw.signing import generate_key  # noqa: E402
+from citygw.demo.broker import LocalBroker  # noqa: E402
+from citygw.wire.signing import generate_key  # noqa: E402
 
 
 class Counter:
@@ -82,7 +82,7 @@ def _proc(pid: int) -> dict[str, int]:
 async def _child(config_path: Path, samples: Path, duration: float, interval: float) -> None:
     """The gateway, plus a sampler; stops (flushing, as on SIGTERM) after ``duration``."""
     from citygw.config import load_config
-    from citygw.daemon import Gateway
+    from citygw.daemon.gateway import Gateway
 
     config = load_config(config_path)
     gateway = Gateway(config)

@@ -30,8 +30,8 @@ from aiohttp import web
 from running import start_daemon
 
 from citygw.buffer import BatchLimits, Buffer
-from citygw.localbroker import LocalBroker, free_port
-from citygw.signing import Signer, generate_key
+from citygw.demo.broker import LocalBroker, free_port
+from citygw.wire.signing import Signer, generate_key
 
 QUANTITIES = [("pm25", "ug/m3"), ("temperature", "Cel"), ("relativeHumidity", "%RH"), ("co2", "ppm")]
 

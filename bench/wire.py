@@ -36,9 +36,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
-from citygw.senml import Record, encode_payload
-from citygw.signing import Signer
-from citygw.wireformat import Format, serialize
+from citygw.wire.envelope import Format, serialize
+from citygw.wire.senml import Record, encode_payload
+from citygw.wire.signing import Signer
 
 GATEWAY = "bench-cabinet"
 TOPIC = f"city/{GATEWAY}/batches"

@@ -1,3 +1,3 @@
-from citygw.cli import main
+from citygw.commands.cli import main
 
 raise SystemExit(main())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from citygw.localbroker import LocalBroker
-from citygw.signing import generate_key
+from citygw.demo.broker import LocalBroker
+from citygw.wire.signing import generate_key
 
 from .support import Collector, Daemon
 

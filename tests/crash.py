@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .support import Collector, Daemon, payload_of, read_buffer, verify_all, write_config
 

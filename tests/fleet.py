@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from citygw.buffer import Buffer
+from citygw.buffer.thread import Store
 from citygw.config.model import MqttUplink as MqttUplinkConfig
-from citygw.localbroker import LocalBroker
-from citygw.pipeline import Pipeline
-from citygw.signing import Signer
-from citygw.store import Store
+from citygw.demo.broker import LocalBroker
+from citygw.pipeline.intake import Pipeline
 from citygw.uplinks.mqtt import MqttUplink
+from citygw.wire.signing import Signer
 
 _CONNECTED = re.compile(rb"^(\d+): New client connected from \S+ as (\S+)", re.MULTILINE)
 

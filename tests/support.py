@@ -364,11 +364,11 @@ def committed_values(db_path: Path) -> dict[str, set[int]]:
 def health_readings_of_a_box(tmp: Path, *, now: float, buffer: bool = True) -> list[Any]:
     """Every health reading a box emits (gateway.health), from a real Gateway built on a config
     with two uplinks and a thermal zone written like the kernel's (/sys/class/thermal)."""
+    from citygw.commands.status import BufferReport, UplinkLag
     from citygw.config import load_config
-    from citygw.daemon import Gateway
-    from citygw.health import HealthReport
-    from citygw.signing import generate_key
-    from citygw.status import BufferReport, UplinkLag
+    from citygw.daemon.gateway import Gateway
+    from citygw.ops.health import HealthReport
+    from citygw.wire.signing import generate_key
 
     tmp.mkdir(parents=True, exist_ok=True)
     key = tmp / "health.key"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from citygw.cli import main
+from citygw.commands.cli import main
 from citygw.config import load_config
 from citygw.drivers.ble.cli import scan_main
 

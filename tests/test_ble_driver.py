@@ -27,16 +27,16 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
 from citygw.buffer import BatchLimits, Buffer
+from citygw.buffer.thread import Store
 from citygw.config.ble import BleBus, BleDevice, BleFormat, PresenceCounter, Scanning
 from citygw.drivers.ble.bus import BleBusRunner, run_bus
 from citygw.drivers.ble.common import Advert
 from citygw.drivers.ble.router import Router
 from citygw.drivers.ble.scanner import Scanner, patterns_for
 from citygw.drivers.health import DeviceHealth, DeviceState
-from citygw.pipeline import Pipeline
+from citygw.pipeline.intake import Pipeline
 from citygw.reading import Reading
-from citygw.signing import Signer
-from citygw.store import Store
+from citygw.wire.signing import Signer
 
 from .support import payload_of
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from citygw.buffer import KIND_GAP, BatchLimits, Buffer
-from citygw.senml import Record
-from citygw.signing import Signer
+from citygw.wire.senml import Record
+from citygw.wire.signing import Signer
 
 from .support import payload_of, verify_all
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from citygw.localbroker import free_port
+from citygw.demo.broker import free_port
 
 from .support import Daemon, write_config
 

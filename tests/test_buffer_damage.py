@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from citygw.buffer import KIND_GAP, BatchLimits, Buffer
-from citygw.localbroker import LocalBroker, free_port
-from citygw.senml import Record
-from citygw.signing import Signer
-from citygw.wal import scan as wal_scan
+from citygw.buffer.wal import scan as wal_scan
+from citygw.demo.broker import LocalBroker, free_port
+from citygw.wire.senml import Record
+from citygw.wire.signing import Signer
 
 from .support import REPO, Collector, Daemon, payload_of, read_buffer, verify_all, write_config
 from .test_ops_status import sample, scrape
@@ -436,8 +436,8 @@ def test_a_power_cut_on_a_healthy_wal_is_no_alarm(tmp_path: Path, key: Path) -> 
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from gateway.buffer import BatchLimits, Buffer\n"
-        "from gateway.signing import Signer\n"
+        "from citygw.buffer import BatchLimits, Buffer\n"
+        "from citygw.wire.signing import Signer\n"
         f"b = Buffer(Path({str(path)!r}), gateway='gw-test', signer=Signer.from_file(Path({str(key)!r})),"
         " uplinks=['local'], limits=BatchLimits(max_readings=100, max_age=3600))\n"
         "b.open()\n"

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from citygw.buffer import BatchLimits, Buffer
-from citygw.localbroker import LocalBroker
-from citygw.signing import Signer
+from citygw.demo.broker import LocalBroker
+from citygw.wire.signing import Signer
 
 from .support import Collector, Daemon, write_config
 

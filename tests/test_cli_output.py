@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from citygw.buffer import BatchLimits, Buffer
-from citygw.cli import EXIT_BROKEN_PIPE, main
+from citygw.commands.cli import EXIT_BROKEN_PIPE, main
 from citygw.drivers.modbus.server import ModbusSimulator
-from citygw.signing import Signer
+from citygw.wire.signing import Signer
 
 from .support import REPO, write_config
 from .test_ble_driver import BTHOME_UUID, THERMO, Air
@@ -101,7 +101,7 @@ def test_probe_and_scan_into_a_closed_pipe(tmp_path: Path, key: Path) -> None:
 def test_a_broken_pipe_that_is_not_stdout_still_fails_loudly(tmp_path: Path) -> None:
     """Only stdout's reader going away is hidden; stdout intact, the error is a real one."""
     script = (
-        "import sys; from gateway import cli\n"
+        "import sys; from citygw.commands import cli\n"
         "def boom(args): raise BrokenPipeError(32, 'Broken pipe: a socket of our own')\n"
         "cli.cmd_schema = boom\n"
         "sys.exit(cli.main(['schema']))\n"

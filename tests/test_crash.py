@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .crash import PHASES, CrashHarness
 from .support import Collector

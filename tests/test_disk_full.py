@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from citygw.buffer import RESERVE_BYTES
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .support import Collector, Daemon, start_load, verify_all
 

@@ -44,10 +44,10 @@ import pytest
 from ruamel.yaml import YAML
 
 from citygw.buffer import BatchLimits, Buffer
-from citygw.cli import build_parser, main
-from citygw.senml import Record
-from citygw.signing import Signer, generate_key
-from citygw.wireformat import Format, serialize
+from citygw.commands.cli import build_parser, main
+from citygw.wire.envelope import Format, serialize
+from citygw.wire.senml import Record
+from citygw.wire.signing import Signer, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -199,7 +199,7 @@ def test_yaml_block_is_a_config_citygw_check_accepts(
 
 
 def _served_metric_names() -> set[str]:
-    source = (REPO / "gateway" / "metrics.py").read_text()
+    source = (REPO / "gateway" / "ops" / "metrics.py").read_text()
     names = set(re.findall(r'"(citygw_[a-z0-9_]+)"', source))
     counters = set(re.findall(r'CounterMetricFamily\(\s*"(citygw_[a-z0-9_]+)"', source))
     counters |= set(re.findall(r'\("(citygw_[a-z0-9_]+)", c\.', source))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .support import Collector, Daemon, committed_values, read_buffer, start_load, verify_all, wait_until
 

@@ -23,10 +23,10 @@ import pytest
 
 from citygw.config import load_config
 from citygw.config.modbus import ModbusTcpDevice
-from citygw.daemon import Gateway
+from citygw.daemon.gateway import Gateway
+from citygw.demo.broker import LocalBroker
 from citygw.drivers.modbus.server import ModbusSimulator, Unit
-from citygw.localbroker import LocalBroker
-from citygw.receive import Receiver
+from citygw.receiver.endpoint import Receiver
 
 from .support import Collector, payload_of, verify_all, write_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .fleet import fleet_restart, prepare_broker
 

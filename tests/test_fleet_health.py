@@ -26,12 +26,12 @@ import pytest
 
 from citygw import __version__
 from citygw.config import load_config
+from citygw.demo.broker import LocalBroker
 from citygw.errors import ConfigError
-from citygw.keyring import Keyring
-from citygw.liveness import Liveness, Status, StatusRefused, read_status
-from citygw.localbroker import LocalBroker
-from citygw.receive import Receiver
-from citygw.signing import Signer, generate_key, public_key_path
+from citygw.receiver.endpoint import Receiver
+from citygw.wire.keyring import Keyring
+from citygw.wire.liveness import Liveness, Status, StatusRefused, read_status
+from citygw.wire.signing import Signer, generate_key, public_key_path
 
 from .support import REPO, Collector, Daemon, health_readings_of_a_box, verify_all, write_config
 from .test_receive import ReceiveProcess
@@ -415,7 +415,7 @@ def test_the_fleet_view_shows_two_real_daemons_the_killed_one_first(
 def test_the_soc_temperature_comes_from_the_cpu_zone_or_is_left_out(tmp_path: Path) -> None:
     """/sys/class/thermal as the kernel lays it out (millidegrees): the CPU's zone wins over a
     board sensor listed first; no zone, or none that reads, leaves the reading out."""
-    from citygw.health import soc_temperature
+    from citygw.ops.health import soc_temperature
 
     def zone(index: int, kind: str, temp: str) -> None:
         folder = tmp_path / "thermal" / f"thermal_zone{index}"
@@ -449,7 +449,7 @@ def test_a_report_without_the_buffer_figures_leaves_them_out(tmp_path: Path) -> 
 
 def test_the_fleet_view_orders_by_what_needs_a_person() -> None:
     """Each severity from the figures a receiver holds (gateway.fleet), worst first, then by id."""
-    from citygw.fleet import Box, assess
+    from citygw.receiver.fleet import Box, assess
 
     now = 1_800_000_000.0
     health = {"healthInterval": 60.0, "uplinkLag:lte": 1.0, "failingDevices": "", "clockSynced": True}

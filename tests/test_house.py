@@ -185,8 +185,8 @@ def test_one_registry_of_bus_and_uplink_types() -> None:
     """Each type string is in one place (gateway.config.model) with its model and its runner."""
     import importlib
 
-    from citygw import daemon
     from citygw.config import model
+    from citygw.daemon import gateway as daemon
 
     assert (
         set(model.BUS_MODELS) == set(model.DEVICE_MODELS) == set(model.BUS_RUNNERS) == set(daemon.BUS_RUNNERS)

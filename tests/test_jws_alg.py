@@ -18,11 +18,11 @@ from joserfc.jwk import OKPKey
 from jwcrypto import jwk, jws
 
 from citygw.config import load_config
+from citygw.demo.broker import LocalBroker
 from citygw.errors import ConfigError
-from citygw.localbroker import LocalBroker
-from citygw.senml import encode_payload
-from citygw.signing import Signer, chain_hash, load_public_keys, public_key_path
-from citygw.verify import ChainVerifier, Outcome
+from citygw.receiver.verify import ChainVerifier, Outcome
+from citygw.wire.senml import encode_payload
+from citygw.wire.signing import Signer, chain_hash, load_public_keys, public_key_path
 
 from .support import Collector, Daemon, b64decode, write_config
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from citygw.demo.broker import LocalBroker, free_port
 from citygw.demo.devices import pms5003_frame
-from citygw.localbroker import LocalBroker, free_port
-from citygw.logging_setup import FIELDS, KeyValueFormatter
 from citygw.logs import EVENTS, EventLog
+from citygw.ops.logging_setup import FIELDS, KeyValueFormatter
 
 from .support import REPO, Daemon, write_config
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from citygw.demo.broker import LocalBroker, free_port
 from citygw.drivers.modbus.server import ModbusSimulator
-from citygw.localbroker import LocalBroker, free_port
-from citygw.ops import TEST_REPORT_EVERY
+from citygw.ops.operations import TEST_REPORT_EVERY
 
 from .support import Collector, Daemon, write_config
 from .test_modbus_cli import units

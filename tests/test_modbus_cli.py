@@ -18,9 +18,9 @@ import pytest
 
 from citygw.config import load_config
 from citygw.config.profiles import find_profile
-from citygw.daemon import Gateway
+from citygw.daemon.gateway import Gateway
+from citygw.demo.broker import LocalBroker
 from citygw.drivers.modbus.server import ModbusSimulator, Unit
-from citygw.localbroker import LocalBroker
 
 from .support import REPO, Collector, payload_of, verify_all, write_config
 

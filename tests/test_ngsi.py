@@ -24,14 +24,14 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from ruamel.yaml import YAML
 
-from citygw import ngsi
 from citygw.config import load_config
 from citygw.config.profiles import available, find_profile
 from citygw.drivers.modbus.server import ModbusSimulator, Unit
 from citygw.errors import ConfigError
-from citygw.receive import Receiver
-from citygw.senml import Record, encode_payload
-from citygw.signing import Signer, public_key_path
+from citygw.receiver.endpoint import Receiver
+from citygw.wire import ngsi
+from citygw.wire.senml import Record, encode_payload
+from citygw.wire.signing import Signer, public_key_path
 
 from .support import Daemon, health_readings_of_a_box
 from .test_uplinks_http import ScriptedServer

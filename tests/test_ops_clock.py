@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citygw import clock
 from citygw.buffer import BatchLimits, Buffer
-from citygw.clock import ClockWatch, system_synchronized
-from citygw.pipeline import Pipeline
+from citygw.buffer.thread import Store
+from citygw.pipeline import clock
+from citygw.pipeline.clock import ClockWatch, system_synchronized
+from citygw.pipeline.intake import Pipeline
 from citygw.reading import Flag, Reading
-from citygw.senml import Record, build_pack
-from citygw.signing import Signer
-from citygw.store import Store
+from citygw.wire.senml import Record, build_pack
+from citygw.wire.signing import Signer
 
 from .support import payload_of
 

@@ -21,7 +21,7 @@ import pytest
 from citygw.buffer import Buffer
 from citygw.config.profiles import find_profile
 from citygw.drivers.modbus.server import ModbusSimulator, Unit
-from citygw.signing import Signer
+from citygw.wire.signing import Signer
 
 from .support import REPO
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from citygw.signing import load_public_keys
+from citygw.wire.signing import load_public_keys
 
 REPO = Path(__file__).resolve().parent.parent
 FIRSTBOOT = "/usr/local/lib/citygw/firstboot"

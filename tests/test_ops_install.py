@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from citygw.logging_setup import KeyValueFormatter, setup
+from citygw.ops.logging_setup import KeyValueFormatter, setup
 
 from .test_ops_image import FIRSTBOOT, image_root, on_box
 

@@ -73,7 +73,7 @@ def unit_allowed_calls(unit_text: str) -> frozenset[str]:
 _CHILD = r"""
 import ctypes, ctypes.util, errno, json, sys
 calls = json.loads(sys.stdin.read())
-from citygw import clock  # import before the filter: the loader's calls are not the question
+from citygw.pipeline import clock  # import before the filter: the loader's calls are not the question
 seccomp = ctypes.CDLL(ctypes.util.find_library("seccomp"), use_errno=True)
 seccomp.seccomp_init.restype = ctypes.c_void_p
 seccomp.seccomp_init.argtypes = [ctypes.c_uint32]
@@ -108,7 +108,7 @@ def _clock_under(calls: frozenset[str]) -> bool | None:
 
 
 def test_the_clock_check_gets_the_kernel_answer_inside_the_units_filter() -> None:
-    from citygw import clock
+    from citygw.pipeline import clock
 
     if clock._adjtimex() is None:
         pytest.skip("adjtimex is filtered here already (a container's seccomp profile)")
@@ -121,7 +121,7 @@ def test_the_clock_check_gets_the_kernel_answer_inside_the_units_filter() -> Non
 
 def test_the_harness_sees_a_filter_that_refuses_the_clock_call() -> None:
     """The same child without clock_adjtime: the kernel is not asked (what the old unit did)."""
-    from citygw import clock
+    from citygw.pipeline import clock
 
     if clock._adjtimex() is None:
         pytest.skip("adjtimex is filtered here already (a container's seccomp profile)")

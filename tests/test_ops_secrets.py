@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from citygw.localbroker import LocalBroker, free_port
-from citygw.ops import TEST_REPORT_EVERY
+from citygw.demo.broker import LocalBroker, free_port
+from citygw.ops.operations import TEST_REPORT_EVERY
 
 from .support import Daemon, write_config
 from .test_ops_status import REPORT_EVERY, scrape_after_report

@@ -18,13 +18,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from citygw.buffer import BatchLimits, Buffer, Gap
+from citygw.commands.status import read_buffer
 from citygw.config import load_config
-from citygw.daemon import Gateway
-from citygw.localbroker import LocalBroker, free_port
-from citygw.metrics import TEST_LISTEN_RETRY_MAX, GatewayCollector
-from citygw.ops import TEST_REPORT_EVERY
-from citygw.signing import Signer
-from citygw.status import read_buffer
+from citygw.daemon.gateway import Gateway
+from citygw.demo.broker import LocalBroker, free_port
+from citygw.ops.metrics import TEST_LISTEN_RETRY_MAX, GatewayCollector
+from citygw.ops.operations import TEST_REPORT_EVERY
+from citygw.wire.signing import Signer
 
 from .support import Collector, Daemon, write_config
 

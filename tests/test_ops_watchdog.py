@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from citygw.localbroker import LocalBroker
-from citygw.watchdog import TEST_BLOCK_LOOP, Watchdog
+from citygw.demo.broker import LocalBroker
+from citygw.ops.watchdog import TEST_BLOCK_LOOP, Watchdog
 
 from .support import Collector, Daemon, write_config
 

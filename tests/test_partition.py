@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .netns import NetnsError, VethNamespace
 from .support import Collector, Daemon, verify_all, write_config

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from citygw.localbroker import free_port
+from citygw.demo.broker import free_port
 
 from .support import REPO, Daemon, write_config
 

@@ -25,11 +25,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from citygw.keyring import Keyring
-from citygw.localbroker import LocalBroker
-from citygw.receive import Receiver
-from citygw.signing import Signer, chain_hash, generate_key, public_key_path
-from citygw.verify import ChainVerifier, Outcome, Refusal, verify_main
+from citygw.demo.broker import LocalBroker
+from citygw.receiver.endpoint import Receiver
+from citygw.receiver.verify import ChainVerifier, Outcome, Refusal, verify_main
+from citygw.wire.keyring import Keyring
+from citygw.wire.signing import Signer, chain_hash, generate_key, public_key_path
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_790_000_000.0
@@ -380,7 +380,7 @@ def test_http_answers_hostile_payloads_4xx_and_stores_what_follows(
 
 
 def test_verify_and_receive_need_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from citygw.cli import main
+    from citygw.commands.cli import main
 
     assert main(["verify", str(tmp_path / "batches.jws")]) == 2
     assert "give --keys DIR" in capsys.readouterr().err
@@ -735,7 +735,7 @@ def test_a_key_outside_any_gateway_folder_is_ignored_and_said_so(
     keys, box1, _ = fleet
     stray = make_key(tmp_path, "stray")
     shutil.copy(public_key_path(stray), keys / "stray.pub")
-    with caplog.at_level("WARNING", logger="citygw.keyring"):
+    with caplog.at_level("WARNING", logger="citygw.wire.keyring"):
         keyring = Keyring(keys)
     assert "stray.pub is in no gateway's folder" in caplog.text
     stranger = Box(Signer.from_file(stray), "gw1")

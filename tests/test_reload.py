@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from citygw.localbroker import LocalBroker
+from citygw.demo.broker import LocalBroker
 
 from .support import Collector, Daemon, payload_of, verify_all, write_config
 
@@ -175,7 +175,7 @@ def _load(tmp_path: Path, key: Path, name: str, **changes: Any) -> Any:
 
 
 def test_the_plan_restarts_only_what_a_change_touches(tmp_path: Path, key: Path) -> None:
-    from citygw.reload import plan_reload
+    from citygw.daemon.reload import plan_reload
 
     old = _load(tmp_path, key, "old")
     same = plan_reload(old, _load(tmp_path, key, "same"))

@@ -16,8 +16,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from citygw.localbroker import LocalBroker, free_port
-from citygw.signing import generate_key
+from citygw.demo.broker import LocalBroker, free_port
+from citygw.wire.signing import generate_key
 
 from .support import REPO, Collector, Daemon, payload_of, verify_all, write_config
 from .test_reload import log_lines, wait_for
@@ -266,9 +266,9 @@ def test_an_http_only_box_polls_config_url_with_a_conditional_get(
 
 
 def test_a_document_cannot_touch_keys_paths_outside_or_carry_secrets(tmp_path: Path, key: Path) -> None:
-    """What :func:`citygw.remote.screen` refuses, on real configs loaded from real files."""
+    """What :func:`citygw.daemon.remote.screen` refuses, on real configs loaded from real files."""
     from citygw.config import load_config
-    from citygw.remote import screen
+    from citygw.daemon.remote import screen
 
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -18,10 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citygw.clock import ClockWatch
-from citygw.ngsi import entities
-from citygw.reading import Flag, Reading
-from citygw.report import (
+from citygw.pipeline.clock import ClockWatch
+from citygw.pipeline.edge import (
     MAX_EMPTY_WINDOWS,
     Aggregate,
     DevicePolicy,
@@ -29,8 +27,10 @@ from citygw.report import (
     Reporter,
     Statistic,
 )
-from citygw.senml import WINDOW_SHIFT, Record, build_pack, record_of, window_flags, window_of
-from citygw.verify import decode_pack
+from citygw.reading import Flag, Reading
+from citygw.receiver.verify import decode_pack
+from citygw.wire.ngsi import entities
+from citygw.wire.senml import WINDOW_SHIFT, Record, build_pack, record_of, window_flags, window_of
 
 T0 = 1_790_035_200.0  # a UTC midnight: every window starts here
 ALL = tuple(Statistic)

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from citygw.config import load_config
 from citygw.config.report import report_policies
 from citygw.errors import ConfigError
-from citygw.report import Aggregate, DevicePolicy, OnChange, Statistic
+from citygw.pipeline.edge import Aggregate, DevicePolicy, OnChange, Statistic
 
 HEAD = """\
 gateway: {id: gw-1, key_file: key.pem}

@@ -32,11 +32,11 @@ from citygw.drivers.ble import bthome, pvvx, ruuvi
 from citygw.drivers.ble.presence import NAME as PRESENCE
 from citygw.drivers.serial import decoders as serial
 from citygw.errors import ConfigError
+from citygw.pipeline.edge import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
 from citygw.reading import Flag, Reading
-from citygw.report import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
-from citygw.senml import Record, build_pack, record_of
-from citygw.signing import Signer
 from citygw.vocabulary import QUANTITIES
+from citygw.wire.senml import Record, build_pack, record_of
+from citygw.wire.signing import Signer
 
 from .support import health_readings_of_a_box
 
@@ -65,7 +65,7 @@ def _units(names: str) -> set[str]:
 
 
 # The IANA "SenML Units" registry (RFC 8428 §12.1, RFC 8798 §2), transcribed here from the registry
-# rather than imported from gateway.vocabulary, so that the test checks the code against the RFCs.
+# rather than imported from citygw.vocabulary, so that the test checks the code against the RFCs.
 PRIMARY = _units(
     "m kg g s A K cd mol Hz rad sr N Pa J W C V F Ohm S Wb T H Cel lm lx Bq Gy Sv kat m2 m3 l m/s m/s2 "
     "m3/s l/s W/m2 cd/m2 bit bit/s lat lon pH dB dBW Bspl count / % %RH %EL EL 1/s 1/min beat/min beats "
@@ -266,7 +266,7 @@ def test_every_record_citygw_can_emit_conforms(emitted: list[Record]) -> None:
 def test_every_health_reading_conforms_and_names_its_registered_unit(emitted: list[Record]) -> None:
     """The box's own health (device "gateway", gateway.health): every name of the wire contract's
     table, in primary units only (s, count, B, Cel) or none for booleans and text."""
-    from citygw.health import HEALTH_READINGS
+    from citygw.ops.health import HEALTH_READINGS
 
     health = [r for r in emitted if r[0] == "gateway" and "/" not in r[1]]  # not the aggregates
     pack = json.loads(json.dumps(build_pack("bkk-pathumwan-0042", health)))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from citygw.decode import decode_main
+from citygw.commands.decode import decode_main
 from citygw.drivers.serial import (
     DecodeError,
     FieldRule,

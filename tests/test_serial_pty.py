@@ -28,7 +28,7 @@ import pytest
 from citygw.buffer import Buffer
 from citygw.config import load_config
 from citygw.config.serial import SerialDevice
-from citygw.daemon import BUS_RUNNERS, Gateway
+from citygw.daemon.gateway import BUS_RUNNERS, Gateway
 from citygw.drivers import health as health_module
 from citygw.drivers.health import DeviceHealth, DeviceState
 from citygw.drivers.serial import transport
@@ -36,8 +36,8 @@ from citygw.drivers.serial.decoders import MHZ19_READ, PMS5003
 from citygw.drivers.serial.transport import wire_for
 from citygw.errors import ConfigError
 from citygw.reading import Reading
-from citygw.signing import Signer
 from citygw.vocabulary import QUANTITIES
+from citygw.wire.signing import Signer
 
 from .support import payload_of
 from .test_serial_decoders import GGA, MHZ, RMC, SDS, VTG, nmea

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk, jws
 
 from citygw.errors import KeyFileError
-from citygw.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
+from citygw.wire.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
 
 
 def b64decode(text: str) -> bytes:
@@ -280,7 +280,7 @@ def test_sign_warns_nothing_even_where_warnings_are_errors(key: Path) -> None:
     code = (
         "import sys, warnings\n"
         "from pathlib import Path\n"
-        "from gateway.signing import Signer\n"
+        "from citygw.wire.signing import Signer\n"
         "Signer.from_file(Path(sys.argv[1])).sign(b'{}')\n"
         "warnings.warn('other warnings still fire', UserWarning)\n"
     )

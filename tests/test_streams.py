@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from citygw.streams import Reset, Spans, Streams
+from citygw.receiver.streams import Reset, Spans, Streams
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from citygw.daemon import TaskFailed, supervise
+from citygw.daemon.gateway import TaskFailed, supervise
+from citygw.demo.broker import LocalBroker
 from citygw.errors import DeliveryError
-from citygw.localbroker import LocalBroker
 
 from .support import REPO, Collector, Daemon, payload_of, verify_all, write_config
 

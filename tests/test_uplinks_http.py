@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from citygw.localbroker import LocalBroker, free_port
+from citygw.demo.broker import LocalBroker, free_port
 
 from .support import Collector, Daemon, verify_all, write_config
 
@@ -307,8 +307,8 @@ def test_one_uplink_down_does_not_slow_the_other_and_catches_up(
 
 def test_receiver_refuses_forgeries_and_conflicts_and_dedupes(tmp_path: Path, key: Path) -> None:
     from citygw.buffer import BatchLimits, Buffer
-    from citygw.receive import Receiver
-    from citygw.signing import Signer, generate_key
+    from citygw.receiver.endpoint import Receiver
+    from citygw.wire.signing import Signer, generate_key
 
     buf = Buffer(
         tmp_path / "b.db",

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from citygw import redact
-from citygw.localbroker import free_port
+from citygw.demo.broker import free_port
 
 from .support import Daemon, verify_all
 from .test_uplinks_http import REPO, ScriptedServer, _http_config

@@ -12,8 +12,8 @@ import pytest
 from jwcrypto import jwk, jws
 
 from citygw.errors import VerificationError
-from citygw.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
-from citygw.verify import ChainVerifier, ItemResult, Outcome, decode_pack, verify_main
+from citygw.receiver.verify import ChainVerifier, ItemResult, Outcome, decode_pack, verify_main
+from citygw.wire.signing import Signer, chain_hash, generate_key, load_public_keys, public_key_path
 
 GW = "gw-1"
 T0 = 1700000000.0

@@ -22,10 +22,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from citygw.localbroker import LocalBroker
-from citygw.signing import Signer
-from citygw.verify import MAX_TOKEN
-from citygw.wireformat import Format, TooLarge, serialize, unwrap
+from citygw.demo.broker import LocalBroker
+from citygw.receiver.verify import MAX_TOKEN
+from citygw.wire.envelope import Format, TooLarge, serialize, unwrap
+from citygw.wire.signing import Signer
 
 from .support import Daemon, payload_of, start_load, verify_all
 from .test_receive import Box, ReceiveProcess, add_gateway, make_key, publish

@@ -169,7 +169,7 @@ async def run_bus(
     *,
     factory: ScannerFactory = BleakScanner,
 ) -> None:
-    """All devices of one BLE bus, until cancelled (see :data:`citygw.daemon.BUS_RUNNERS`).
+    """All devices of one BLE bus, until cancelled (see :data:`citygw.daemon.gateway.BUS_RUNNERS`).
 
     A bus with ``replay`` hears the adverts of that recording instead of its adapter."""
     if bus.replay is not None:

@@ -16,8 +16,8 @@ undelivered batches behind a gap record and retries. The cap is lifted, and the 
 again, once the file system has room; each episode is logged once, not per commit.
 
 Threading: every :class:`Buffer` method is synchronous and runs on the store thread
-(:class:`citygw.store.Store`), one call at a time; the event loop reaches the buffer through the
-store (``await store.call(...)``), the uplinks through :class:`citygw.pipeline.UplinkOutbox`.
+(:class:`citygw.buffer.thread.Store`), one call at a time; the event loop reaches the buffer through the
+store (``await store.call(...)``), the uplinks through :class:`citygw.pipeline.intake.UplinkOutbox`.
 What other threads may read is listed on :class:`Buffer` (single ints and references, read
 whole: a figure may be a commit old, never torn).
 

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from citygw import wal
+from citygw.buffer import wal
 from citygw.buffer.layout import CHAIN_RE, Gap, opt_str
 from citygw.buffer.sealing import Sealing
 from citygw.errors import BufferStorageError

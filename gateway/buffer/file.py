@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from citygw import wal
+from citygw.buffer import wal
 from citygw.buffer.damage import DamageHandling
 from citygw.buffer.layout import (
     CHAIN_RE,
@@ -33,13 +33,13 @@ log = EventLog(__name__)
 class Buffer(DamageHandling):
     """One SQLite file in WAL mode holding staged readings, sealed batches and cursors.
 
-    Threading: every method runs on the store thread (:class:`citygw.store.Store`), one call at
+    Threading: every method runs on the store thread (:class:`citygw.buffer.thread.Store`), one call at
     a time, except these, safe from any thread because each reads one int or one reference the
     store thread replaces whole: :attr:`last_seq` and :meth:`seal_due_at` (the pipeline's writer,
     on the event loop), :attr:`staged_count` and the plain counters and settings (``path``,
     ``max_disk``, ``corrupt_batches``, ``full_episodes``, ... read by a metrics scrape or the
     health report). The uplinks reach the buffer only through
-    :class:`citygw.pipeline.UplinkOutbox`."""
+    :class:`citygw.pipeline.intake.UplinkOutbox`."""
 
     def open(self) -> None:
         """Open (or create) the file. A damaged file is moved aside and a fresh buffer, on a new

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from citygw.errors import BufferStorageError
-from citygw.senml import Record
+from citygw.wire.senml import Record
 
 SCHEMA_VERSION = 2  # 2: batches.held (the buffer clock at sealing), meta.chain
 
@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS parked (        -- batches an uplink's destination re
 
 
 class BatchSigner(Protocol):
-    """What the buffer needs of a signer (see :class:`citygw.signing.Signer`)."""
+    """What the buffer needs of a signer (see :class:`citygw.wire.signing.Signer`)."""
 
     def sign(self, payload: bytes) -> str: ...
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from citygw.buffer.layout import KIND_DATA, KIND_GAP, Outgoing, b64url
 from citygw.buffer.retention import Retention
 from citygw.logs import EventLog
-from citygw.signing import chain_hash
+from citygw.wire.signing import chain_hash
 
 log = EventLog(__name__)
 

@@ -1,7 +1,7 @@
 """The buffer file's figures: what is held, for whom, what retention dropped.
 
 Read the same way by the daemon (:meth:`citygw.buffer.Buffer.report`, on the store thread, with
-the buffer's own connection) and by ``citygw status`` (:func:`citygw.status.read_buffer`, a
+the buffer's own connection) and by ``citygw status`` (:func:`citygw.commands.status.read_buffer`, a
 read-only connection beside a running daemon). It knows the file's layout from
 :mod:`citygw.buffer.layout`.
 """

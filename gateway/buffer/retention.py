@@ -29,8 +29,8 @@ from citygw.buffer.layout import (
 )
 from citygw.buffer.state import BufferState
 from citygw.logs import EventLog
-from citygw.senml import encode_gap
-from citygw.wireformat import b64url_decode, split_compact
+from citygw.wire.envelope import b64url_decode, split_compact
+from citygw.wire.senml import encode_gap
 
 log = EventLog(__name__)
 

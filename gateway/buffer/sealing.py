@@ -23,9 +23,9 @@ from citygw.buffer.layout import (
 )
 from citygw.buffer.outbox import Outbox
 from citygw.logs import EventLog
-from citygw.senml import Record, encode_payload
-from citygw.signing import chain_hash
-from citygw.wireformat import b64url_decode, split_compact
+from citygw.wire.envelope import b64url_decode, split_compact
+from citygw.wire.senml import Record, encode_payload
+from citygw.wire.signing import chain_hash
 
 log = EventLog(__name__)
 

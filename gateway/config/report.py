@@ -1,8 +1,8 @@
 """The ``report:`` block of a device: raw, on change or aggregated, per device and per reading.
 
 Every device model has ``report`` (:class:`ReportSettings`); ``readings`` overrides it per reading
-name. What the rules mean is :mod:`citygw.report`'s docstring; this module checks them and turns
-them into :class:`~citygw.report.DevicePolicy` values. The checks that need the device (its
+name. What the rules mean is :mod:`citygw.pipeline.edge`'s docstring; this module checks them and turns
+them into :class:`~citygw.pipeline.edge.DevicePolicy` values. The checks that need the device (its
 interval, the names and kinds of its readings, which are counters) run over the whole config
 (:func:`check_reports`): a model of one block cannot see its device.
 
@@ -27,7 +27,7 @@ from pydantic_core import InitErrorDetails
 
 from citygw.config.base import Float, Section, located, problem, within
 from citygw.config.units import Duration, duration_within, format_duration
-from citygw.report import NUMERIC_STATISTICS, Aggregate, DevicePolicy, OnChange, Policy, Statistic
+from citygw.pipeline.edge import NUMERIC_STATISTICS, Aggregate, DevicePolicy, OnChange, Policy, Statistic
 from citygw.vocabulary import QUANTITIES
 
 _RAW_HINT = "write raw, or a mapping with on_change or aggregate"

@@ -5,7 +5,7 @@
 - :mod:`citygw.demo.link`: the uplink the demo can cut, to show the buffer fill and drain;
 - :mod:`citygw.demo.platform`: the city platform (the reference receiver) verifying every batch;
 - :mod:`citygw.demo.view`: the live view, progress lines and the summary;
-- :mod:`citygw.demo.run`: puts them together around the daemon's own :class:`~citygw.daemon.Gateway`.
+- :mod:`citygw.demo.run`: puts them together around the daemon's own :class:`~citygw.daemon.gateway.Gateway`.
 
 Nothing here is imported by the daemon.
 """

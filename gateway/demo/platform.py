@@ -1,4 +1,5 @@
-"""The demo's city platform: the reference receiver (:class:`citygw.receive.Receiver`) on the broker.
+"""The demo's city platform: the reference receiver (:class:`~citygw.receiver.endpoint.Receiver`) on
+the broker.
 
 It subscribes with QoS 1 and a persistent session, verifies every batch's signature and hash chain,
 stores it once per seq, and keeps per device what arrived verified: how many readings and the
@@ -19,8 +20,8 @@ import aiomqtt
 
 from citygw.logs import EventLog
 from citygw.reading import Value
-from citygw.receive import Receiver
-from citygw.wireformat import compact_payload
+from citygw.receiver.endpoint import Receiver
+from citygw.wire.envelope import compact_payload
 
 TOPIC = "city/+/batches"
 RECONNECT = 0.5  # seconds before connecting again

@@ -5,7 +5,7 @@ Everything runs on loopback under a temporary directory: a fresh signing key; a 
 (:class:`~citygw.demo.link.Link`) between the gateway and the broker that can be cut; an Eastron
 SDM630 behind a pymodbus server; a PMS5003 and a GPS on pty serial lines; the recorded BLE adverts
 ``config/demo.yaml`` replays at bleak's scanner seam; a synthetic load; the daemon's own
-:class:`~citygw.daemon.Gateway` with that config (the same code a pole runs); and the reference
+:class:`~citygw.daemon.gateway.Gateway` with that config (the same code a pole runs); and the reference
 receiver as the city platform.
 
 Stopping (``--duration``, ``q``, Ctrl-C, SIGTERM) is orderly: the link comes back if it was cut, the
@@ -33,18 +33,18 @@ from pathlib import Path
 from rich.text import Text
 
 from citygw.config import load_config
-from citygw.daemon import Gateway
+from citygw.daemon.gateway import Gateway
+from citygw.demo.broker import LocalBroker, free_port
 from citygw.demo.devices import Gps, Pms5003, PtyPort, Sdm630, emit
 from citygw.demo.link import Link
 from citygw.demo.platform import Platform
 from citygw.demo.view import Snapshot, Summary, plain_line, render, scrape, snapshot
 from citygw.errors import CitygwError
-from citygw.localbroker import LocalBroker, free_port
-from citygw.logging_setup import setup as setup_logging
-from citygw.metrics import GatewayCollector
+from citygw.ops.logging_setup import setup as setup_logging
+from citygw.ops.metrics import GatewayCollector
 from citygw.shipped import shipped
-from citygw.signing import generate_key
 from citygw.uplinks.base import UplinkState
+from citygw.wire.signing import generate_key
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What the demo shows: a snapshot of the gateway (from its own metrics), the link and the platform,
 drawn as a live ``rich`` view, a plain progress line, or the closing summary.
 
-The gateway's side comes from :class:`citygw.metrics.GatewayCollector`, the collector behind its
+The gateway's side comes from :class:`citygw.ops.metrics.GatewayCollector`, the collector behind its
 ``/metrics`` endpoint, so the view shows what an operator's Prometheus sees: device state and
 counts, accepted readings, the sealed and acknowledged seqs, the uplink's state, the buffer file.
 The platform's side is what arrived verified.

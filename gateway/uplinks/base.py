@@ -23,7 +23,7 @@ from citygw.logs import EventLog
 
 if TYPE_CHECKING:
     from citygw.buffer import Outgoing
-    from citygw.pipeline import UplinkOutbox
+    from citygw.pipeline.intake import UplinkOutbox
 
 log = EventLog(__name__)
 

@@ -30,18 +30,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from citygw import ngsi, redact
+from citygw import redact
 from citygw.backoff import Backoff
 from citygw.config.location import Places
 from citygw.errors import DeliveryError
 from citygw.uplinks.base import Delivery, Rejected, RetryLater, UplinkState, UplinkStatus
-from citygw.wireformat import compact_payload
+from citygw.wire import ngsi
+from citygw.wire.envelope import compact_payload
 
 if TYPE_CHECKING:
     from citygw.buffer import Outgoing
     from citygw.config.uplinks import HttpUplink as HttpUplinkConfig
     from citygw.config.uplinks import NgsiLdUplink as NgsiLdUplinkConfig
-    from citygw.pipeline import Pipeline
+    from citygw.pipeline.intake import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """MQTT uplink: compact JWS batches published QoS 1, acknowledged only on PUBACK.
 
-Each batch travels in the uplink's ``format`` (:mod:`citygw.wireformat`): the compact JWS, or
+Each batch travels in the uplink's ``format`` (:mod:`citygw.wire.envelope`): the compact JWS, or
 that JWS gzip-compressed.
 
 The only module that imports aiomqtt. A window of publishes is kept in flight (awaiting each
@@ -24,13 +24,13 @@ from citygw.backoff import Backoff
 from citygw.errors import DeliveryError
 from citygw.logs import EventLog, library_logger
 from citygw.uplinks.base import Delivery, UplinkState, UplinkStatus
-from citygw.wireformat import Format, serialize
+from citygw.wire.envelope import Format, serialize
 
 if TYPE_CHECKING:
     from citygw.buffer import Outgoing
     from citygw.config import MqttUplink as MqttUplinkConfig
-    from citygw.liveness import Liveness
-    from citygw.pipeline import Pipeline
+    from citygw.pipeline.intake import Pipeline
+    from citygw.wire.liveness import Liveness
 
 log = EventLog(__name__)
 

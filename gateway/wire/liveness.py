@@ -26,8 +26,8 @@ from joserfc.errors import JoseError
 
 from citygw import __version__
 from citygw.errors import CitygwError
-from citygw.keyring import Keyring
-from citygw.signing import ALGORITHMS, Signer
+from citygw.wire.keyring import Keyring
+from citygw.wire.signing import ALGORITHMS, Signer
 
 STATUS_KIND = "citygw-status"
 """The ``kind`` member of a signed status document, so it is never taken for a batch."""

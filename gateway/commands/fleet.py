@@ -1,6 +1,6 @@
 """``citygw fleet``: the fleet view of a running ``citygw receive`` (its ``/fleet``) as a table.
 
-One row per gateway, the boxes that need a person first (:class:`citygw.fleet.Severity`): state,
+One row per gateway, the boxes that need a person first (:class:`citygw.receiver.fleet.Severity`): state,
 last seen, uplink lag, chain, config version, failing devices and what is wrong, in words.
 """
 
@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from citygw.status import human_age
+from citygw.commands.status import human_age
 
 _STYLE = {
     "down": "bold red",

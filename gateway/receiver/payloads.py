@@ -1,7 +1,7 @@
 """The payloads of signed batches, parsed as the wire contract says (docs/integrator.md): the
 batch and gap-record documents, the SenML pack (RFC 8428) resolved into plain records, and every
 limit a verifier enforces before it parses. Pure: bytes in, values or a
-:class:`~citygw.errors.VerificationError` out. :mod:`citygw.verify` checks chains with it.
+:class:`~citygw.errors.VerificationError` out. :mod:`citygw.receiver.verify` checks chains with it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from citygw.errors import VerificationError
 from citygw.reading import Value
-from citygw.streams import Reset
+from citygw.receiver.streams import Reset
 
 Decoded = tuple[str, Value, str, float]
 """One resolved SenML record: name (bn + n), value, unit (``""`` if none), time (UTC epoch s)."""

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 from citygw.logs import EventLog
 
 if TYPE_CHECKING:
-    from citygw.sdnotify import Notifier
-    from citygw.store import Store
+    from citygw.buffer.thread import Store
+    from citygw.ops.sdnotify import Notifier
 
 log = EventLog(__name__)
 

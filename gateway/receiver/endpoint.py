@@ -8,7 +8,7 @@ gateway's it names (``--keys DIR``: ``DIR/<gateway id>/*.pub``, re-read while ru
 the payload and pack (contract v1 or v2). It stores each batch once per (gateway, chain, seq) —
 a duplicate is acknowledged, not stored again; another content for a stored key is refused (409)
 — keeps the readings in its own SQLite file, and tracks each gateway's chains
-(:mod:`citygw.streams`): seqs still missing, gap records, box resets and what they lost, cloned
+(:mod:`citygw.receiver.streams`): seqs still missing, gap records, box resets and what they lost, cloned
 ids, and any ``prev`` that does not match what it holds. Whatever is refused is counted by kind
 and logged (at most one line per kind every :data:`LOG_EVERY` seconds, with the count since).
 
@@ -17,7 +17,7 @@ parks it); 403 a key signing for a gateway it is not bound to; 409 a (gateway, c
 held with other content; 413 too large.
 
 With ``--mqtt`` it also takes the gateways' signed status messages (``--status-topic``,
-:mod:`citygw.liveness`); ``GET /fleet`` is the fleet view (:mod:`citygw.fleet`): each gateway's
+:mod:`citygw.wire.liveness`); ``GET /fleet`` is the fleet view (:mod:`citygw.receiver.fleet`): each gateway's
 last health and liveness with its chain state, the boxes that need a person first.
 """
 
@@ -39,15 +39,15 @@ from aiohttp import web
 
 from citygw.backoff import Backoff
 from citygw.errors import KeyFileError, VerificationError
-from citygw.fleet import Fleet, fleet_view
-from citygw.keyring import Keyring
-from citygw.liveness import StatusRefused, read_status
 from citygw.logs import EventLog
-from citygw.ngsi import samples
-from citygw.signing import chain_hash, load_public_keys
-from citygw.streams import Event, Reset, Streams
-from citygw.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
-from citygw.wireformat import TooLarge, unwrap
+from citygw.receiver.fleet import Fleet, fleet_view
+from citygw.receiver.streams import Event, Reset, Streams
+from citygw.receiver.verify import MAX_TOKEN, ChainVerifier, Outcome, Refusal
+from citygw.wire.envelope import TooLarge, unwrap
+from citygw.wire.keyring import Keyring
+from citygw.wire.liveness import StatusRefused, read_status
+from citygw.wire.ngsi import samples
+from citygw.wire.signing import chain_hash, load_public_keys
 
 log = EventLog(__name__)
 

@@ -1,7 +1,7 @@
 """Signed config documents: what ``citygw config sign`` makes and a box verifies.
 
 A document is a compact JWS (RFC 7515) signed with an operator's Ed25519 key (RFC 8037), the same
-machinery as the batches (:mod:`citygw.signing`). Its protected header is
+machinery as the batches (:mod:`citygw.wire.signing`). Its protected header is
 ``{"alg":"EdDSA","kid":KID,"typ":"citygw-config+jws"}`` (``typ`` keeps a batch from ever passing
 for a config document); its payload is a JSON object::
 
@@ -24,12 +24,12 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from citygw.errors import CitygwError
-from citygw.signing import ALG, ALGORITHMS
+from citygw.wire.signing import ALG, ALGORITHMS
 
 if TYPE_CHECKING:
     from joserfc.jwk import OKPKey
 
-    from citygw.signing import Signer
+    from citygw.wire.signing import Signer
 
 TYP = "citygw-config+jws"
 MAX_DOCUMENT = 1024 * 1024  # characters: a config is a few KiB

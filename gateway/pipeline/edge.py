@@ -12,7 +12,7 @@ A device, and each reading name within it, is reported one of three ways (:class
 - **aggregate** (:class:`Aggregate`): one record per statistic per window. Windows are aligned to
   the clock (multiples of ``window`` seconds since the epoch: a 15-minute window starts at :00,
   :15, :30, :45). A record's time is its window's start and it carries the window length
-  (``window`` on the wire, :func:`citygw.senml.window_of`); its name is
+  (``window`` on the wire, :func:`citygw.wire.senml.window_of`); its name is
   ``{reading}/{statistic}`` (``pm25/mean``). A window that saw no sample is reported as
   ``{reading}/count`` = 0, nothing else. A counter
   (``counter: true``) is aggregated as its increments between successive samples, so ``sum`` is
@@ -25,7 +25,7 @@ The first window after start and the windows still open at shutdown (:meth:`Repo
 flagged :attr:`Flag.PARTIAL`: each holds only part of its window's samples, and together with the
 other part (before a restart, after it) they hold them all.
 
-:class:`Reporter` works on stored records (:data:`citygw.senml.Record`) as the pipeline holds
+:class:`Reporter` works on stored records (:data:`citygw.wire.senml.Record`) as the pipeline holds
 them, after the clock's stamp: an aggregate carries the clock flags of its samples (so the times
 of windows sampled before the clock synchronised are corrected, or flagged, like theirs), and a
 change of timeline (the clock synchronised) ends the open window as partial instead of reporting
@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from citygw.reading import Flag, Value
-from citygw.senml import WINDOW_SHIFT, Record, window_flags
+from citygw.wire.senml import WINDOW_SHIFT, Record, window_flags
 
 # flags that say which timeline a time is on (gateway.clock: unsynced, and the boot); a change of
 # timeline ends a window and restarts on-change comparisons

@@ -1,10 +1,10 @@
 """The fleet view of ``citygw receive``: each gateway's last health and liveness, worst first.
 
 The receiver keeps, per gateway, the latest value of each health reading (device ``gateway``,
-:mod:`citygw.health`) from the batches it stored, and the latest verified status message
-(:mod:`citygw.liveness`) from the status topic; both survive a restart of the receiver (the
+:mod:`citygw.ops.health`) from the batches it stored, and the latest verified status message
+(:mod:`citygw.wire.liveness`) from the status topic; both survive a restart of the receiver (the
 readings are in its file already, statuses in the ``liveness`` table). :func:`fleet_view` joins
-them with the chain state (:mod:`citygw.streams`) and the gateways of the keys directory, and
+them with the chain state (:mod:`citygw.receiver.streams`) and the gateways of the keys directory, and
 sorts the boxes that need a person first (:class:`Severity`).
 """
 
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from citygw.config.health import HEALTH_DEVICE
-from citygw.liveness import Status
-from citygw.ngsi import Sample
+from citygw.wire.liveness import Status
+from citygw.wire.ngsi import Sample
 
 SILENT_FACTOR = 3  # health intervals without a batch before a box counts as silent
 SILENT_SLACK = 60.0  # seconds on top: batch sealing (buffer.batch.max_age) and delivery

@@ -3,7 +3,7 @@
 :func:`plan_reload` compares two validated configs and says which buses and uplinks start, stop or
 restart, whether the report rules changed, and which keys cannot change without a restart
 (:data:`RESTART_KEYS`: the buffer file, the gateway's identity and signing key, the metrics
-listener). The daemon (:meth:`citygw.daemon.Gateway.apply`) carries a plan out; a plan with
+listener). The daemon (:meth:`citygw.daemon.gateway.Gateway.apply`) carries a plan out; a plan with
 ``needs_restart`` is refused as a whole and the config in effect keeps running.
 
 A bus restarts when its own settings, the set of its devices or any of its devices' settings

@@ -35,7 +35,7 @@ log = EventLog("citygw")
 
 
 def _setup_logging(level: str = "info") -> None:
-    from citygw.logging_setup import setup
+    from citygw.ops.logging_setup import setup
 
     setup(level)
 
@@ -53,7 +53,7 @@ def _report_config_error(exc: ConfigError) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from citygw.config import load_config
-    from citygw.signing import Signer
+    from citygw.wire.signing import Signer
 
     path = _config_path(args)
     try:
@@ -74,7 +74,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _recover(path: Path, state_dir: Path) -> str | None:
     """A remote config left pending by a daemon that died: the previous one is restored."""
-    from citygw.remote import recover_at_start
+    from citygw.daemon.remote import recover_at_start
 
     try:
         return recover_at_start(path, state_dir)
@@ -85,7 +85,7 @@ def _recover(path: Path, state_dir: Path) -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from citygw.config import default_buffer_path, load_config
-    from citygw.daemon import Gateway
+    from citygw.daemon.gateway import Gateway
 
     # SIGHUP reloads once the daemon runs (gateway.daemon); until then it must not end the process
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from citygw.signing import generate_key
+    from citygw.wire.signing import generate_key
 
     try:
         kid = generate_key(Path(args.out), force=args.force)
@@ -144,8 +144,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_config_sign(args: argparse.Namespace) -> int:
-    from citygw.configdoc import sign_document
-    from citygw.signing import Signer
+    from citygw.config.document import sign_document
+    from citygw.wire.signing import Signer
 
     try:
         signer = Signer.from_file(Path(args.key))
@@ -169,7 +169,7 @@ def cmd_config_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from citygw.verify import verify_main
+    from citygw.receiver.verify import verify_main
 
     inputs: list[Path | str] = [Path(p) if p != "-" else "-" for p in args.inputs] or ["-"]
     keys_dir = Path(args.keys) if args.keys else None
@@ -180,7 +180,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from citygw.decode import decode_main
+    from citygw.commands.decode import decode_main
 
     return decode_main(args.format, args.data, bindkey=args.bindkey, address=args.address)
 
@@ -195,7 +195,7 @@ def _load_or_exit(args: argparse.Namespace) -> Config | int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from citygw.probe import probe_main
+    from citygw.commands.probe import probe_main
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -205,7 +205,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from citygw.probe import scan_main
+    from citygw.commands.probe import scan_main
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -232,7 +232,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from citygw.receive import receive_main
+    from citygw.receiver.endpoint import receive_main
 
     _setup_logging(args.log_level or "info")
     return receive_main(
@@ -249,14 +249,14 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from citygw.fleet_table import fleet_main
+    from citygw.commands.fleet import fleet_main
 
     return fleet_main(args.url, as_json=args.json, timeout=args.timeout)
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
     from citygw.buffer import request_resend
-    from citygw.lock import look
+    from citygw.daemon.lock import look
 
     config = _load_or_exit(args)
     if isinstance(config, int):
@@ -277,7 +277,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from citygw.status import status_main
+    from citygw.commands.status import status_main
 
     config = _load_or_exit(args)
     if isinstance(config, int):

@@ -8,12 +8,12 @@ restarted after a pause, logged once per reason. Anything else is a bug: it ends
 the daemon flushes what it can into the buffer and exits 1 with the traceback logged once, and
 systemd restarts it (a daemon that stays up but accepts nothing would never trip the watchdog).
 
-One daemon per buffer: :class:`citygw.lock.BufferLock` is taken before the buffer is opened.
+One daemon per buffer: :class:`citygw.daemon.lock.BufferLock` is taken before the buffer is opened.
 SIGTERM/SIGINT stop the drivers, flush the intake into the buffer (sealing what is staged), stop
 the uplinks and close the buffer, in that order. SIGHUP reloads the config file in the same
 process (:meth:`Gateway.reload`): an invalid file, or one that changes a key only a restart can
 change, is refused with every problem logged and the config in effect keeps running; otherwise
-the difference (:mod:`citygw.reload`) is applied — the buses and uplinks it touches restart,
+the difference (:mod:`citygw.daemon.reload`) is applied — the buses and uplinks it touches restart,
 the others go on, and nothing the pipeline accepted is dropped (same buffer, same chain).
 """
 
@@ -31,24 +31,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from citygw.buffer import BatchLimits, Buffer, is_transient
+from citygw.buffer.thread import Store
 from citygw.config import model as config_model
 from citygw.config.location import places
 from citygw.config.report import report_policies
+from citygw.daemon.lock import BufferLock
+from citygw.daemon.reload import ReloadPlan, ReloadRefused, plan_reload
+from citygw.daemon.remote import RemoteConfig, version_in_effect
 from citygw.drivers.health import DeviceHealth
 from citygw.errors import CitygwError, ConfigError, ConfigProblem, DeliveryError
-from citygw.health import HealthReport
-from citygw.liveness import Liveness
-from citygw.lock import BufferLock
 from citygw.logs import EventLog
-from citygw.ops import Operations
-from citygw.pipeline import Pipeline
-from citygw.reload import ReloadPlan, ReloadRefused, plan_reload
-from citygw.remote import RemoteConfig, version_in_effect
-from citygw.report import Reporter
-from citygw.sdnotify import Notifier
-from citygw.signing import Signer
-from citygw.store import Store
+from citygw.ops.health import HealthReport
+from citygw.ops.operations import Operations
+from citygw.ops.sdnotify import Notifier
+from citygw.pipeline.edge import Reporter
+from citygw.pipeline.intake import Pipeline
 from citygw.uplinks.base import UplinkState
+from citygw.wire.liveness import Liveness
+from citygw.wire.signing import Signer
 
 if TYPE_CHECKING:
     from citygw.config import Config
@@ -391,7 +391,7 @@ class Gateway:
     async def run(self) -> None:
         """Run until :meth:`stop` (or a signal); then shut down in order and return.
 
-        Raises :class:`citygw.lock.BufferInUse` (before touching the buffer) when another daemon
+        Raises :class:`citygw.daemon.lock.BufferInUse` (before touching the buffer) when another daemon
         holds the buffer, and :class:`TaskFailed` when a task ended on an unexpected error.
         """
         self.lock.acquire()

@@ -23,8 +23,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
 from citygw.errors import KeyFileError, VerificationError
-from citygw.keyring import MAX_GATEWAY_ID, Keyring
-from citygw.payloads import (
+from citygw.receiver.payloads import (
     CONTRACT_VERSION,
     GAP_REASONS,
     MAX_HEADER,
@@ -38,9 +37,10 @@ from citygw.payloads import (
     parse_item,
     parse_json,
 )
-from citygw.signing import ALGORITHMS, chain_hash, load_public_keys
-from citygw.streams import Event, Reset, Streams
-from citygw.wireformat import is_gzip
+from citygw.receiver.streams import Event, Reset, Streams
+from citygw.wire.envelope import is_gzip
+from citygw.wire.keyring import MAX_GATEWAY_ID, Keyring
+from citygw.wire.signing import ALGORITHMS, chain_hash, load_public_keys
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -166,12 +166,12 @@ class ChainVerifier:
     header (exactly ``{"alg":"EdDSA","kid":...}``, or ``"Ed25519"`` by RFC 9864), the key
     (``kid`` known), the signature; only
     then is the payload decoded, and its ``gateway`` must be one the key is bound to (see
-    :mod:`citygw.keyring`) before anything else of it is read. Then the payload and pack shape
+    :mod:`citygw.wire.keyring`) before anything else of it is read. Then the payload and pack shape
     (contract v1 or v2), then the chain: items link over seqs, whatever order they arrive in — a
     resend after a parked batch arrives late and is fine. An item is bad when its ``prev`` is not
     the hash of the item before it (or the item after it does not link to it), or when its
     (gateway, chain, seq) was seen with other content. Seqs still missing at the end, resets and
-    clones are the business of :attr:`streams` (see :mod:`citygw.streams`).
+    clones are the business of :attr:`streams` (see :mod:`citygw.receiver.streams`).
     """
 
     def __init__(self, keys: Keyring | Mapping[str, OKPKey]) -> None:

@@ -271,7 +271,7 @@ class Signer:
 
     @property
     def key(self) -> OKPKey:
-        """The key as a JWK, for documents other than batches (``citygw.configdoc``)."""
+        """The key as a JWK, for documents other than batches (``citygw.config.document``)."""
         return self._key
 
     def sign(self, payload: bytes) -> str:

@@ -13,9 +13,9 @@ Flags travel in the extension field ``flags`` as one string, the flag names join
 data as field values, so not a list. A string also lets a later base field state them once per
 run of records.
 
-An aggregate's window length (:mod:`citygw.report`) travels in the record's flags, above bit
+An aggregate's window length (:mod:`citygw.pipeline.edge`) travels in the record's flags, above bit
 :data:`WINDOW_SHIFT`, in milliseconds: records stored before aggregates existed read as samples,
-the stored format is unchanged, and :mod:`citygw.clock`'s corrections (which keep every bit they
+the stored format is unchanged, and :mod:`citygw.pipeline.clock`'s corrections (which keep every bit they
 do not own) carry it along. On the wire it is the ``window`` field, in seconds.
 """
 

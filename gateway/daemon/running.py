@@ -1,6 +1,6 @@
 """What the daemon's side services see of the running gateway: a typed face, not the daemon.
 
-:class:`citygw.daemon.Gateway` builds the buffer, pipeline, uplinks and device health, and hands
+:class:`citygw.daemon.gateway.Gateway` builds the buffer, pipeline, uplinks and device health, and hands
 itself to the services that run beside them (operations, health readings, remote config) as a
 :class:`RunningGateway`. They depend on this face, the daemon on them: no import cycle, and each
 service's needs are written down here.
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from citygw.buffer import Buffer
+    from citygw.buffer.thread import Store
     from citygw.config import Config
+    from citygw.daemon.reload import ReloadPlan
     from citygw.drivers.health import DeviceHealth
-    from citygw.pipeline import Pipeline
-    from citygw.reload import ReloadPlan
-    from citygw.sdnotify import Notifier
-    from citygw.store import Store
+    from citygw.ops.sdnotify import Notifier
+    from citygw.pipeline.intake import Pipeline
 
 
 class RunningGateway(Protocol):
@@ -48,5 +48,5 @@ class RunningGateway(Protocol):
         ...
 
     async def apply(self, new: Config) -> ReloadPlan:
-        """Apply ``new`` in place; raises :class:`citygw.reload.ReloadRefused` when it cannot."""
+        """Apply ``new`` in place; raises :class:`citygw.daemon.reload.ReloadRefused` when it cannot."""
         ...

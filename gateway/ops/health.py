@@ -31,7 +31,7 @@ from citygw.reading import Reading, Value
 from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
-    from citygw.running import RunningGateway
+    from citygw.daemon.running import RunningGateway
 
 log = EventLog(__name__)
 

@@ -1,6 +1,6 @@
 """The daemon's operations side: clock watch, watchdog, buffer report and metrics endpoint.
 
-One object the :class:`~citygw.daemon.Gateway` builds and runs beside its pipeline, so that the
+One object the :class:`~citygw.daemon.gateway.Gateway` builds and runs beside its pipeline, so that the
 daemon itself stays about data: :meth:`Operations.run` is one supervised task (the loop's beat, the
 clock check, the buffer report refresh, listening for metrics until the port is free),
 :meth:`start` and :meth:`close` bracket the threads (the watchdog's pinger, the metrics HTTP server).
@@ -13,14 +13,14 @@ import os
 from typing import TYPE_CHECKING
 
 from citygw.buffer.report import BufferReport
-from citygw.clock import ClockWatch
 from citygw.errors import CitygwError
 from citygw.logs import EventLog
-from citygw.metrics import GatewayCollector, MetricsServer, Timings
-from citygw.watchdog import Watchdog
+from citygw.ops.metrics import GatewayCollector, MetricsServer, Timings
+from citygw.ops.watchdog import Watchdog
+from citygw.pipeline.clock import ClockWatch
 
 if TYPE_CHECKING:
-    from citygw.running import RunningGateway
+    from citygw.daemon.running import RunningGateway
 
 log = EventLog(__name__)
 

@@ -62,9 +62,9 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from citygw.buffer.report import BufferReport
-    from citygw.clock import ClockWatch
-    from citygw.running import RunningGateway
-    from citygw.watchdog import Watchdog
+    from citygw.daemon.running import RunningGateway
+    from citygw.ops.watchdog import Watchdog
+    from citygw.pipeline.clock import ClockWatch
 
 log = EventLog(__name__)
 
@@ -128,7 +128,7 @@ class Timings:
     """The histograms, fed as things happen by hooks in the Modbus poller and the MQTT uplink
     (prometheus-client's own histograms, outside any registry: the collector yields them).
 
-    One per gateway (:class:`citygw.ops.Operations` makes it), however many collectors read it.
+    One per gateway (:class:`citygw.ops.operations.Operations` makes it), however many collectors read it.
     """
 
     def __init__(self, gateway: RunningGateway) -> None:
@@ -160,7 +160,7 @@ class Timings:
 
 
 class OperationsFigures(Protocol):
-    """What the collector reads of the daemon's operations side (:class:`citygw.ops.Operations`)."""
+    """What the collector reads of the operations side (:class:`citygw.ops.operations.Operations`)."""
 
     @property
     def report(self) -> BufferReport | None:

@@ -28,7 +28,7 @@ from joserfc.jwk import OKPKey
 
 from citygw.errors import KeyFileError
 from citygw.logs import EventLog
-from citygw.signing import load_public_keys
+from citygw.wire.signing import load_public_keys
 
 log = EventLog(__name__)
 

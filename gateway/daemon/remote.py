@@ -1,6 +1,6 @@
 """Remote configuration: signed config documents, applied as a reload, rolled back when unhealthy.
 
-A document (:mod:`citygw.configdoc`) arrives on the MQTT config topic (retained, every MQTT
+A document (:mod:`citygw.config.document`) arrives on the MQTT config topic (retained, every MQTT
 uplink subscribes) or from ``remote.config_url`` (polled, conditional GET). The box:
 
 1. verifies the signature against ``gateway.operator_keys`` and that it names this gateway;
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from citygw.configdoc import ConfigDocument, DocumentRefused, digest, verify_document
+from citygw.config.document import ConfigDocument, DocumentRefused, digest, verify_document
 from citygw.drivers.health import DeviceState
 from citygw.errors import CitygwError, ConfigError, KeyFileError
 from citygw.logs import EventLog
@@ -47,7 +47,7 @@ from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
     from citygw.config import Config
-    from citygw.running import RunningGateway
+    from citygw.daemon.running import RunningGateway
 
 log = EventLog(__name__)
 
@@ -231,7 +231,7 @@ def screen(current: Config, new: Config, text: str) -> str | None:
     for key in ("id", "key_file", "operator_keys"):
         if getattr(current.gateway, key) != getattr(new.gateway, key):
             return f"it changes gateway.{key}, which only a person at the box may change"
-    from citygw.reload import plan_reload
+    from citygw.daemon.reload import plan_reload
 
     restart = plan_reload(current, new).needs_restart
     if restart:
@@ -255,7 +255,7 @@ def screen(current: Config, new: Config, text: str) -> str | None:
 
 
 class RemoteConfig:
-    """Takes signed config documents for one running :class:`~citygw.daemon.Gateway`."""
+    """Takes signed config documents for one running :class:`~citygw.daemon.gateway.Gateway`."""
 
     def __init__(self, gateway: RunningGateway) -> None:
         self.gateway = gateway
@@ -345,7 +345,7 @@ class RemoteConfig:
         await self._take(document, source)
 
     def _verify(self, token: str) -> ConfigDocument:
-        from citygw.signing import load_public_keys
+        from citygw.wire.signing import load_public_keys
 
         try:
             keys = load_public_keys(self.gateway.config.gateway.operator_keys)
@@ -355,7 +355,7 @@ class RemoteConfig:
 
     async def _take(self, document: ConfigDocument, source: str) -> None:
         from citygw.config import load_config
-        from citygw.reload import ReloadRefused
+        from citygw.daemon.reload import ReloadRefused
 
         gateway = self.gateway
         current = gateway.config

@@ -1,7 +1,7 @@
 """From drivers to the durable buffer: a bounded intake and the group-committing writer.
 
 Drivers hand over lists of :class:`Reading` (one poll cycle each); the clock's ``stamp`` marks
-them and the edge processing stage (``process``, :mod:`citygw.report`) decides what of them is
+them and the edge processing stage (``process``, :mod:`citygw.pipeline.edge`) decides what of them is
 kept. The writer commits them in groups — when ``commit_rows`` are waiting or the oldest has
 waited ``commit_interval`` — on the buffer's own thread, seals what is due, and wakes the
 uplinks. When the intake is full (the card stalled) ``put`` waits: a driver's next poll is
@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from citygw.buffer import CommitResult, Outgoing, is_transient
+from citygw.buffer.thread import Store
 from citygw.logs import EventLog
 from citygw.reading import Reading
-from citygw.senml import Record, record_of
-from citygw.store import Store
+from citygw.wire.senml import Record, record_of
 
 log = EventLog(__name__)
 
@@ -160,7 +160,7 @@ class Pipeline:
         On a write error the design expects (the file system full, an I/O error, the file
         locked: :func:`citygw.buffer.is_transient`) the readings stay pending and the writer
         tries again a second later; any other error is raised, the readings still pending, and
-        ends the daemon (``citygw.daemon``: systemd restarts it, the staged readings are on disk).
+        ends the daemon (``citygw.daemon.gateway``: systemd restarts it, the staged readings are on disk).
         """
         records, self._pending = self._pending, []
         self._acks_dirty = False

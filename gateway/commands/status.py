@@ -4,7 +4,7 @@ The buffer file is opened read-only and never created or written: with ``mode=ro
 running daemon (WAL lets a reader see the last commit without blocking the writer), and with
 ``immutable=1`` when the daemon is not running (a read-only WAL open would otherwise create the
 ``-wal`` and ``-shm`` files, owned by whoever ran ``status``, which the daemon could then not
-write). Whether a daemon runs, and its PID, comes from the buffer's lock (:mod:`citygw.lock`),
+write). Whether a daemon runs, and its PID, comes from the buffer's lock (:mod:`citygw.daemon.lock`),
 so a daemon whose metrics port was taken is still found. The daemon's side — device health,
 uplink states, the clock — comes from its metrics endpoint when it answers. The figures are
 :func:`citygw.buffer.report.report_from`'s, the same the daemon reports on its own connection.
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from citygw.buffer.report import BufferReport, UplinkLag, report_from
+from citygw.daemon.lock import look
 from citygw.errors import BufferStorageError
-from citygw.lock import look
 
 if TYPE_CHECKING:
     from citygw.config import Config

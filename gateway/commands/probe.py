@@ -152,7 +152,7 @@ async def _listen(
     bus_name: str, bus: Any, name: str, device: Any, health: _Listened, timeout: float
 ) -> list[Reading]:
     """Run the daemon's runner of ``bus`` for ``device`` alone until it gives readings or ``timeout``."""
-    from citygw.daemon import BUS_RUNNERS
+    from citygw.daemon.gateway import BUS_RUNNERS
 
     readings: list[Reading] = []
     heard = asyncio.Event()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from citygw.logs import EventLog
 from citygw.reading import Flag
-from citygw.senml import Record
+from citygw.wire.senml import Record
 
 log = EventLog(__name__)
 

@@ -1,0 +1,1 @@
+"""The ``citygw`` command line: its parser and the commands that are more than a call."""

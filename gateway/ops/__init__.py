@@ -1,0 +1,1 @@
+"""Operations beside the data path: the watchdog, metrics, the box's own health, logs for journald."""

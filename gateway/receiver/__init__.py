@@ -1,0 +1,1 @@
+"""The platform's side, for integrators and tests: ``citygw receive`` and ``citygw verify``."""
