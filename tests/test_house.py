@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -230,3 +231,29 @@ def test_the_architecture_docs_list_every_importer_of_each_library() -> None:
     assert {"aiomqtt", "bleak", "prometheus_client", "sqlite3", "stamina"} <= set(table)
     for library, listed in table.items():
         assert _importers(library) == listed, library
+
+
+def _tree_table() -> dict[str, set[str]]:
+    """docs/architecture.md "The tree": folder -> the ``*.py`` file names its row names."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## The tree", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`") and cells[0].endswith("/`"):
+            rows[cells[0].strip("`")] = set(re.findall(r"`([a-z_]+\.py)`", cells[1]))
+    return rows
+
+
+def test_the_architecture_docs_tree_is_the_tree() -> None:
+    """Every package folder has its row in "The tree"; every module a row names is there; the
+    modules at the top of gateway/ are all named (the rest of a folder may be described in words)."""
+    rows = _tree_table()
+    folders = {f"{path.parent.relative_to(ROOT)}/" for path in MODULES.values() if path.name == "__init__.py"}
+    assert set(rows) == folders
+    for folder, names in rows.items():
+        missing = {name for name in names if not (ROOT / folder / name).is_file()}
+        assert not missing, f"docs/architecture.md names {sorted(missing)} in {folder}; it has none"
+    top = {path.name for path in (ROOT / "gateway").glob("*.py")} - {"__init__.py"}
+    unnamed = sorted(top - rows["gateway/"])
+    assert not unnamed, f"modules at the top of gateway/ that the tree does not name: {unnamed}"
