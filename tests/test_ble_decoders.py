@@ -15,8 +15,8 @@ import pytest
 
 from citygw.drivers.ble import bthome, pvvx, ruuvi
 from citygw.drivers.ble.cli import decode_bthome, decode_pvvx, decode_ruuvi
-from citygw.drivers.ble.common import Reason, normalise_address
-from citygw.errors import DecodeError
+from citygw.drivers.ble.common import Decoded, normalise_address
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement
 from citygw.vocabulary import QUANTITIES
 
@@ -35,9 +35,7 @@ def plain(objects: str) -> bytes:
 def test_bthome_format_page_example_advert() -> None:
     """bthome.io/format, "Advertising payload": 020106 0B09... 0A16 D2FC 4002C40903BF13."""
     decoded = bthome.decode(bytes.fromhex("4002C40903BF13"))
-    assert decoded == bthome.Decoded(
-        [M("temperature", 25.0, "Cel"), M("relativeHumidity", 50.55, "%RH")], None
-    )
+    assert decoded == Decoded([M("temperature", 25.0, "Cel"), M("relativeHumidity", 50.55, "%RH")], None)
 
 
 SENSOR_EXAMPLES = [  # bthome.io/format, "Sensor data": object bytes -> result, in canonical units
@@ -111,7 +109,7 @@ CONSTRUCTED = [
     ids=[e[0][:2] for e in SENSOR_EXAMPLES + CONSTRUCTED],
 )
 def test_bthome_sensor_object_examples(objects: str, expected: Measurement) -> None:
-    assert bthome.decode(plain(objects)) == bthome.Decoded([expected], None)
+    assert bthome.decode(plain(objects)) == Decoded([expected], None)
 
 
 def test_bthome_binary_and_event_examples() -> None:
@@ -134,7 +132,7 @@ def test_bthome_binary_and_event_examples() -> None:
 def test_bthome_packet_id_is_the_dedup_key_and_not_a_reading() -> None:
     """bthome.io/format, "Misc data": 0x00 packet id; device info objects are not readings."""
     decoded = bthome.decode(plain("0009 02CA09 505D396164 F00100 F2000102".replace(" ", "")))
-    assert decoded == bthome.Decoded([M("temperature", 25.06, "Cel")], 9)
+    assert decoded == Decoded([M("temperature", 25.06, "Cel")], 9)
 
 
 def test_bthome_encrypted_spec_example() -> None:
@@ -142,7 +140,7 @@ def test_bthome_encrypted_spec_example() -> None:
     key = bthome.Key(bytes.fromhex(SPEC_KEY), SPEC_MAC)
     assert bthome.nonce(key.mac, 0x41, bytes.fromhex("00112233")).hex() == "5448e68f80a5d2fc4100112233"
     decoded = bthome.decode(bytes.fromhex("41 A47266C95F73 00112233 78237214"), key)
-    assert decoded == bthome.Decoded(
+    assert decoded == Decoded(
         [M("temperature", 25.06, "Cel"), M("relativeHumidity", 50.55, "%RH")], 0x33221100
     )
 
@@ -189,7 +187,8 @@ AIR = [M("temperature", 18.2, "Cel"), M("relativeHumidity", 76.96, "%RH")]
 
 def test_bthome_advert_carrying_its_mac() -> None:
     decoded = bthome.decode(bytes.fromhex(MAC_PLAIN))
-    assert decoded == bthome.Decoded([M("batteryLevel", 92, "%EL"), *AIR], 42, None, MAC_DEVICE)
+    assert decoded == Decoded([M("batteryLevel", 92, "%EL"), *AIR], 42, mac=bytes.fromhex("C82B96A1047E"))
+    assert decoded.address == MAC_DEVICE
     assert bthome.included_address(bytes.fromhex(MAC_PLAIN)) == MAC_DEVICE
     assert bthome.decode(plain("021C07")).address is None  # bit 1 clear: no MAC, none reported
 
@@ -200,7 +199,8 @@ def test_bthome_encrypted_advert_carrying_its_mac_uses_it_in_the_nonce(configure
     mac = bytes.fromhex(MAC_DEVICE.replace(":", ""))
     assert bthome.nonce(mac, 0x43, bytes.fromhex("0A000000")).hex() == "c82b96a1047ed2fc430a000000"
     decoded = bthome.decode(bytes.fromhex(MAC_SEALED), bthome.Key(bytes.fromhex(MAC_KEY), configured))
-    assert decoded == bthome.Decoded(AIR, 10, None, MAC_DEVICE)
+    assert decoded == Decoded(AIR, 10, mac=bytes.fromhex("C82B96A1047E"))
+    assert decoded.address == MAC_DEVICE
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_bthome_mac_carrying_refusals(data: str, key: str | None, reason: Reason
 def test_bthome_unknown_object_keeps_what_came_before() -> None:
     """Objects come in ascending id order (bthome.io/format): an unknown id ends the readable part."""
     decoded = bthome.decode(plain("02CA09 EE0102".replace(" ", "")))
-    assert decoded == bthome.Decoded([M("temperature", 25.06, "Cel")], None, 0xEE)
+    assert decoded == Decoded([M("temperature", 25.06, "Cel")], None, unknown=0xEE)
 
 
 def test_bthome_table_uses_vocabulary_names_and_units() -> None:
@@ -242,7 +242,7 @@ def test_bthome_table_uses_vocabulary_names_and_units() -> None:
 
 def test_ruuvi_valid_data_vector() -> None:
     decoded = ruuvi.decode(bytes.fromhex("0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"))
-    assert decoded == ruuvi.Decoded(
+    assert decoded == Decoded(
         [
             M("temperature", 24.3, "Cel"),
             M("relativeHumidity", 53.49, "%RH"),
@@ -256,11 +256,12 @@ def test_ruuvi_valid_data_vector() -> None:
         205,
         bytes.fromhex("CBB8334C884F"),
     )
+    assert decoded.address == "CB:B8:33:4C:88:4F"
 
 
 def test_ruuvi_maximum_values_vector() -> None:
     decoded = ruuvi.decode(bytes.fromhex("057FFFFFFEFFFE7FFF7FFF7FFFFFDEFEFFFECBB8334C884F"))
-    assert decoded == ruuvi.Decoded(
+    assert decoded == Decoded(
         [
             M("temperature", 163.835, "Cel"),
             M("relativeHumidity", 163.835, "%RH"),
@@ -278,7 +279,7 @@ def test_ruuvi_maximum_values_vector() -> None:
 
 def test_ruuvi_minimum_values_vector() -> None:
     decoded = ruuvi.decode(bytes.fromhex("058001000000008001800180010000000000CBB8334C884F"))
-    assert decoded == ruuvi.Decoded(
+    assert decoded == Decoded(
         [
             M("temperature", -163.835, "Cel"),
             M("relativeHumidity", 0.0, "%RH"),
@@ -335,7 +336,7 @@ def test_pvvx_custom_format() -> None:
     """pvvx/ATC_MiThermometer, "Custom format (all data little-endian)": MAC A4:C1:38:0B:5E:ED
     (sent low byte first), 23.45 Cel, 51.20 %RH, 2950 mV, 87 %, counter 0x2A, flags 0x05."""
     decoded = pvvx.decode(bytes.fromhex("ED5E0B38C1A4 2909 0014 860B 57 2A 05".replace(" ", "")))
-    assert decoded == pvvx.Decoded(
+    assert decoded == Decoded(
         [
             M("temperature", 23.45, "Cel"),
             M("relativeHumidity", 51.2, "%RH"),
@@ -345,13 +346,14 @@ def test_pvvx_custom_format() -> None:
         0x2A,
         bytes.fromhex("A4C1380B5EED"),
     )
+    assert decoded.address == "A4:C1:38:0B:5E:ED"
 
 
 def test_atc1441_format() -> None:
     """atc1441/ATC_MiThermometer, "Advertising format of the custom firmware" (big-endian): MAC in
     order, -5.3 Cel, 48 %RH, 64 %, 2816 mV, frame counter 7."""
     decoded = pvvx.decode(bytes.fromhex("A4C1380B5EED FFCB 30 40 0B00 07".replace(" ", "")))
-    assert decoded == pvvx.Decoded(
+    assert decoded == Decoded(
         [
             M("temperature", -5.3, "Cel"),
             M("relativeHumidity", 48, "%RH"),

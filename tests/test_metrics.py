@@ -19,6 +19,8 @@ from aiohttp import web
 
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.drivers.modbus.server import ModbusSimulator
+from citygw.errors import Reason
+from citygw.ops.metrics import error_reasons
 from citygw.ops.operations import TEST_REPORT_EVERY
 
 from .support import Collector, Daemon, write_config
@@ -144,3 +146,37 @@ def _try_scrape(port: int) -> Samples:
         return scrape(port)
     except OSError:
         return {}
+
+
+def test_error_reasons_of_each_driver_are_the_documented_labels() -> None:
+    """The ``reason`` labels ``citygw_device_errors_total`` starts at 0 for each bus type, pinned in
+    order: one ``Reason`` for every decoder layer must not put a BLE word on a serial device nor
+    change a word an alert matches; and every decoder's reason is in docs/operations.md."""
+    modbus = ("timeout", "crc", "connection", "framing", "gateway", "exception", "decode", "late", "mismatch")
+    port = ("no-port", "permission", "busy", "port")
+    assert error_reasons("modbus-tcp") == modbus
+    assert error_reasons("modbus-rtu") == (*modbus, *port)
+    assert error_reasons("serial") == (
+        *port,
+        "timeout",
+        *("short", "long", "header", "length", "checksum", "trailer", "syntax", "value"),
+    )
+    assert error_reasons("ble") == (
+        "short",
+        "length",
+        "format",
+        "value",
+        "unknown-object",
+        "no-key",
+        "decrypt",
+        "plaintext",
+        "encrypted",
+        "empty",
+    )
+    row = next(
+        line
+        for line in (Path(__file__).parents[1] / "docs" / "operations.md").read_text().splitlines()
+        if line.startswith("| `citygw_device_errors_total")
+    )
+    for reason in Reason:  # every word a decoder refuses with is documented
+        assert f"`{reason.value}`" in row, reason

@@ -25,13 +25,13 @@ from citygw.drivers.serial import (
     Measurement,
     NmeaFix,
     NmeaFramer,
-    Reason,
     decode_mhz19,
     decode_nmea,
     decode_pms5003,
     decode_sds011,
 )
 from citygw.drivers.serial.decoders import MHZ19, MHZ19_READ, PMS5003, SDS011
+from citygw.errors import Reason
 
 M = Measurement
 

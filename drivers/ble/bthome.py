@@ -9,7 +9,7 @@ unit of the quantity in :mod:`citygw.vocabulary` (hPa -> Pa, kWh -> Wh, mm -> m,
 deg -> rad, m/s -> km/h for ``speed``), so a reading means the same whatever object id carried it.
 
 Objects with no quantity (packet id, timestamp, device information) are read for their length and
-not reported; the packet id is returned for de-duplication (:class:`Decoded.key`). An object id not
+not reported; the packet id is returned for de-duplication (:attr:`Decoded.key`). An object id not
 in the table stops decoding: the spec sends objects in ascending id order, so what came before is
 kept and :attr:`Decoded.unknown` says which id stopped it.
 
@@ -18,10 +18,10 @@ ciphertext, a 4-byte counter and the MIC; the nonce is the advertiser's MAC (6 b
 as sent (``D2 FC``), the device information byte and the counter (:func:`nonce`).
 
 Device information bit 1 is for firmware that cannot rely on the advertised address (a random or
-changing one, or a relay): the MAC it carries is the device's identity and, in an encrypted advert,
-the MAC of the nonce in place of the advertised one, as the reference decoder bthome-ble reads it
-(``BTHomeData.get_mac_readable``, ``get_nonce``). The MAC sits before the ciphertext, in the clear,
-and is authenticated through the nonce: a changed MAC fails the MIC.
+changing one, or a relay): the MAC it carries (:attr:`Decoded.mac`) is the device's identity and,
+in an encrypted advert, the MAC of the nonce in place of the advertised one, as the reference
+decoder bthome-ble reads it (``BTHomeData.get_mac_readable``, ``get_nonce``). The MAC sits before
+the ciphertext, in the clear, and is authenticated through the nonce: a changed MAC fails the MIC.
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-from citygw.drivers.ble.common import Reason, format_mac, uuid16
-from citygw.errors import DecodeError
+from citygw.drivers.ble.common import Decoded, format_mac, uuid16
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement
 
 UUID = uuid16(0xFCD2)
@@ -202,17 +201,6 @@ _FAST: dict[int, tuple[str, str, int, bool, int, float, Kind]] = {
 }
 
 
-class Decoded(NamedTuple):
-    """What one BTHome advert holds: ``key`` de-duplicates (the packet id, else the encryption counter);
-    ``unknown`` is the object id that stopped decoding, if one did; ``address`` is the advertiser's
-    MAC carried in the advert (device information bit 1) as ``AA:BB:CC:DD:EE:FF``, if it carries one."""
-
-    measurements: list[Measurement]
-    key: int | None
-    unknown: int | None = None
-    address: str | None = None
-
-
 class Key:
     """A device's bindkey and address, ready to decrypt its adverts (the cipher is built once)."""
 
@@ -294,8 +282,7 @@ def decode(data: bytes, key: Key | None = None) -> Decoded:
     else:
         payload = body
     measurements, packet_id, unknown = _objects(payload)
-    address = format_mac(mac) if mac is not None else None
-    return Decoded(measurements, packet_id if packet_id is not None else counter, unknown, address)
+    return Decoded(measurements, packet_id if packet_id is not None else counter, mac, unknown)
 
 
 def _objects(payload: bytes) -> tuple[list[Measurement], int | None, int | None]:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from citygw.config.ble import BleBus, BleSensor
 from citygw.drivers.ble import bthome, pvvx, ruuvi
-from citygw.drivers.ble.common import Advert, Reason, normalise_address
+from citygw.drivers.ble.common import Advert, normalise_address
 from citygw.drivers.ble.router import classify
-from citygw.errors import DecodeError
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement
 
 if TYPE_CHECKING:

@@ -1,16 +1,19 @@
-"""What the BLE decoders share: the advert as the scanner hands it over, decoded values, errors.
+"""What the BLE decoders share: the advert as the scanner hands it over, what a decoder makes of it.
 
 An :class:`Advert` is the part of one BLE advertisement the gateway uses, in the shape bleak gives it
 (service data keyed by 128-bit UUID text without the UUID in the bytes; manufacturer data keyed by
-company id without the id in the bytes). Decoders take the bytes of one entry and return
-:class:`Measurement` values, or raise one :class:`DecodeError` with a :class:`Reason`.
+company id without the id in the bytes). Decoders take the bytes of one entry and return one
+:class:`Decoded`, or raise one :class:`~citygw.errors.DecodeError` with a
+:class:`~citygw.errors.Reason` (one of :data:`REASONS`).
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from typing import NamedTuple
+
+from citygw.errors import Reason
+from citygw.reading import Measurement
 
 _MAC_RE = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){5}")
 
@@ -33,24 +36,46 @@ class Advert(NamedTuple):
     seen: float
 
 
-class Reason(enum.StrEnum):
-    """Why an advert was refused: the keys of :attr:`citygw.drivers.health.DeviceHealth.errors`."""
+REASONS = (
+    Reason.SHORT,
+    Reason.LENGTH,
+    Reason.FORMAT,
+    Reason.VALUE,
+    Reason.UNKNOWN_OBJECT,
+    Reason.NO_KEY,
+    Reason.DECRYPT,
+    Reason.PLAINTEXT,
+    Reason.ENCRYPTED,
+    Reason.EMPTY,
+)
+"""The reasons a BLE decoder refuses an advert with (the metrics start each at 0)."""
 
-    SHORT = "short"  # fewer bytes than the format needs
-    LENGTH = "length"  # a size the format does not have
-    FORMAT = "format"  # not this format (format byte, version)
-    VALUE = "value"  # a field holds something the spec does not allow (text that is not UTF-8)
-    UNKNOWN_OBJECT = "unknown-object"  # a BTHome object id not in the table: the rest is unreadable
-    NO_KEY = "no-key"  # an encrypted advert and no bindkey to read it
-    DECRYPT = "decrypt"  # the MIC does not match: wrong bindkey, wrong address or a forged advert
-    PLAINTEXT = "plaintext"  # a plaintext advert from a device that has a bindkey (downgrade refused)
-    ENCRYPTED = "encrypted"  # an encrypted variant of a format that citygw does not read
-    EMPTY = "empty"  # a well-formed advert with no value in it (every field marked not available)
+
+class Decoded(NamedTuple):
+    """What a format decoder makes of one advert (every format returns this).
+
+    ``key`` de-duplicates: an advert with the key of the last one is the same measurement sent
+    again (BTHome packet id or encryption counter, Ruuvi measurement sequence, pvvx counter;
+    ``None``: no key, every advert counts). ``mac`` is the MAC address the advert carries in its
+    payload, most significant byte first (:attr:`address` spells it), ``None`` if it carries none.
+    ``unknown`` is the BTHome object id that stopped decoding, if one did. A named tuple that keeps
+    the MAC as bytes: thousands are made per second and few are ever spelled.
+    """
+
+    measurements: list[Measurement]
+    key: int | None
+    mac: bytes | None = None
+    unknown: int | None = None
+
+    @property
+    def address(self) -> str | None:
+        """The carried MAC as ``AA:BB:CC:DD:EE:FF``, or ``None``."""
+        return format_mac(self.mac) if self.mac is not None else None
 
 
 def format_mac(mac: bytes) -> str:
     """Six bytes, most significant first, as ``AA:BB:CC:DD:EE:FF``."""
-    return ":".join(f"{b:02X}" for b in mac)
+    return mac.hex(":").upper()
 
 
 def normalise_address(text: str) -> str:

@@ -9,7 +9,8 @@ told apart by size (github.com/pvvx/ATC_MiThermometer, "Advertising formats"):
 - atc1441 format, 13 bytes, big-endian: MAC (6, most significant byte first), temperature (int16,
   0.1 Cel), humidity (uint8, %RH), battery (uint8, %), battery (uint16, mV), frame counter (uint8).
 
-The counter is returned for de-duplication; the pvvx flags (reed switch, trigger output) are not
+The counter is returned for de-duplication (:attr:`Decoded.key`) and the MAC the thermometer
+reports as :attr:`Decoded.mac`; the pvvx flags (reed switch, trigger output) are not
 reported. The firmware's encrypted variants (8 and 11 bytes) are
 refused with :attr:`Reason.ENCRYPTED`: use the firmware's BTHome mode with a bindkey instead.
 """
@@ -17,10 +18,9 @@ refused with :attr:`Reason.ENCRYPTED`: use the firmware's BTHome mode with a bin
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
-from citygw.drivers.ble.common import Reason, uuid16
-from citygw.errors import DecodeError
+from citygw.drivers.ble.common import Decoded, uuid16
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement
 
 UUID = uuid16(0x181A)
@@ -31,17 +31,8 @@ _ATC = struct.Struct(">6shBBHB")
 _ENCRYPTED_SIZES = (8, 11)
 
 
-class Decoded(NamedTuple):
-    """The values of one advert, its counter and the MAC the thermometer reports (most significant
-    byte first; :func:`~citygw.drivers.ble.common.format_mac` spells it)."""
-
-    measurements: list[Measurement]
-    key: int
-    mac: bytes
-
-
 def decode(data: bytes) -> Decoded:
-    """Decode the service data of one 0x181A advert (without the UUID)."""
+    """Decode the service data of one 0x181A advert (without the UUID); it always carries a MAC."""
     size = len(data)
     if size == PVVX_SIZE:
         mac, temp, hum, mv, level, counter, _flags = _PVVX.unpack(data)

@@ -17,25 +17,14 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from citygw.config.ble import BleDevice, BleFormat, BleSensor
 from citygw.config.ble import PresenceCounter as PresenceConfig
 from citygw.drivers.ble import bthome, pvvx, ruuvi
-from citygw.drivers.ble.common import Advert, Reason
+from citygw.drivers.ble.common import Advert, Decoded
 from citygw.drivers.ble.presence import PresenceCounter
-from citygw.errors import DecodeError
-from citygw.reading import Measurement, Reading
-
-
-class Decoded(Protocol):
-    """What every format decoder returns: values first, then the de-duplication key."""
-
-    @property
-    def measurements(self) -> list[Measurement]: ...
-    @property
-    def key(self) -> int | None: ...
-
+from citygw.errors import DecodeError, Reason
+from citygw.reading import Reading
 
 Extract = Callable[[Advert], bytes | None]
 DecodeFn = Callable[[bytes], Decoded]
@@ -171,7 +160,7 @@ class Router:
         readings = [Reading(device, name, value, unit, now) for name, value, unit in decoded.measurements]
         if self.with_rssi:
             readings.append(Reading(device, "rssi", advert.rssi, "dBm", now))
-        return Outcome(device, readings, None, False, getattr(decoded, "unknown", None))
+        return Outcome(device, readings, None, False, decoded.unknown)
 
     def presence(self, advert: Advert, now: float) -> list[Reading]:
         """Count ``advert`` in every presence counter; returns the counts of windows that closed."""

@@ -3,9 +3,10 @@
 Manufacturer specific data of company 0x0499 (Ruuvi Innovations), as bleak hands it over: without
 the company id, 24 bytes, every field big-endian. Each field has a "not available" value (the
 largest unsigned, the smallest signed value; all bits set for the MAC): such a field is left out,
-never reported as a number. The measurement sequence number is returned for de-duplication (a tag
-sends each measurement several times) and the tx power is not reported (a setting, not a measurement).
-An advert with every field not available is refused (:attr:`Reason.EMPTY`): a tag whose sensors failed.
+never reported as a number. The measurement sequence number is returned for de-duplication
+(:attr:`Decoded.key`: a tag sends each measurement several times) and the MAC as
+:attr:`Decoded.mac`; the tx power is not reported (a setting, not a measurement). An advert with
+every field not available is refused (:attr:`Reason.EMPTY`): a tag whose sensors failed.
 
 Units follow :mod:`citygw.vocabulary`: acceleration in m/s2 (the tag sends mG; 1 G = 9.80665 m/s2,
 the standard gravity of CGPM 1901), battery voltage in V, pressure in Pa.
@@ -14,10 +15,9 @@ the standard gravity of CGPM 1901), battery voltage in V, pressure in Pa.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
-from citygw.drivers.ble.common import Reason
-from citygw.errors import DecodeError
+from citygw.drivers.ble.common import Decoded
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement
 
 COMPANY_ID = 0x0499
@@ -26,15 +26,6 @@ _FIELDS = struct.Struct(">BhHHhhhHBH6s")
 _MS2_PER_MG = 980665  # 1e-8 m/s2 per mG: 1 G = 9.80665 m/s2 exactly
 _E8 = 100_000_000
 _NA_MAC = b"\xff" * 6
-
-
-class Decoded(NamedTuple):
-    """The values of one RAWv2 advert, its measurement sequence number (``None`` if not available)
-    and the MAC address the tag reports (``None`` if not available)."""
-
-    measurements: list[Measurement]
-    key: int | None
-    mac: bytes | None
 
 
 def decode(data: bytes) -> Decoded:

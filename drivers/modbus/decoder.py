@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from citygw.drivers.modbus.plan import Request
-from citygw.drivers.modbus.registers import NUMERIC, DataType, Field, Reason, decode_field, int_range
-from citygw.errors import DecodeError
+from citygw.drivers.modbus.registers import NUMERIC, DataType, Field, decode_field, int_range
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Flag, Reading
 
 
@@ -55,7 +55,10 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
-class Decoded:
+class DecodedResponse:
+    """What one response gave: the readings of the fields that decoded, an error per field that
+    did not, and the counters that went down."""
+
     readings: list[Reading]
     errors: list[DecodeError]
     events: list[tuple[str, CounterEvent]]  # counters that went down: (reading name, what happened)
@@ -68,7 +71,7 @@ def decode_response(
     device: str,
     time: float,
     counters: Counters,
-) -> Decoded:
+) -> DecodedResponse:
     """The readings of every field of ``request`` in ``data`` (the response's registers or bits,
     first address first). A field that does not decode is reported in ``errors``; the others
     still give their readings."""
@@ -76,7 +79,7 @@ def decode_response(
         error = DecodeError(
             Reason.DECODE, f"{request.describe()}: the response has {len(data)} values, not {request.count}"
         )
-        return Decoded([], [error], [])
+        return DecodedResponse([], [error], [])
     readings: list[Reading] = []
     errors: list[DecodeError] = []
     events: list[tuple[str, CounterEvent]] = []
@@ -94,4 +97,4 @@ def decode_response(
                 flags = Flag.COUNTER_ROLLOVER
                 events.append((spec.name, event))
         readings.append(Reading(device, spec.name, value, spec.unit, time, flags))
-    return Decoded(readings, errors, events)
+    return DecodedResponse(readings, errors, events)

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from citygw.errors import DecodeError
+from citygw.errors import DecodeError, Reason
 
 
 class DataType(enum.StrEnum):
@@ -40,12 +40,6 @@ class DataType(enum.StrEnum):
 class Order(enum.StrEnum):
     BIG = "big"
     LITTLE = "little"
-
-
-class Reason(enum.StrEnum):
-    """Why registers were refused: the keys of :attr:`citygw.drivers.health.DeviceHealth.errors`."""
-
-    DECODE = "decode"  # registers that cannot be the value they are declared to hold
 
 
 _FORMAT: dict[DataType, str] = {

@@ -3,8 +3,8 @@
 No I/O, no clock, no logging: a decoder gets one frame as the framer (:mod:`citygw.drivers.serial.framing`)
 cut it, checks it completely (length, header, checksum) and returns ``(name, value, unit)``
 :class:`Measurement` values, or raises one :class:`DecodeError` whose ``reason`` is a short fixed
-word (:class:`Reason`). The transport stamps device and time to make :class:`~citygw.reading.Reading`
-values; ``citygw decode`` prints them.
+word (a :class:`~citygw.errors.Reason`, one of :data:`REASONS`). The transport stamps device and
+time to make :class:`~citygw.reading.Reading` values; ``citygw decode`` prints them.
 
 The fixed-size binary formats are described as data (:class:`FixedFormat`: header, size, check),
 shared by the decoders here and the stream framers, so both agree on what a valid frame is.
@@ -12,27 +12,25 @@ shared by the decoders here and the stream framers, so both agree on what a vali
 
 from __future__ import annotations
 
-import enum
 import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from citygw.errors import DecodeError
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement
 
-
-class Reason(enum.StrEnum):
-    """Why a frame was refused: the keys of :attr:`citygw.drivers.health.DeviceHealth.errors`."""
-
-    SHORT = "short"  # fewer bytes than the format's frame
-    LONG = "long"  # more bytes than the format's frame, or a line over the length limit
-    HEADER = "header"  # not this format's start bytes (or sentence start)
-    LENGTH = "length"  # the frame's own length field is not the format's
-    CHECKSUM = "checksum"  # the checksum does not match, or is missing
-    TRAILER = "trailer"  # not this format's end byte
-    SYNTAX = "syntax"  # text that is not in the expected form
-    VALUE = "value"  # a field holds a value out of its range or of the wrong kind
+REASONS = (
+    Reason.SHORT,
+    Reason.LONG,
+    Reason.HEADER,
+    Reason.LENGTH,
+    Reason.CHECKSUM,
+    Reason.TRAILER,
+    Reason.SYNTAX,
+    Reason.VALUE,
+)
+"""The reasons a serial decoder or framer refuses a frame with (the metrics start each at 0)."""
 
 
 Decoder = Callable[[bytes], list[Measurement]]

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from citygw.drivers.serial.decoders import FixedFormat, Reason, split_sentence
-from citygw.errors import DecodeError
+from citygw.drivers.serial.decoders import FixedFormat, split_sentence
+from citygw.errors import DecodeError, Reason
 
 
 class Reject(NamedTuple):
-    """A frame found and refused: why (a :class:`~citygw.drivers.serial.decoders.Reason` value) and what."""
+    """A frame found and refused: why (a :class:`~citygw.errors.Reason` value) and what."""
 
     reason: str
     detail: str

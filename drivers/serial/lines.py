@@ -27,8 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from citygw.drivers.serial.decoders import Reason
-from citygw.errors import DecodeError
+from citygw.errors import DecodeError, Reason
 from citygw.reading import Measurement, Value
 
 _INT = re.compile(r"[+-]?[0-9]+")

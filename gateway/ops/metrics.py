@@ -108,13 +108,13 @@ def error_reasons(bus_type: str) -> tuple[str, ...]:
     if bus_type.startswith("modbus"):
         return (*_MODBUS_REASONS, *(_PORT_REASONS if bus_type == "modbus-rtu" else ()))
     if bus_type == "serial":
-        from citygw.drivers.serial.decoders import Reason as SerialReason
+        from citygw.drivers.serial.decoders import REASONS as SERIAL_REASONS
 
-        return (*_PORT_REASONS, "timeout", *(r.value for r in SerialReason))
+        return (*_PORT_REASONS, "timeout", *(r.value for r in SERIAL_REASONS))
     if bus_type == "ble":
-        from citygw.drivers.ble.common import Reason as BleReason
+        from citygw.drivers.ble.common import REASONS as BLE_REASONS
 
-        return tuple(r.value for r in BleReason)
+        return tuple(r.value for r in BLE_REASONS)
     return ()
 
 

@@ -17,7 +17,7 @@ from citygw.errors import VerificationError
 from citygw.reading import Value
 from citygw.receiver.streams import Reset
 
-Decoded = tuple[str, Value, str, float]
+ResolvedRecord = tuple[str, Value, str, float]
 """One resolved SenML record: name (bn + n), value, unit (``""`` if none), time (UTC epoch s)."""
 
 CONTRACT_VERSION = 2
@@ -45,7 +45,7 @@ _GAP_RANGE_FIELDS = frozenset({"from", "to", "batches", "readings", "reason"})
 # -- SenML -------------------------------------------------------------------------------------
 
 
-def decode_pack(pack: object) -> list[Decoded]:
+def decode_pack(pack: object) -> list[ResolvedRecord]:
     """Validate an RFC 8428 SenML pack strictly and resolve it into ``(name, value, unit, time)``.
 
     ``bn``/``bt`` apply to the records that follow until changed (§4.5.2); ``t`` is relative to
@@ -57,7 +57,7 @@ def decode_pack(pack: object) -> list[Decoded]:
         raise VerificationError("senml: not a JSON array")
     if not pack:
         raise VerificationError("senml: empty pack")
-    out: list[Decoded] = []
+    out: list[ResolvedRecord] = []
     base_name = ""
     base_time = 0.0
     last_time = -math.inf
@@ -144,7 +144,7 @@ class PayloadBatch:
     seq: int
     prev: str | None
     created: float
-    readings: list[Decoded]
+    readings: list[ResolvedRecord]
     reset: Reset | None
 
 
