@@ -180,3 +180,5 @@ def test_error_reasons_of_each_driver_are_the_documented_labels() -> None:
     )
     for reason in Reason:  # every word a decoder refuses with is documented
         assert f"`{reason.value}`" in row, reason
+    for reason in (*modbus, *port):  # and every word a link or a port counts
+        assert f"`{reason}`" in row, reason
