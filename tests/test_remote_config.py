@@ -66,6 +66,12 @@ def outcomes(tokens: list[str], key: Path) -> list[tuple[str, Any]]:
     return list(dict.fromkeys(found))
 
 
+def loaded(pid: int, package: str) -> bool:
+    """Whether the process ``pid`` has mapped one of ``package``'s compiled modules."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return f"/{package}/" in maps
+
+
 def box(tmp_path: Path, key: Path, port: int, *, grace: str = "1s") -> tuple[Path, dict[str, Any], Path]:
     op_key = tmp_path / "operator.key"
     generate_key(op_key)
@@ -96,6 +102,10 @@ def test_signed_config_applies_and_bad_documents_are_refused(
     daemon = daemon_factory(config)
     daemon.start()
     collector.wait(lambda c: c.readings() > 20, 30, "readings")
+    # remote config by MQTT only: the config_url poller (every task runs by now) has not loaded
+    # aiohttp's client, ~8 MiB of resident memory on every box without a config_url
+    assert daemon.proc is not None
+    assert not loaded(daemon.proc.pid, "aiohttp"), "aiohttp loaded without a config_url"
 
     new = json.loads(json.dumps(data))
     new["buses"]["gen2"] = {"type": "synthetic"}
@@ -246,6 +256,8 @@ def test_an_http_only_box_polls_config_url_with_a_conditional_get(
         config.write_text(json.dumps(data, indent=2))
         daemon = daemon_factory(config)
         daemon.start()
+        daemon.wait_ready()
+        assert daemon.proc is not None and loaded(daemon.proc.pid, "aiohttp")  # the check sees it loaded
 
         new = json.loads(json.dumps(data))
         new["buffer"]["batch"]["max_age"] = "400ms"
