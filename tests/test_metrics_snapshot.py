@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,15 @@ from citygw.config import load_config
 from citygw.daemon.gateway import Gateway
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.drivers.modbus.server import ModbusSimulator
-from citygw.ops.figures import FRESH_WAIT, error_reasons
+from citygw.ops.figures import (
+    FRESH_WAIT,
+    BufferFigures,
+    ClockFigures,
+    Figures,
+    FiguresFeed,
+    PipelineFigures,
+    error_reasons,
+)
 from citygw.ops.watchdog import TEST_BLOCK_LOOP
 
 from .support import Daemon, start_load, write_config
@@ -100,7 +109,7 @@ def _config(path: Path, key: Path, broker: int, modbus: int, devices: list[str],
         devices=dict.fromkeys(devices, meter),
         buses={"plc": {"type": "modbus-tcp", "host": "127.0.0.1", "port": modbus}},
         metrics={"listen": f"127.0.0.1:{port}"},
-    )  # fmt: skip
+    )
 
 
 async def test_scrapes_while_a_reload_adds_and_removes_devices_see_one_config_each(
@@ -174,3 +183,62 @@ async def test_scrapes_while_a_reload_adds_and_removes_devices_see_one_config_ea
 def _devices(samples: Samples) -> list[str]:
     devices = {dict(labels)["device"] for name, labels in samples if name == "citygw_device_state"}
     return sorted(devices, key=lambda d: int(d.split("-")[1]))
+
+
+def test_scrapes_during_a_stall_ask_the_loop_once_and_keep_no_history() -> None:
+    """Twenty scrapes while the loop sleeps: each gets the last figures within the bound, and the
+    loop, once it turns again, takes one set of figures for all of them, not twenty."""
+    taken: list[float] = []
+
+    def take_now() -> Figures:
+        taken.append(time.monotonic())
+        return replace(EMPTY, taken=taken[-1])
+
+    feed = FiguresFeed(take_now, wait=0.2)
+    loop = asyncio.new_event_loop()
+
+    async def attach() -> None:
+        feed.attach()
+
+    runner = threading.Thread(target=loop.run_forever, name="loop")
+    runner.start()
+    try:
+        asyncio.run_coroutine_threadsafe(attach(), loop).result(5)
+        first = feed.latest
+        loop.call_soon_threadsafe(time.sleep, 2.0)  # the loop is blocked from now on
+        time.sleep(0.1)
+        served: list[tuple[float, Figures]] = []
+
+        def scrape() -> None:
+            t0 = time.monotonic()
+            figures = feed.current()
+            served.append((time.monotonic() - t0, figures))
+
+        scrapes = [threading.Thread(target=scrape) for _ in range(20)]
+        for t in scrapes:
+            t.start()
+        for t in scrapes:
+            t.join()
+        assert len(served) == 20 and all(figures is first for _, figures in served)
+        assert max(took for took, _ in served) < 0.2 + 1.0
+        assert len(taken) == 1, "only the first figures so far"
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(10)  # the loop turns again
+        assert len(taken) == 2, "one request queued for all twenty scrapes"
+        assert feed.current() is feed.latest and feed.latest is not first
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
+        loop.close()
+    assert feed.current() is feed.latest, "a closed loop: the last figures"
+
+
+EMPTY = Figures(
+    taken=0.0,
+    gateway="gw",
+    devices=(),
+    pipeline=PipelineFigures(0, 0, 0, 0, 0, 0, 0),
+    buffer=BufferFigures(0, 0, 0, 0, 0, None, 0),
+    report=None,
+    uplinks=(),
+    clock=ClockFigures(True, 0, 0),
+)
