@@ -20,7 +20,7 @@ from aiohttp import web
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.drivers.modbus.server import ModbusSimulator
 from citygw.errors import Reason
-from citygw.ops.metrics import error_reasons
+from citygw.ops.figures import error_reasons
 from citygw.ops.operations import TEST_REPORT_EVERY
 
 from .support import Collector, Daemon, write_config

@@ -22,7 +22,7 @@ from citygw.commands.status import read_buffer
 from citygw.config import load_config
 from citygw.daemon.gateway import Gateway
 from citygw.demo.broker import LocalBroker, free_port
-from citygw.ops.metrics import TEST_LISTEN_RETRY_MAX, GatewayCollector
+from citygw.ops.metrics import TEST_LISTEN_RETRY_MAX
 from citygw.ops.operations import TEST_REPORT_EVERY
 from citygw.wire.signing import Signer
 
@@ -285,7 +285,7 @@ def test_metrics_in_the_text_format_with_errors_gaps_and_the_clock(tmp_path: Pat
     gateway.ops.report = read_buffer(state / "buffer.db", list(config.uplinks))
     gateway.ops.clock.synced = False
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gateway, gateway.ops))
+    registry.register(gateway.ops.collector())
     gateway.buffer.open()
     try:
         samples = parse(generate_latest(registry).decode())

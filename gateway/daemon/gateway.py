@@ -329,8 +329,7 @@ class Gateway:
         self.config = new
         for name in new.devices.keys() - self.health.keys():
             health = self.health[name] = DeviceHealth(name)
-            if new.buses[new.devices[name].bus].type.startswith("modbus"):  # as gateway.metrics.Timings
-                health.observe_transaction = self.ops.timings.transaction.labels(device=name).observe
+            self.ops.timings.watch_device(health, new.buses[new.devices[name].bus].type)
         for name in self.health.keys() - new.devices.keys():
             del self.health[name]
         if plan.reports_changed:
@@ -346,8 +345,7 @@ class Gateway:
         # 3. what comes or changed starts
         for name in [*plan.uplinks_start, *plan.uplinks_restart]:
             uplink = uplinks[name] = self._make_uplink(name, new)
-            if hasattr(uplink, "on_puback"):
-                uplink.on_puback = self.ops.timings.puback.labels(uplink=name).observe
+            self.ops.timings.watch_uplink(uplink)
             self._start_uplink(uplink)
         self.uplinks[:] = [uplinks[name] for name in new.uplinks]
         for name in [*plan.buses_start, *plan.buses_restart]:

@@ -231,7 +231,7 @@ class Demo:
     ) -> None:
         """Until a stop is asked for (or the duration is up): the live view or progress lines."""
         opts = self.options
-        collector = GatewayCollector(gateway, gateway.ops)
+        collector = gateway.ops.collector()
         deadline = None if opts.duration is None else self.started + opts.duration
 
         def due() -> bool:

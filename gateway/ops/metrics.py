@@ -1,10 +1,13 @@
 """Prometheus metrics of the running gateway, served over HTTP on loopback (prometheus-client).
 
-Nothing is counted twice: a custom collector reads, at scrape time, the counters the daemon keeps
-anyway (device health, pipeline counters, uplink status, the clock, the watchdog) and the buffer
-report the daemon refreshes every few seconds on the buffer's own thread. The scrape runs in
-prometheus-client's HTTP thread, so it only reads plain attributes: it never touches SQLite and
-never waits for the event loop. No metric carries a secret: labels are config ids and fixed words.
+Nothing is counted twice: a custom collector serves the counters the daemon keeps anyway (device
+health, pipeline counters, uplink status, the clock) and the buffer report the daemon refreshes
+every few seconds on the buffer's own thread. The scrape runs in prometheus-client's HTTP thread,
+so it never reads the event loop's live objects and never touches SQLite: it serves a
+:class:`~citygw.ops.figures.Figures` snapshot the loop took for it (:mod:`citygw.ops.figures`:
+fresh when the loop answers within half a second, else the last one, and
+``citygw_snapshot_timestamp_seconds`` says when it was taken), the histograms (thread-safe) and
+the watchdog's view of the loop. No metric carries a secret: labels are config ids and fixed words.
 
 Metric names, for dashboards and alerts (docs/operations.md lists them all and suggests alert
 rules). Prometheus conventions: a moment is a ``*_timestamp_seconds`` (UTC epoch seconds; the
@@ -14,6 +17,7 @@ when there is no such moment; a counter is present at 0 for every label value kn
 
 ================================================================ =========================================
 ``citygw_info{gateway,version}``                                 1
+``citygw_snapshot_timestamp_seconds``                            when the loop took the figures served
 ``citygw_device_readings_total{device}``                         readings the device gave
 ``citygw_device_frames_total{device}``                           good frames or transactions
 ``citygw_device_errors_total{device,reason}``                    errors by reason (timeout, crc, ...)
@@ -41,12 +45,11 @@ when there is no such moment; a counter is present at 0 for every label value kn
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -54,68 +57,20 @@ from prometheus_client.registry import Collector
 
 from citygw import __version__
 from citygw.backoff import Backoff
-from citygw.drivers.health import DeviceHealth, DeviceState
+from citygw.drivers.health import DeviceState
 from citygw.logs import EventLog
 from citygw.uplinks.base import UplinkState
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from citygw.buffer.report import BufferReport
-    from citygw.daemon.running import RunningGateway
+    from citygw.drivers.health import DeviceHealth
+    from citygw.ops.figures import Figures, FiguresFeed
     from citygw.ops.watchdog import Watchdog
-    from citygw.pipeline.clock import ClockWatch
 
 log = EventLog(__name__)
 
-T = TypeVar("T")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _snapshot(read: Callable[[], T], default: T) -> T:
-    """``read()`` of a dict the event loop may be changing right now: retried, never raising."""
-    for _ in range(5):
-        try:
-            return read()
-        except RuntimeError:  # "dictionary changed size during iteration"
-            continue
-    return default
-
-
-def _items(counts: dict[str, int]) -> list[tuple[str, int]]:
-    return list(counts.items())
-
-
-_MODBUS_REASONS = (
-    "timeout",
-    "crc",
-    "connection",
-    "framing",
-    "gateway",
-    "exception",
-    "decode",
-    "late",
-    "mismatch",
-)
-_PORT_REASONS = ("no-port", "permission", "busy", "port")  # drivers.serial.port: a port that does not open
-
-
-def error_reasons(bus_type: str) -> tuple[str, ...]:
-    """The reasons a bus type's driver counts device errors under (drivers.modbus.client,
-    drivers.serial.decoders, drivers.ble.common): ``citygw_device_errors_total`` starts each at 0,
-    so that ``rate()`` and ``increase()`` see the first error. A reason not listed still appears
-    when it happens."""
-    if bus_type.startswith("modbus"):
-        return (*_MODBUS_REASONS, *(_PORT_REASONS if bus_type == "modbus-rtu" else ()))
-    if bus_type == "serial":
-        from citygw.drivers.serial.decoders import REASONS as SERIAL_REASONS
-
-        return (*_PORT_REASONS, "timeout", *(r.value for r in SERIAL_REASONS))
-    if bus_type == "ble":
-        from citygw.drivers.ble.common import REASONS as BLE_REASONS
-
-        return tuple(r.value for r in BLE_REASONS)
-    return ()
 
 
 # seconds: a loopback broker answers in a millisecond, a cellular link in a few hundred
@@ -126,13 +81,11 @@ MODBUS_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 
 class Timings:
     """The histograms, fed as things happen by hooks in the Modbus poller and the MQTT uplink
-    (prometheus-client's own histograms, outside any registry: the collector yields them).
+    (prometheus-client's own histograms, thread-safe, outside any registry: the collector yields
+    them). One per gateway (:class:`citygw.ops.operations.Operations` makes it and hooks each
+    uplink and device into it, the daemon those a reload brings)."""
 
-    One per gateway (:class:`citygw.ops.operations.Operations` makes it), however many collectors read it.
-    """
-
-    def __init__(self, gateway: RunningGateway) -> None:
-        config = gateway.config
+    def __init__(self) -> None:
         self.puback = Histogram(
             "citygw_mqtt_puback_seconds",
             "Seconds from an MQTT publish (QoS 1) to its PUBACK.",
@@ -147,62 +100,54 @@ class Timings:
             registry=None,
             buckets=MODBUS_BUCKETS,
         )
-        for uplink in gateway.uplinks:
-            if hasattr(uplink, "on_puback"):
-                uplink.on_puback = self.puback.labels(uplink=uplink.name).observe
-        for name, health in gateway.health.items():
-            if config.buses[config.devices[name].bus].type.startswith("modbus"):
-                health.observe_transaction = self.transaction.labels(device=name).observe
+
+    def watch_uplink(self, uplink: Any) -> None:
+        """PUBACK round trips of an uplink that reports them (MQTT: ``on_puback``)."""
+        if hasattr(uplink, "on_puback"):
+            uplink.on_puback = self.puback.labels(uplink=uplink.name).observe
+
+    def watch_device(self, health: DeviceHealth, bus_type: str) -> None:
+        """Answered transactions of a device on a Modbus bus."""
+        if bus_type.startswith("modbus"):
+            health.observe_transaction = self.transaction.labels(device=health.device).observe
 
     def collect(self) -> Iterator[Metric]:
         yield from self.puback.collect()
         yield from self.transaction.collect()
 
 
-class OperationsFigures(Protocol):
-    """What the collector reads of the operations side (:class:`citygw.ops.operations.Operations`)."""
-
-    @property
-    def report(self) -> BufferReport | None:
-        """The buffer file's last figures (None: not read yet)."""
-        ...
-
-    @property
-    def clock(self) -> ClockWatch: ...
-
-    @property
-    def watchdog(self) -> Watchdog: ...
-
-    @property
-    def timings(self) -> Timings: ...
-
-
 class GatewayCollector(Collector):
-    """Reads the live objects of one :class:`Gateway` at scrape time."""
+    """Serves one gateway's figures: a :class:`~citygw.ops.figures.Figures` snapshot the event
+    loop took (never the loop's live objects), the histograms, and what the watchdog sees."""
 
-    def __init__(self, gateway: RunningGateway, ops: OperationsFigures) -> None:
-        self.gateway = gateway
-        self.ops = ops
+    def __init__(self, feed: FiguresFeed, timings: Timings, watchdog: Watchdog) -> None:
+        self.feed = feed
+        self.timings = timings
+        self.watchdog = watchdog
         self.started = time.time()
-        config = gateway.config
-        bus_types = {name: config.buses[device.bus].type for name, device in config.devices.items()}
-        self.reasons = {name: error_reasons(bus_type) for name, bus_type in bus_types.items()}
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._process()
-        yield from self._devices()
-        yield from self._pipeline()
-        yield from self._buffer()
-        yield from self._uplinks()
-        yield from self._clock()
-        yield from self.ops.timings.collect()
+        figures = self.feed.current()
+        yield from self._process(figures)
+        yield from self._devices(figures)
+        yield from self._pipeline(figures)
+        yield from self._buffer(figures)
+        yield from self._uplinks(figures)
+        yield from self._clock(figures)
+        yield from self.timings.collect()
 
-    def _process(self) -> Iterator[Metric]:
+    def _process(self, figures: Figures) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "citygw_info", "The gateway and citygw version.", labels=["gateway", "version"]
         )
-        info.add_metric([self.gateway.config.gateway.id, __version__], 1)
+        info.add_metric([figures.gateway, __version__], 1)
         yield info
+        yield GaugeMetricFamily(
+            "citygw_snapshot_timestamp_seconds",
+            "When the event loop took the figures served here, UTC epoch seconds (older than the "
+            f"scrape when the loop did not answer within {self.feed.wait:g} s: the last ones are served).",
+            value=time.time() - max(0.0, time.monotonic() - figures.taken),
+        )
         yield GaugeMetricFamily(
             "process_start_time_seconds", "Start time of the daemon, UTC epoch seconds.", value=self.started
         )
@@ -215,8 +160,7 @@ class GatewayCollector(Collector):
                 resident = int(statm.read().split()[1]) * _PAGE
             yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size.", value=resident)
 
-    def _devices(self) -> Iterator[Metric]:
-        health: list[DeviceHealth] = _snapshot(lambda: list(self.gateway.health.values()), [])
+    def _devices(self, figures: Figures) -> Iterator[Metric]:
         readings = CounterMetricFamily(
             "citygw_device_readings", "Readings the device gave.", labels=["device"]
         )
@@ -237,12 +181,10 @@ class GatewayCollector(Collector):
             labels=["device"],
         )
         now, wall = time.monotonic(), time.time()
-        for h in health:
+        for h in figures.devices:
             readings.add_metric([h.device], h.readings)
             frames.add_metric([h.device], h.frames)
-            counted: list[tuple[str, int]] = _snapshot(functools.partial(_items, h.errors), [])
-            counts = dict.fromkeys(self.reasons.get(h.device, ()), 0) | dict(counted)
-            for reason, count in counts.items():
+            for reason, count in h.errors:
                 errors.add_metric([h.device, reason], count)
             for s in DeviceState:
                 state.add_metric([h.device, s.value], 1 if h.state is s else 0)
@@ -250,8 +192,8 @@ class GatewayCollector(Collector):
                 seen.add_metric([h.device], wall - max(0.0, now - h.last_seen))
         yield from (readings, frames, errors, state, seen)
 
-    def _pipeline(self) -> Iterator[Metric]:
-        c = self.gateway.pipeline.counters
+    def _pipeline(self, figures: Figures) -> Iterator[Metric]:
+        c = figures.pipeline
         for name, value, text in (
             ("citygw_readings_accepted", c.accepted, "Readings committed to the buffer."),
             ("citygw_readings_invalid", c.invalid, "Readings refused: a value JSON cannot carry."),
@@ -267,8 +209,8 @@ class GatewayCollector(Collector):
         ):
             yield CounterMetricFamily(name, text, value=value)
 
-    def _buffer(self) -> Iterator[Metric]:
-        buffer = self.gateway.buffer
+    def _buffer(self, figures: Figures) -> Iterator[Metric]:
+        buffer = figures.buffer
         yield GaugeMetricFamily(
             "citygw_buffer_staged_readings", "Readings accepted, not sealed yet.", value=buffer.staged_count
         )
@@ -299,7 +241,7 @@ class GatewayCollector(Collector):
             "Accepted readings a damaged WAL lost, found at the last start (a gap record says so).",
             value=buffer.wal_lost_readings,
         )
-        report = self.ops.report
+        report = figures.report
         if report is None:
             return
         yield GaugeMetricFamily(
@@ -329,7 +271,7 @@ class GatewayCollector(Collector):
             value=report.read_at,
         )
 
-    def _uplinks(self) -> Iterator[Metric]:
+    def _uplinks(self, figures: Figures) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "citygw_uplink_state", "1 for the uplink's state.", labels=["uplink", "state"]
         )
@@ -364,11 +306,10 @@ class GatewayCollector(Collector):
             "network, or the error's type.",
             labels=["uplink", "reason"],
         )
-        report = self.ops.report
+        report = figures.report
         lags = {u.name: u for u in report.uplinks} if report is not None else {}
-        last_seq = self.gateway.buffer.last_seq
-        for uplink in self.gateway.uplinks:
-            s = uplink.status
+        last_seq = figures.buffer.last_seq
+        for s in figures.uplinks:
             name = s.name
             for value in UplinkState:
                 state.add_metric([name, value.value], 1 if s.state is value else 0)
@@ -376,9 +317,8 @@ class GatewayCollector(Collector):
             connects.add_metric([name], s.connects)
             batches.add_metric([name], s.delivered_batches)
             readings.add_metric([name], s.delivered_readings)
-            parked.add_metric([name], getattr(s, "parked", 0))
-            failed: list[tuple[str, int]] = _snapshot(functools.partial(_items, s.failures), [])
-            for reason, count in failed:
+            parked.add_metric([name], s.parked)
+            for reason, count in s.failures:
                 failures.add_metric([name, reason], count)
             held = lags.get(name)
             if held is not None:
@@ -389,8 +329,8 @@ class GatewayCollector(Collector):
                     oldest.add_metric([name], held.oldest_created)
         yield from (state, acked, connects, failures, batches, readings, parked, lag, lag_readings, oldest)
 
-    def _clock(self) -> Iterator[Metric]:
-        clock, watchdog = self.ops.clock, self.ops.watchdog
+    def _clock(self, figures: Figures) -> Iterator[Metric]:
+        clock, watchdog = figures.clock, self.watchdog
         yield GaugeMetricFamily(
             "citygw_clock_synchronized", "1 when the system clock is synchronised.", value=int(clock.synced)
         )

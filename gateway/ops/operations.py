@@ -4,6 +4,15 @@ One object the :class:`~citygw.daemon.gateway.Gateway` builds and runs beside it
 daemon itself stays about data: :meth:`Operations.run` is one supervised task (the loop's beat, the
 clock check, the buffer report refresh, listening for metrics until the port is free),
 :meth:`start` and :meth:`close` bracket the threads (the watchdog's pinger, the metrics HTTP server).
+
+It is the one part of the operations side that reads the running gateway (the config in effect,
+the pipeline, the store, and the figures the metrics serve, taken on the loop:
+:mod:`citygw.ops.figures`); the metrics collector gets only the figures, the histograms and the
+watchdog.
+
+The buffer report is read on the store's thread through the buffer's own connection
+(:meth:`citygw.buffer.Buffer.report` under :meth:`citygw.buffer.thread.Store.call`): no second
+SQLite connection.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from typing import TYPE_CHECKING
 from citygw.buffer.report import BufferReport
 from citygw.errors import CitygwError
 from citygw.logs import EventLog
+from citygw.ops.figures import Figures, FiguresFeed, take
 from citygw.ops.metrics import GatewayCollector, MetricsServer, Timings
 from citygw.ops.watchdog import Watchdog
 from citygw.pipeline.clock import ClockWatch
@@ -39,13 +49,24 @@ class Operations:
             gateway.notifier, gateway.store, timeout=_double(gateway.notifier.watchdog_interval())
         )
         self.report: BufferReport | None = None
-        self.timings = Timings(gateway)  # the histograms, whichever collector reads them
-        metrics = gateway.config.metrics
+        self.timings = Timings()  # the histograms, whichever collector reads them
+        config = gateway.config
+        for uplink in gateway.uplinks:
+            self.timings.watch_uplink(uplink)
+        for name, health in gateway.health.items():
+            self.timings.watch_device(health, config.buses[config.devices[name].bus].type)
+        self.feed = FiguresFeed(self._figures)  # what a scrape reads: taken on the loop
+        metrics = config.metrics
         self.metrics = (
-            MetricsServer(GatewayCollector(gateway, self), metrics.host, metrics.port)
-            if metrics.enabled
-            else None
+            MetricsServer(self.collector(), metrics.host, metrics.port) if metrics.enabled else None
         )
+
+    def _figures(self) -> Figures:
+        return take(self.gateway, clock=self.clock, report=self.report)
+
+    def collector(self) -> GatewayCollector:
+        """A collector of this gateway's metrics (the endpoint's; ``citygw demo``'s view makes one)."""
+        return GatewayCollector(self.feed, self.timings, self.watchdog)
 
     def start(self) -> None:
         """The watchdog's pinger (after READY); the metrics endpoint starts in :meth:`run`."""
@@ -57,6 +78,7 @@ class Operations:
             self.metrics.close()
 
     async def run(self) -> None:
+        self.feed.attach()  # scrapes ask this loop for the figures from now on
         async with asyncio.TaskGroup() as group:
             group.create_task(self.watchdog.run(), name="watchdog-beat")
             group.create_task(self._clock_loop(), name="clock")
