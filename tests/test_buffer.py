@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from citygw.buffer import KIND_GAP, BatchLimits, Buffer
-from citygw.wire.senml import Record
+from citygw.reading import Record
 from citygw.wire.signing import Signer
 
 from .support import payload_of, verify_all
 
 
 def records(start: int, n: int, device: str = "dev-1", t0: float = 1_790_000_000.0) -> list[Record]:
-    return [(device, "temperature", "Cel", i, t0 + i / 100, 0) for i in range(start, start + n)]
+    return [Record(device, "temperature", i, "Cel", t0 + i / 100, 0) for i in range(start, start + n)]
 
 
 def make(path: Path, key: Path, **kw: object) -> Buffer:
@@ -97,7 +97,7 @@ def test_batches_respect_max_bytes(tmp_path: Path, key: Path) -> None:
 
 def test_a_batch_never_goes_back_in_time(tmp_path: Path, key: Path) -> None:
     buf = make(tmp_path / "b.db", key)
-    late = [("dev-2", "co2", "ppm", 400 + i, 1_790_000_100.0 - i, 0) for i in range(5)]
+    late = [Record("dev-2", "co2", 400 + i, "ppm", 1_790_000_100.0 - i, 0) for i in range(5)]
     buf.commit(records(0, 5) + late, seal_all=True)
     pack = payload_of(all_tokens(buf)[0])["senml"]
     base = pack[0]["bt"]
@@ -125,10 +125,10 @@ def test_retention_drops_oldest_with_a_signed_gap_record(tmp_path: Path, key: Pa
     buf = make(path, key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
     for start in range(0, 40_000, 2000):  # incompressible-ish values so the file really grows
         batch = [
-            ("dev-1", "vs", "", f"{hashlib.sha1(str(i).encode()).hexdigest()}", t0 + i, 0)
+            Record("dev-1", "vs", f"{hashlib.sha1(str(i).encode()).hexdigest()}", "", t0 + i, 0)
             for i in range(start, start + 2000)
         ]
-        buf.commit(batch)  # type: ignore[arg-type]
+        buf.commit(batch)
     assert buf.used_bytes() <= 64 * 1024 + 8192
     held = buf.fetch(0, 10_000)
     gaps = [b for b in held if b.kind == KIND_GAP]
@@ -163,14 +163,14 @@ def test_retention_never_drops_a_batch_an_uplink_may_hold(tmp_path: Path, key: P
     must not claim them, so retention drops the oldest batches after them."""
     t0 = 1_790_000_000.0
     buf = make(tmp_path / "b.db", key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
-    buf.commit([("dev-1", "parkingStatus", "", f"{i:040x}", t0 + i, 0) for i in range(600)])  # type: ignore[misc]
+    buf.commit([Record("dev-1", "parkingStatus", f"{i:040x}", "", t0 + i, 0) for i in range(600)])
     assert [b.seq for b in buf.fetch(0, 3, "a")] == [1, 2, 3]  # in flight, no PUBACK yet
     for start in range(600, 40_000, 2000):
         batch = [
-            ("dev-1", "parkingStatus", "", hashlib.sha1(str(i).encode()).hexdigest(), t0 + i, 0)
+            Record("dev-1", "parkingStatus", hashlib.sha1(str(i).encode()).hexdigest(), "", t0 + i, 0)
             for i in range(start, start + 2000)
         ]
-        buf.commit(batch)  # type: ignore[arg-type]
+        buf.commit(batch)
     held = buf.fetch(0, 10_000)
     assert [b.seq for b in held[:3]] == [1, 2, 3]
     first_gap = payload_of(next(b for b in held if b.kind == KIND_GAP).jws)

@@ -25,7 +25,7 @@ The first window after start and the windows still open at shutdown (:meth:`Repo
 flagged :attr:`Flag.PARTIAL`: each holds only part of its window's samples, and together with the
 other part (before a restart, after it) they hold them all.
 
-:class:`Reporter` works on stored records (:data:`citygw.wire.senml.Record`) as the pipeline holds
+:class:`Reporter` works on stored records (:class:`citygw.reading.Record`) as the pipeline holds
 them, after the clock's stamp: an aggregate carries the clock flags of its samples (so the times
 of windows sampled before the clock synchronised are corrected, or flagged, like theirs), and a
 change of timeline (the clock synchronised) ends the open window as partial instead of reporting
@@ -41,8 +41,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from citygw.reading import Flag, Value
-from citygw.wire.senml import WINDOW_SHIFT, Record, window_flags
+from citygw.reading import Flag, Record, Value
+from citygw.wire.senml import WINDOW_SHIFT, window_flags
 
 # flags that say which timeline a time is on (gateway.clock: unsynced, and the boot); a change of
 # timeline ends a window and restarts on-change comparisons
@@ -135,19 +135,19 @@ class _OnChangeState:
 
     def feed(self, record: Record, out: list[Record]) -> None:
         sent = self.sent
-        if sent is None or (record[5] ^ sent[5]) & _TIMELINE:  # the first, or the clock changed
+        if sent is None or (record.flags ^ sent.flags) & _TIMELINE:  # the first, or the clock changed
             out.append(record)
             self.sent, self.held = record, None
             return
-        gap = record[4] - sent[4]
+        gap = record.time - sent.time
         held = self.held
         if held is not None:
             self.held = None
             if gap > self.heartbeat:
                 out.append(held)  # the heartbeat: this sample would come too late for it
                 sent = self.sent = held
-                gap = record[4] - held[4]
-        value, ref = record[3], sent[3]
+                gap = record.time - held.time
+        value, ref = record.value, sent.value
         if (value.__class__ is float or value.__class__ is int) and (
             ref.__class__ is float or ref.__class__ is int
         ):  # the common case, inline: |value - ref| > max(absolute, relative * |ref|)
@@ -195,7 +195,7 @@ class _WindowState:
     def __init__(
         self, record: Record, policy: Aggregate, *, counter: bool, started: float, counters: ReportCounters
     ) -> None:
-        self.device, self.name, self.unit = record[0], record[1], record[2]
+        self.device, self.name, self.unit = record.device, record.name, record.unit
         self.length = policy.window
         self.window_bits = window_flags(policy.window)
         self.statistics = policy.statistics
@@ -205,8 +205,8 @@ class _WindowState:
         self.grace = min(LATE_GRACE, self.length)
         self.counters = counters
         self.previous: Value | None = None  # a counter's last cumulative value
-        self.timeline = record[5] & _TIMELINE
-        self.start = math.floor(record[4] / self.length) * self.length
+        self.timeline = record.flags & _TIMELINE
+        self.start = math.floor(record.time / self.length) * self.length
         self.end = self.start + self.length
         self.partial = started > self.start
         self._reset()
@@ -229,7 +229,7 @@ class _WindowState:
         self._reset()
 
     def feed(self, record: Record, out: list[Record]) -> None:
-        when, flags = record[4], record[5]
+        when, flags = record.time, record.flags
         if (flags & _TIMELINE) != self.timeline:  # the clock was synchronised (or lost): a new timeline
             self.timeline = flags & _TIMELINE
             self.previous = None
@@ -241,7 +241,7 @@ class _WindowState:
                 self._restart(when, out)
             else:
                 self.counters.late += 1
-        value = record[3]
+        value = record.value
         self.count += 1
         self.flags |= flags
         if self.counter:
@@ -316,7 +316,9 @@ class _WindowState:
         unit = COUNT_UNIT if statistic is Statistic.COUNT else self.unit
         if not self.counter:
             flags &= ~_ROLLOVER
-        return (self.device, f"{self.name}/{statistic}", unit, value, start, flags | self.window_bits)
+        return tuple.__new__(
+            Record, (self.device, f"{self.name}/{statistic}", value, unit, start, flags | self.window_bits)
+        )
 
 
 class Reporter:
@@ -336,7 +338,7 @@ class Reporter:
         out: list[Record] = []
         states = self._states
         for record in records:
-            key = (record[0], record[1])
+            key = (record.device, record.name)
             try:
                 state = states[key]
             except KeyError:
@@ -350,10 +352,10 @@ class Reporter:
         return out
 
     def _new_state(self, record: Record) -> _OnChangeState | _WindowState | None:
-        device = self.policies.get(record[0])
+        device = self.policies.get(record.device)
         if device is None:
             return None
-        policy = device.policy_of(record[1])
+        policy = device.policy_of(record.name)
         if policy is None:
             return None
         if isinstance(policy, OnChange):
@@ -361,7 +363,7 @@ class Reporter:
         state = _WindowState(
             record,
             policy,
-            counter=record[1] in device.counters,
+            counter=record.name in device.counters,
             started=self.started,
             counters=self.counters,
         )

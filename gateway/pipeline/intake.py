@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from citygw.buffer import CommitResult, Outgoing, is_transient
 from citygw.buffer.thread import Store
 from citygw.logs import EventLog
-from citygw.reading import Reading
-from citygw.wire.senml import Record, record_of
+from citygw.reading import Reading, Record
+from citygw.wire.senml import record_of
 
 log = EventLog(__name__)
 
