@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,35 @@ def test_retention_never_drops_a_batch_an_uplink_may_hold(tmp_path: Path, key: P
     assert first_gap["gap"]["from"] == 4
     assert first_gap["prev"] == hashlib.sha256(held[2].data).hexdigest()
     verify_all([b.jws for b in held], key.with_name(key.name + ".pub"))
+
+
+def test_staged_rows_keep_the_column_order_files_of_earlier_versions_hold(tmp_path: Path, key: Path) -> None:
+    """A staged chunk stores each record as [device, name, unit, value, time, flags] (the first
+    stored format; Record's own order has value before unit): a chunk written by an earlier
+    version reads back with each field in its place."""
+    path = tmp_path / "b.db"
+    buf = make(path, key)
+    buf.commit([Record("dev-1", "temperature", 21.5, "Cel", 1_790_000_000.0, 0)])
+    buf.close()
+    with sqlite3.connect(path) as db:
+        ((blob,),) = db.execute("SELECT data FROM chunks").fetchall()
+        assert json.loads(zlib.decompress(blob)) == [
+            ["dev-1", "temperature", "Cel", 21.5, 1_790_000_000.0, 0]
+        ]
+        earlier = b'[["dev-2", "co2", "ppm", 415, 1790000001.5, 1]]'  # as an earlier version wrote it
+        db.execute("UPDATE chunks SET data = ?", (zlib.compress(earlier),))
+    again = make(path, key)
+    assert again.staged_count == 1
+    again.commit([], seal_all=True)
+    (token,) = all_tokens(again)
+    assert payload_of(token)["senml"] == [
+        {
+            "bver": 26,  # ppm is a secondary unit (RFC 8798)
+            "bn": "gw-1/dev-2/",
+            "bt": 1_790_000_001.5,
+            "n": "co2",
+            "u": "ppm",
+            "v": 415,
+            "flags": "clock-unsynced",
+        }
+    ]
