@@ -111,13 +111,27 @@ class ReportCounters:
 
 
 class _OnChangeState:
-    __slots__ = ("absolute", "counters", "heartbeat", "held", "relative", "sent")
+    __slots__ = (
+        "absolute",
+        "counters",
+        "heartbeat",
+        "held",
+        "relative",
+        "sent",
+        "sent_flags",
+        "sent_time",
+        "sent_value",
+    )
 
     def __init__(self, policy: OnChange, counters: ReportCounters) -> None:
         self.heartbeat = policy.heartbeat
         self.absolute = policy.absolute or 0.0
         self.relative = policy.relative or 0.0
         self.sent: Record | None = None
+        # the sent record's fields, kept in slots: read for every sample, cheaper than from the record
+        self.sent_value: Value = 0
+        self.sent_time = 0.0
+        self.sent_flags = 0
         self.held: Record | None = None
         self.counters = counters
 
@@ -135,20 +149,25 @@ class _OnChangeState:
 
     def feed(self, record: Record, value: Value, when: float, flags: int, out: list[Record]) -> None:
         """``value``, ``when`` and ``flags`` are ``record``'s (the caller read them already)."""
-        sent = self.sent
-        if sent is None or (flags ^ sent.flags) & _TIMELINE:  # the first, or the clock changed
+        if self.sent is None or (flags ^ self.sent_flags) & _TIMELINE:  # the first, or the clock changed
             out.append(record)
-            self.sent, self.held = record, None
+            self.sent, self.sent_value, self.sent_time, self.sent_flags = record, value, when, flags
+            self.held = None
             return
-        gap = when - sent.time
+        gap = when - self.sent_time
         held = self.held
         if held is not None:
             self.held = None
             if gap > self.heartbeat:
                 out.append(held)  # the heartbeat: this sample would come too late for it
-                sent = self.sent = held
+                self.sent, self.sent_value, self.sent_time, self.sent_flags = (
+                    held,
+                    held.value,
+                    held.time,
+                    held.flags,
+                )
                 gap = when - held.time
-        ref = sent.value
+        ref = self.sent_value
         if (value.__class__ is float or value.__class__ is int) and (
             ref.__class__ is float or ref.__class__ is int
         ):  # the common case, inline: |value - ref| > max(absolute, relative * |ref|)
@@ -161,7 +180,7 @@ class _OnChangeState:
             moved = self.moved(value, ref)
         if moved or gap >= self.heartbeat or gap < 0:  # gap < 0: the clock went back
             out.append(record)
-            self.sent = record
+            self.sent, self.sent_value, self.sent_time, self.sent_flags = record, value, when, flags
         else:
             self.held = record
 
