@@ -63,12 +63,15 @@ class Record(NamedTuple):
     (:mod:`citygw.pipeline.clock`), and whose bits from
     :data:`~citygw.wire.senml.WINDOW_SHIFT` up carry an aggregate's window length in milliseconds
     (:func:`~citygw.wire.senml.window_of`; 0 for a sample). Values JSON cannot carry (NaN,
-    infinity) never become records (:func:`~citygw.wire.senml.record_of`).
+    infinity) never become records (:func:`~citygw.wire.senml.records_of`).
 
     A named tuple: the pipeline makes hundreds of thousands a second and the buffer keeps tens of
     thousands in memory. On hot paths build one with ``tuple.__new__(Record, (...))``, which skips
-    the Python-level ``__new__`` (half the cost). The buffer stores records on disk in its own
-    column order (:func:`citygw.buffer.layout.stored_row`), not this one.
+    the Python-level ``__new__`` (half the cost). Unlike a plain tuple of strings and numbers, a
+    named tuple stays tracked by the cycle collector: the daemon freezes its start-up heap so that
+    full collections do not rescan it for them (:func:`citygw.daemon.gateway.settle_heap`). The
+    buffer stores records on disk in its own
+    column order (:data:`citygw.buffer.layout.STORED_COLUMNS`), not this one.
     """
 
     device: str

@@ -1,7 +1,7 @@
-r"""Readings as an RFC 8428 SenML pack: the body of every batch.
+"""Readings as an RFC 8428 SenML pack: the body of every batch.
 
-A batch's readings are :class:`~citygw.reading.Record`\ s (a named tuple: the buffer keeps tens
-of thousands of them in memory and on disk, and the pack is built once per batch). The pack uses
+A batch's readings come as records (:class:`~citygw.reading.Record`, a named tuple: the buffer
+keeps tens of thousands of them in memory and on disk, and the pack is built once per batch). The pack uses
 ``bn`` = ``"{gateway}/{device}/"`` (RFC 8428 §4.5.1: names resolve to
 ``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
 the value field that fits the type (``v``, ``vb``, ``vs``; §4.2). A pack whose units include a
