@@ -30,7 +30,7 @@ import statistics
 import time
 
 from citygw.pipeline.edge import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
-from citygw.wire.senml import Record
+from citygw.reading import Record
 
 NAMES = (
     "voltage:l1",
@@ -78,10 +78,10 @@ def polls(samples: int, devices: int, seed: int = 7) -> tuple[list[list[list[Rec
             values += [10 + rng.gauss(0, 0.3) for _ in range(3)]
             values += [7000 + rng.gauss(0, 50), 50 + rng.gauss(0, 0.01), 0.95 + rng.gauss(0, 0.005)]
             poll: list[Record] = [
-                (device, name, "", round(value, 2), now + index * 0.001, 0)
+                Record(device, name, round(value, 2), "", now + index * 0.001, 0)
                 for name, value in zip(NAMES[:-1], values, strict=True)
             ]
-            poll.append((device, NAMES[-1], "Wh", energy[index], now + index * 0.001, 0))
+            poll.append(Record(device, NAMES[-1], energy[index], "Wh", now + index * 0.001, 0))
             cycle.append(poll)
         out.append(cycle)
     return out, seconds * devices * len(NAMES)

@@ -31,6 +31,7 @@ from running import start_daemon
 
 from citygw.buffer import BatchLimits, Buffer
 from citygw.demo.broker import LocalBroker, free_port
+from citygw.reading import Record
 from citygw.wire.signing import Signer, generate_key
 
 QUANTITIES = [("pm25", "ug/m3"), ("temperature", "Cel"), ("relativeHumidity", "%RH"), ("co2", "ppm")]
@@ -48,18 +49,18 @@ def build_backlog(path: Path, key: Path, *, sensors: int, seconds: int, uplink: 
     buf.open()
     t0 = time.time() - seconds
     rng = random.Random(7)
-    chunk: list[tuple[str, str, str, float, float, int]] = []
+    chunk: list[Record] = []
     total = 0
     for second in range(seconds):
         for sensor in range(sensors):
             name, unit = QUANTITIES[sensor % len(QUANTITIES)]
             value = round(20 + 5 * math.sin(second / 600 + sensor) + rng.random(), 2)
-            chunk.append((f"sensor-{sensor:02d}", name, unit, value, t0 + second + sensor / 1000, 0))
+            chunk.append(Record(f"sensor-{sensor:02d}", name, value, unit, t0 + second + sensor / 1000, 0))
         if len(chunk) >= 5000:
-            buf.commit(chunk)  # type: ignore[arg-type]
+            buf.commit(chunk)
             total += len(chunk)
             chunk = []
-    buf.commit(chunk, seal_all=True)  # type: ignore[arg-type]
+    buf.commit(chunk, seal_all=True)
     total += len(chunk)
     last = buf.last_seq
     buf.close()

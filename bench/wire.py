@@ -36,8 +36,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
+from citygw.reading import Record
 from citygw.wire.envelope import Format, serialize
-from citygw.wire.senml import Record, encode_payload
+from citygw.wire.senml import encode_payload
 from citygw.wire.signing import Signer
 
 GATEWAY = "bench-cabinet"
@@ -56,7 +57,7 @@ def cabinet_batch(values: int, flags: int) -> list[Record]:
         unit, register = divmod(index, 10)
         when = round(CREATED + 0.0007 * unit + 0.000123 * (unit % 7), 6)
         value = int(1000 + 500 * math.sin((30 + unit + register) / 50))
-        records.append((f"unit-{unit + 1:02d}", f"intensity:r{register}", "count", value, when, flags))
+        records.append(Record(f"unit-{unit + 1:02d}", f"intensity:r{register}", value, "count", when, flags))
     return records
 
 
@@ -64,11 +65,11 @@ def lean_body(records: list[Record]) -> dict[str, Any]:
     """The payload with a SenML pack that repeats nothing records share (RFC 8428 §4.1 base fields):
     ``bn`` per run of a device, ``bt`` whenever the time changes (no ``t``), ``bu`` once when every
     record has one unit; the flags every record has, once per batch."""
-    common = min(flags for *_, flags in records) if records else 0
-    units = {unit for _, _, unit, _, _, _ in records}
+    common = min(r.flags for r in records) if records else 0
+    units = {r.unit for r in records}
     pack: list[dict[str, Any]] = []
     device = when = None
-    for dev, name, unit, value, at, _flags in sorted(records, key=lambda r: (r[4], r[0])):
+    for dev, name, value, unit, at, _flags in sorted(records, key=lambda r: (r.time, r.device)):
         record: dict[str, Any] = {}
         if dev != device:
             record["bn"], device = f"{GATEWAY}/{dev}/", dev

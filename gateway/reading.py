@@ -1,4 +1,5 @@
-"""The :class:`Reading`: one measured value of one quantity of one device at one time."""
+"""The :class:`Reading`: one measured value of one quantity of one device at one time; the
+:class:`Record`: a reading as the pipeline and the buffer hold it."""
 
 from __future__ import annotations
 
@@ -52,6 +53,33 @@ class Reading:
     unit: str
     time: float
     flags: int = 0
+
+
+class Record(NamedTuple):
+    """A reading as the pipeline and the buffer hold it, from intake to the sealed batch.
+
+    The fields of a :class:`Reading`, in its order; ``flags`` is a plain int whose bits 0-15 are
+    the public :class:`Flag` values and bits 16-30 the clock's boot tag
+    (:mod:`citygw.pipeline.clock`), and whose bits from
+    :data:`~citygw.wire.senml.WINDOW_SHIFT` up carry an aggregate's window length in milliseconds
+    (:func:`~citygw.wire.senml.window_of`; 0 for a sample). Values JSON cannot carry (NaN,
+    infinity) never become records (:func:`~citygw.wire.senml.records_of`).
+
+    A named tuple: the pipeline makes hundreds of thousands a second and the buffer keeps tens of
+    thousands in memory. On hot paths build one with ``tuple.__new__(Record, (...))``, which skips
+    the Python-level ``__new__`` (half the cost). Unlike a plain tuple of strings and numbers, a
+    named tuple stays tracked by the cycle collector: the daemon freezes its start-up heap so that
+    full collections do not rescan it for them (:func:`citygw.daemon.gateway.settle_heap`). The
+    buffer stores records on disk in its own
+    column order (:data:`citygw.buffer.layout.STORED_COLUMNS`), not this one.
+    """
+
+    device: str
+    name: str
+    value: Value
+    unit: str
+    time: float  # UTC seconds since the Unix epoch
+    flags: int
 
 
 class Measurement(NamedTuple):

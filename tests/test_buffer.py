@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from citygw.buffer import KIND_GAP, BatchLimits, Buffer
-from citygw.wire.senml import Record
+from citygw.reading import Record
 from citygw.wire.signing import Signer
 
 from .support import payload_of, verify_all
 
 
 def records(start: int, n: int, device: str = "dev-1", t0: float = 1_790_000_000.0) -> list[Record]:
-    return [(device, "temperature", "Cel", i, t0 + i / 100, 0) for i in range(start, start + n)]
+    return [Record(device, "temperature", i, "Cel", t0 + i / 100, 0) for i in range(start, start + n)]
 
 
 def make(path: Path, key: Path, **kw: object) -> Buffer:
@@ -97,7 +99,7 @@ def test_batches_respect_max_bytes(tmp_path: Path, key: Path) -> None:
 
 def test_a_batch_never_goes_back_in_time(tmp_path: Path, key: Path) -> None:
     buf = make(tmp_path / "b.db", key)
-    late = [("dev-2", "co2", "ppm", 400 + i, 1_790_000_100.0 - i, 0) for i in range(5)]
+    late = [Record("dev-2", "co2", 400 + i, "ppm", 1_790_000_100.0 - i, 0) for i in range(5)]
     buf.commit(records(0, 5) + late, seal_all=True)
     pack = payload_of(all_tokens(buf)[0])["senml"]
     base = pack[0]["bt"]
@@ -125,10 +127,10 @@ def test_retention_drops_oldest_with_a_signed_gap_record(tmp_path: Path, key: Pa
     buf = make(path, key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
     for start in range(0, 40_000, 2000):  # incompressible-ish values so the file really grows
         batch = [
-            ("dev-1", "vs", "", f"{hashlib.sha1(str(i).encode()).hexdigest()}", t0 + i, 0)
+            Record("dev-1", "vs", f"{hashlib.sha1(str(i).encode()).hexdigest()}", "", t0 + i, 0)
             for i in range(start, start + 2000)
         ]
-        buf.commit(batch)  # type: ignore[arg-type]
+        buf.commit(batch)
     assert buf.used_bytes() <= 64 * 1024 + 8192
     held = buf.fetch(0, 10_000)
     gaps = [b for b in held if b.kind == KIND_GAP]
@@ -163,17 +165,49 @@ def test_retention_never_drops_a_batch_an_uplink_may_hold(tmp_path: Path, key: P
     must not claim them, so retention drops the oldest batches after them."""
     t0 = 1_790_000_000.0
     buf = make(tmp_path / "b.db", key, max_disk=64 * 1024, limits=BatchLimits(max_readings=200, max_age=3600))
-    buf.commit([("dev-1", "parkingStatus", "", f"{i:040x}", t0 + i, 0) for i in range(600)])  # type: ignore[misc]
+    buf.commit([Record("dev-1", "parkingStatus", f"{i:040x}", "", t0 + i, 0) for i in range(600)])
     assert [b.seq for b in buf.fetch(0, 3, "a")] == [1, 2, 3]  # in flight, no PUBACK yet
     for start in range(600, 40_000, 2000):
         batch = [
-            ("dev-1", "parkingStatus", "", hashlib.sha1(str(i).encode()).hexdigest(), t0 + i, 0)
+            Record("dev-1", "parkingStatus", hashlib.sha1(str(i).encode()).hexdigest(), "", t0 + i, 0)
             for i in range(start, start + 2000)
         ]
-        buf.commit(batch)  # type: ignore[arg-type]
+        buf.commit(batch)
     held = buf.fetch(0, 10_000)
     assert [b.seq for b in held[:3]] == [1, 2, 3]
     first_gap = payload_of(next(b for b in held if b.kind == KIND_GAP).jws)
     assert first_gap["gap"]["from"] == 4
     assert first_gap["prev"] == hashlib.sha256(held[2].data).hexdigest()
     verify_all([b.jws for b in held], key.with_name(key.name + ".pub"))
+
+
+def test_staged_rows_keep_the_column_order_files_of_earlier_versions_hold(tmp_path: Path, key: Path) -> None:
+    """A staged chunk stores each record as [device, name, unit, value, time, flags] (the first
+    stored format; Record's own order has value before unit): a chunk written by an earlier
+    version reads back with each field in its place."""
+    path = tmp_path / "b.db"
+    buf = make(path, key)
+    buf.commit([Record("dev-1", "temperature", 21.5, "Cel", 1_790_000_000.0, 0)])
+    buf.close()
+    with sqlite3.connect(path) as db:
+        ((blob,),) = db.execute("SELECT data FROM chunks").fetchall()
+        assert json.loads(zlib.decompress(blob)) == [
+            ["dev-1", "temperature", "Cel", 21.5, 1_790_000_000.0, 0]
+        ]
+        earlier = b'[["dev-2", "co2", "ppm", 415, 1790000001.5, 1]]'  # as an earlier version wrote it
+        db.execute("UPDATE chunks SET data = ?", (zlib.compress(earlier),))
+    again = make(path, key)
+    assert again.staged_count == 1
+    again.commit([], seal_all=True)
+    (token,) = all_tokens(again)
+    assert payload_of(token)["senml"] == [
+        {
+            "bver": 26,  # ppm is a secondary unit (RFC 8798)
+            "bn": "gw-1/dev-2/",
+            "bt": 1_790_000_001.5,
+            "n": "co2",
+            "u": "ppm",
+            "v": 415,
+            "flags": "clock-unsynced",
+        }
+    ]

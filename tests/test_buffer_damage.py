@@ -24,7 +24,7 @@ import pytest
 from citygw.buffer import KIND_GAP, BatchLimits, Buffer
 from citygw.buffer.wal import scan as wal_scan
 from citygw.demo.broker import LocalBroker, free_port
-from citygw.wire.senml import Record
+from citygw.reading import Record
 from citygw.wire.signing import Signer
 
 from .support import REPO, Collector, Daemon, payload_of, read_buffer, verify_all, write_config
@@ -34,7 +34,9 @@ CHAIN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 
 
 def records(start: int, n: int, device: str = "dev-1") -> list[Record]:
-    return [(device, "temperature", "Cel", i, 1_790_000_000.0 + i / 100, 0) for i in range(start, start + n)]
+    return [
+        Record(device, "temperature", i, "Cel", 1_790_000_000.0 + i / 100, 0) for i in range(start, start + n)
+    ]
 
 
 def make(path: Path, key: Path, gateway: str = "gw-test", **kw: Any) -> Buffer:
@@ -437,12 +439,13 @@ def test_a_power_cut_on_a_healthy_wal_is_no_alarm(tmp_path: Path, key: Path) -> 
         "import os, sys\n"
         "from pathlib import Path\n"
         "from citygw.buffer import BatchLimits, Buffer\n"
+        "from citygw.reading import Record\n"
         "from citygw.wire.signing import Signer\n"
         f"b = Buffer(Path({str(path)!r}), gateway='gw-test', signer=Signer.from_file(Path({str(key)!r})),"
         " uplinks=['local'], limits=BatchLimits(max_readings=100, max_age=3600))\n"
         "b.open()\n"
         "for i in range(30):\n"
-        "    b.commit([('d', 't', 'Cel', j, 1.79e9 + j, 0) for j in range(i * 37, (i + 1) * 37)])\n"
+        "    b.commit([Record('d', 't', j, 'Cel', 1.79e9 + j, 0) for j in range(i * 37, (i + 1) * 37)])\n"
         "os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from citygw.buffer import BatchLimits, Buffer
 from citygw.demo.broker import LocalBroker
+from citygw.reading import Record
 from citygw.wire.signing import Signer
 
 from .support import Collector, Daemon, write_config
@@ -84,7 +85,7 @@ def _batches(tmp_path: Path, key: Path) -> list[str]:
         limits=BatchLimits(max_readings=10),
     )
     buf.open()
-    buf.commit([("d", "co2", "ppm", 400 + i, 1_790_000_000.0 + i, 0) for i in range(35)], seal_all=True)
+    buf.commit([Record("d", "co2", 400 + i, "ppm", 1_790_000_000.0 + i, 0) for i in range(35)], seal_all=True)
     tokens = [b.jws for b in buf.fetch(0, 100)]
     buf.close()
     return tokens

@@ -15,6 +15,7 @@ import pytest
 from citygw.buffer import BatchLimits, Buffer
 from citygw.commands.cli import EXIT_BROKEN_PIPE, main
 from citygw.drivers.modbus.server import ModbusSimulator
+from citygw.reading import Record
 from citygw.wire.signing import Signer
 
 from .support import REPO, write_config
@@ -59,7 +60,9 @@ def files(tmp_path: Path, key: Path) -> dict[str, str]:
         limits=BatchLimits(max_readings=10),
     )
     buf.open()
-    buf.commit([("d1", "co2", "ppm", 400 + i, 1_790_000_000.0 + i, 0) for i in range(35)], seal_all=True)
+    buf.commit(
+        [Record("d1", "co2", 400 + i, "ppm", 1_790_000_000.0 + i, 0) for i in range(35)], seal_all=True
+    )
     batches = tmp_path / "batches.jws"
     batches.write_text("".join(b.jws + "\n" for b in buf.fetch(0, 100)))
     buf.close()

@@ -45,8 +45,8 @@ from ruamel.yaml import YAML
 
 from citygw.buffer import BatchLimits, Buffer
 from citygw.commands.cli import build_parser, main
+from citygw.reading import Record
 from citygw.wire.envelope import Format, serialize
-from citygw.wire.senml import Record
 from citygw.wire.signing import Signer, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -379,7 +379,8 @@ def _rotated_batches(tmp_path: Path, key: Path) -> tuple[Path, Path]:
         buf.open()
         for first in range(start, start + count, 1000):
             records: list[Record] = [
-                ("dev", "vs", "", f"{i:08x}" * 4, 1_790_000_000.0 + i, 0) for i in range(first, first + 1000)
+                Record("dev", "vs", f"{i:08x}" * 4, "", 1_790_000_000.0 + i, 0)
+                for i in range(first, first + 1000)
             ]
             buf.commit(records, seal_all=first + 1000 >= start + count)
         fresh = buf.fetch(last_seq, 100_000)

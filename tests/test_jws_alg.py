@@ -20,6 +20,7 @@ from jwcrypto import jwk, jws
 from citygw.config import load_config
 from citygw.demo.broker import LocalBroker
 from citygw.errors import ConfigError
+from citygw.reading import Record
 from citygw.receiver.verify import ChainVerifier, Outcome
 from citygw.wire.senml import encode_payload
 from citygw.wire.signing import Signer, chain_hash, load_public_keys, public_key_path
@@ -38,7 +39,9 @@ def _header(token: str) -> dict[str, str]:
 @pytest.mark.parametrize("alg", ["EdDSA", "Ed25519"])
 def test_both_names_sign_and_other_libraries_verify_them(key: Path, alg: str) -> None:
     signer = Signer.from_file(key, alg=alg)
-    payload = encode_payload("gw-1", 1, None, T0, [("d", "temperature", "Cel", 21.5, T0, 0)], chain=CHAIN)
+    payload = encode_payload(
+        "gw-1", 1, None, T0, [Record("d", "temperature", 21.5, "Cel", T0, 0)], chain=CHAIN
+    )
     token = signer.sign(payload)
     assert _header(token) == {"alg": alg, "kid": signer.kid}
     public = jwk.JWK.from_pem(public_key_path(key).read_bytes())
@@ -63,7 +66,7 @@ def test_verify_accepts_a_chain_that_switches_names(key: Path) -> None:
     for seq, alg in enumerate(["EdDSA", "EdDSA", "Ed25519", "Ed25519"], start=1):
         token = Signer.from_file(key, alg=alg).sign(
             encode_payload(
-                "gw-1", seq, prev, T0, [("d", "temperature", "Cel", 21.5, T0 + seq, 0)], chain=CHAIN
+                "gw-1", seq, prev, T0, [Record("d", "temperature", 21.5, "Cel", T0 + seq, 0)], chain=CHAIN
             )
         )
         result = verifier.verify(token)

@@ -28,9 +28,10 @@ from citygw.config import load_config
 from citygw.config.profiles import available, find_profile
 from citygw.drivers.modbus.server import ModbusSimulator, Unit
 from citygw.errors import ConfigError
+from citygw.reading import Record
 from citygw.receiver.endpoint import Receiver
 from citygw.wire import ngsi
-from citygw.wire.senml import Record, encode_payload
+from citygw.wire.senml import encode_payload
 from citygw.wire.signing import Signer, public_key_path
 
 from .support import Daemon, health_readings_of_a_box
@@ -95,7 +96,9 @@ def ngsi_context() -> str:
 
 def pack(gateway: str, records: list[tuple[str, str, str, Any, float]]) -> dict[str, Any]:
     payload: dict[str, Any] = json.loads(
-        encode_payload(gateway, 7, None, T0, [(d, n, u, v, t, 0) for d, n, u, v, t in records], chain=CHAIN)
+        encode_payload(
+            gateway, 7, None, T0, [Record(d, n, v, u, t, 0) for d, n, u, v, t in records], chain=CHAIN
+        )
     )
     return payload
 
@@ -313,7 +316,7 @@ def test_receive_stores_every_reading_under_the_name_it_was_sent(tmp_path: Path,
     """`citygw receive` kept voltage:l1-l2 as plain voltage (and voltage:l1 as voltage:l1)."""
     signer = Signer.from_file(key)
     names = ["voltage", "voltage:l1", "voltage:l1-l2", "voltage:l2-l3", "temperature:in", "pm25/mean"]
-    records: list[Record] = [("m", name, "V", 230.0 + i, T0 + i, 0) for i, name in enumerate(names)]
+    records: list[Record] = [Record("m", name, 230.0 + i, "V", T0 + i, 0) for i, name in enumerate(names)]
     receiver = Receiver(tmp_path / "received.db", [public_key_path(key)])
     try:
         verdict = receiver.accept(signer.sign(encode_payload("gw-1", 1, None, T0, records, chain=CHAIN)))

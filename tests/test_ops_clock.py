@@ -17,8 +17,8 @@ from citygw.buffer.thread import Store
 from citygw.pipeline import clock
 from citygw.pipeline.clock import ClockWatch, system_synchronized
 from citygw.pipeline.intake import Pipeline
-from citygw.reading import Flag, Reading
-from citygw.wire.senml import Record, build_pack
+from citygw.reading import Flag, Reading, Record
+from citygw.wire.senml import build_pack
 from citygw.wire.signing import Signer
 
 from .support import payload_of
@@ -46,7 +46,7 @@ class FakeClock:
 
 
 def rec(t: float, flags: int = 0, value: float = 1.0) -> Record:
-    return ("d1", "temperature", "Cel", value, t, flags)
+    return Record("d1", "temperature", value, "Cel", t, flags)
 
 
 def test_synchronised_clock_leaves_readings_alone() -> None:
@@ -62,19 +62,19 @@ def test_unsynced_readings_are_flagged_then_corrected_by_the_offset_seen_after_t
     watch = fake.watch()
     assert not watch.synced
     stamped = watch.stamp([rec(fake.wall())])
-    assert stamped[0][4] == 1_600_000_000.0
-    assert stamped[0][5] == UNSYNCED | TAG
+    assert stamped[0].time == 1_600_000_000.0
+    assert stamped[0].flags == UNSYNCED | TAG
     fake.advance(30)
     later = watch.stamp([rec(fake.wall())])
-    assert later[0][4] == 1_600_000_030.0
+    assert later[0].time == 1_600_000_030.0
     # NTP synchronises: the wall clock jumps 190 million seconds forward
     fake.offset += 190_000_000.0
     fake.synced = True
     fix = watch.check()
     assert fix is not None and watch.synced
     fixed = [fix(r) for r in [*stamped, *later]]
-    assert [r[4] for r in fixed] == [1_790_000_000.0, 1_790_000_030.0]
-    assert [r[5] for r in fixed] == [0, 0], "the time is right now: the flag goes"
+    assert [r.time for r in fixed] == [1_790_000_000.0, 1_790_000_030.0]
+    assert [r.flags for r in fixed] == [0, 0], "the time is right now: the flag goes"
     assert watch.corrected_readings == 2 and watch.unsynced_readings == 2
 
 
@@ -85,12 +85,12 @@ def test_a_step_of_the_unsynced_clock_keeps_readings_on_one_monotonic_timeline()
     fake.advance(10)
     fake.offset -= 3600  # a bad time source steps the clock back an hour, still unsynced
     second = watch.stamp([rec(fake.wall())])
-    assert second[0][4] - first[0][4] == pytest.approx(10.0), "monotonic: 10 s later, not an hour earlier"
+    assert second[0].time - first[0].time == pytest.approx(10.0), "monotonic: 10 s later, not an hour earlier"
     fake.offset += 190_003_600.0
     fake.synced = True
     fix = watch.check()
     assert fix is not None
-    assert [fix(r)[4] for r in (*first, *second)] == pytest.approx([1_790_000_000.0, 1_790_000_010.0])
+    assert [fix(r).time for r in (*first, *second)] == pytest.approx([1_790_000_000.0, 1_790_000_010.0])
 
 
 def test_only_readings_flagged_in_this_boot_are_corrected() -> None:

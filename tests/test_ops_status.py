@@ -24,6 +24,7 @@ from citygw.daemon.gateway import Gateway
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.ops.metrics import TEST_LISTEN_RETRY_MAX
 from citygw.ops.operations import TEST_REPORT_EVERY
+from citygw.reading import Record
 from citygw.wire.signing import Signer
 
 from .support import Collector, Daemon, write_config
@@ -93,13 +94,16 @@ def _known_buffer(path: Path, key: Path) -> dict[str, Any]:
     gaps: list[Gap] = []
     for start in range(0, 6000, 1000):
         result = buf.commit(
-            [("d1", "vs", "", f"{i:08x}" * 4, 1_790_000_000.0 + i, 0) for i in range(start, start + 1000)]
+            [
+                Record("d1", "vs", f"{i:08x}" * 4, "", 1_790_000_000.0 + i, 0)
+                for i in range(start, start + 1000)
+            ]
         )
         gaps.extend(result.gaps)
     assert gaps, "the 64 KiB cap must have dropped something"
     held = buf.fetch(0, 100_000)
     buf.ack("cdp", held[3].seq)
-    buf.commit([("d2", "co2", "ppm", 400 + i, 1_790_010_000.0 + i, 0) for i in range(7)])
+    buf.commit([Record("d2", "co2", 400 + i, "ppm", 1_790_010_000.0 + i, 0) for i in range(7)])
     stats = buf.stats()
     cdp_after = [b for b in buf.fetch(held[3].seq, 100_000)]
     buf.close()

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citygw.demo.broker import LocalBroker
+from citygw.reading import Record
 from citygw.receiver.endpoint import Receiver
 from citygw.receiver.verify import ChainVerifier, Outcome, Refusal, verify_main
 from citygw.wire.keyring import Keyring
@@ -672,7 +673,7 @@ def _buffer_has_chains(tmp_path: Path, key: Path) -> bool:
     )
     buf.open()
     try:
-        buf.commit([("dev", "co2", "ppm", 400, T0, 0)], seal_all=True)
+        buf.commit([Record("dev", "co2", 400, "ppm", T0, 0)], seal_all=True)
         token = buf.fetch(0, 1)[0].jws
     finally:
         buf.close()

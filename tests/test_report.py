@@ -27,10 +27,10 @@ from citygw.pipeline.edge import (
     Reporter,
     Statistic,
 )
-from citygw.reading import Flag, Reading
+from citygw.reading import Flag, Reading, Record
 from citygw.receiver.verify import decode_pack
 from citygw.wire.ngsi import entities
-from citygw.wire.senml import WINDOW_SHIFT, Record, build_pack, record_of, window_flags, window_of
+from citygw.wire.senml import WINDOW_SHIFT, build_pack, record_of, window_flags, window_of
 
 T0 = 1_790_035_200.0  # a UTC midnight: every window starts here
 ALL = tuple(Statistic)
@@ -71,7 +71,15 @@ class Stage:
         return [
             self._origin[id(r)][1]
             if id(r) in self._origin
-            else Out(r[0], r[1], r[3], r[2], r[4], r[5] & ((1 << WINDOW_SHIFT) - 1), window_of(r[5]))
+            else Out(
+                r.device,
+                r.name,
+                r.value,
+                r.unit,
+                r.time,
+                r.flags & ((1 << WINDOW_SHIFT) - 1),
+                window_of(r.flags),
+            )
             for r in records
         ]
 
@@ -375,10 +383,10 @@ def test_clock_jumps_neither_flood_nor_lose_samples() -> None:
 def test_an_aggregate_is_a_signed_senml_record_with_its_window() -> None:
     sample = record_of(Reading("air-1", "pm25", 12, "ug/m3", T0 + 3))
     assert sample is not None
-    mean = ("air-1", "pm25/mean", "ug/m3", 11.5, T0, Flag.PARTIAL | window_flags(900.0))
-    tiny = ("air-1", "pm25/count", "count", 0, T0 + 900, window_flags(0.5))
+    mean = Record("air-1", "pm25/mean", 11.5, "ug/m3", T0, Flag.PARTIAL | window_flags(900.0))
+    tiny = Record("air-1", "pm25/count", 0, "count", T0 + 900, window_flags(0.5))
     stored: list[Record] = [sample, mean, tiny]
-    assert [window_of(r[5]) for r in stored] == [0.0, 900.0, 0.5]
+    assert [window_of(r.flags) for r in stored] == [0.0, 900.0, 0.5]
     pack = build_pack("gw", stored)
     assert pack[0] == {
         "bver": 26,  # ug/m3 is a secondary unit (RFC 8798 §3, RFC 9100 §4)
@@ -400,8 +408,8 @@ def test_an_aggregate_is_a_signed_senml_record_with_its_window() -> None:
 
 
 def test_records_stored_before_windows_existed_still_read_as_samples() -> None:
-    old = ("dev", "temperature", "Cel", 21.5, T0, int(Flag.CLOCK_UNSYNCED) | 3 << 16)
-    assert window_of(old[5]) == 0.0
+    old = Record("dev", "temperature", 21.5, "Cel", T0, int(Flag.CLOCK_UNSYNCED) | 3 << 16)
+    assert window_of(old.flags) == 0.0
     assert build_pack("gw", [old])[0] == {
         "bn": "gw/dev/",
         "bt": T0,
@@ -414,8 +422,8 @@ def test_records_stored_before_windows_existed_still_read_as_samples() -> None:
 
 def test_ngsi_keeps_aggregates_apart_from_the_live_attribute() -> None:
     records: list[Record] = [
-        ("m", "voltage:l1/mean", "V", 230.1, T0, window_flags(60.0)),
-        ("m", "voltage:l1", "V", 230.4, T0 + 61, 0),
+        Record("m", "voltage:l1/mean", 230.1, "V", T0, window_flags(60.0)),
+        Record("m", "voltage:l1", 230.4, "V", T0 + 61, 0),
     ]
     pack = build_pack("gw", records)
     meter, mean = entities({"gateway": "gw", "senml": pack}, source="s", context=["c"])
@@ -436,7 +444,7 @@ def test_windows_sampled_before_the_clock_synced_are_corrected_like_their_sample
     reporter = Reporter({"d": DevicePolicy(Aggregate(60.0, (Statistic.MEAN,)))}, started=wall[0])
 
     def poll(value: float) -> list[Record]:
-        stamped = watch.stamp([("d", "pm25", "ug/m3", value, wall[0], 0)])
+        stamped = watch.stamp([Record("d", "pm25", value, "ug/m3", wall[0], 0)])
         return reporter.process(stamped)
 
     out: list[Record] = []
@@ -444,30 +452,30 @@ def test_windows_sampled_before_the_clock_synced_are_corrected_like_their_sample
         out += poll(10.0 + (second >= 60))
         wall[0] += 1
         mono[0] += 1
-    assert [(r[1], r[3], r[4]) for r in out] == [("pm25/mean", 10.0, start)]
-    assert out[0][5] & ~window_flags(60.0) == int(Flag.CLOCK_UNSYNCED) | 0x77 << 16
+    assert [(r.name, r.value, r.time) for r in out] == [("pm25/mean", 10.0, start)]
+    assert out[0].flags & ~window_flags(60.0) == int(Flag.CLOCK_UNSYNCED) | 0x77 << 16
     step = 31_536_000.0 + 17.5  # NTP: a year and some seconds forward
     wall[0] += step
     synced[0] = True
     fix = watch.check()
     assert fix is not None
     after = poll(20.0)  # the first sample on the true timeline
-    assert [(r[1], r[3], r[4], r[5] & 0xFFFF) for r in after] == [
+    assert [(r.name, r.value, r.time, r.flags & 0xFFFF) for r in after] == [
         ("pm25/mean", 11.0, start + 60, int(Flag.CLOCK_UNSYNCED | Flag.PARTIAL))
     ]
     assert reporter.counters.skipped_windows == 0  # the jump is no run of empty windows
     corrected = [fix(r) for r in out + after]
-    assert [(r[4], r[5] & 0xFFFF) for r in corrected] == [
+    assert [(r.time, r.flags & 0xFFFF) for r in corrected] == [
         (start + step, 0),
         (start + 60 + step, int(Flag.PARTIAL)),
     ]
-    assert [window_of(r[5]) for r in corrected] == [60.0, 60.0]
+    assert [window_of(r.flags) for r in corrected] == [60.0, 60.0]
 
 
 def test_on_change_sends_when_the_clock_changes_or_goes_back() -> None:
     reporter = Reporter({"d": DevicePolicy(OnChange(600.0, absolute=5.0))}, started=T0)
-    first = ("d", "noiseLevel", "dB", 50.0, T0, int(Flag.CLOCK_UNSYNCED))
-    same = ("d", "noiseLevel", "dB", 50.5, T0 + 1, int(Flag.CLOCK_UNSYNCED))
-    synced = ("d", "noiseLevel", "dB", 51.0, T0 + 86400, 0)
-    back = ("d", "noiseLevel", "dB", 51.0, T0 + 86000, 0)
+    first = Record("d", "noiseLevel", 50.0, "dB", T0, int(Flag.CLOCK_UNSYNCED))
+    same = Record("d", "noiseLevel", 50.5, "dB", T0 + 1, int(Flag.CLOCK_UNSYNCED))
+    synced = Record("d", "noiseLevel", 51.0, "dB", T0 + 86400, 0)
+    back = Record("d", "noiseLevel", 51.0, "dB", T0 + 86000, 0)
     assert reporter.process([first, same, synced, back]) == [first, synced, back]

@@ -33,9 +33,9 @@ from citygw.drivers.ble.presence import NAME as PRESENCE
 from citygw.drivers.serial import decoders as serial
 from citygw.errors import ConfigError
 from citygw.pipeline.edge import Aggregate, DevicePolicy, OnChange, Reporter, Statistic
-from citygw.reading import Flag, Reading
+from citygw.reading import Flag, Reading, Record
 from citygw.vocabulary import QUANTITIES
-from citygw.wire.senml import Record, build_pack, record_of
+from citygw.wire.senml import build_pack, record_of
 from citygw.wire.signing import Signer
 
 from .support import health_readings_of_a_box
@@ -239,8 +239,8 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
     readings = every_reading() + box
     samples = [r for r in map(record_of, readings) if r is not None]
     flagged = [
-        (d, n, u, v, t, int(flags))
-        for (d, n, u, v, t, _), flags in zip(
+        sample._replace(flags=int(flags))
+        for sample, flags in zip(
             samples,
             itertools.cycle(
                 [Flag.CLOCK_UNSYNCED, Flag.COUNTER_ROLLOVER, Flag.CLOCK_UNSYNCED | Flag.COUNTER_ROLLOVER]
@@ -268,7 +268,7 @@ def test_every_health_reading_conforms_and_names_its_registered_unit(emitted: li
     table, in primary units only (s, count, B, Cel) or none for booleans and text."""
     from citygw.ops.health import HEALTH_READINGS
 
-    health = [r for r in emitted if r[0] == "gateway" and "/" not in r[1]]  # not the aggregates
+    health = [r for r in emitted if r.device == "gateway" and "/" not in r.name]  # not the aggregates
     pack = json.loads(json.dumps(build_pack("bkk-pathumwan-0042", health)))
     assert senml_problems(pack) == []
     names = {r["n"].partition(":")[0] + (":" if ":" in r["n"] else "") for r in pack}
@@ -279,7 +279,7 @@ def test_every_health_reading_conforms_and_names_its_registered_unit(emitted: li
 
 def test_a_pack_without_secondary_units_keeps_the_default_version() -> None:
     pack = build_pack(
-        "gw", [("d", "temperature", "Cel", 21.5, T0, 0), ("d", "voltage:l1", "V", 230.1, T0, 0)]
+        "gw", [Record("d", "temperature", 21.5, "Cel", T0, 0), Record("d", "voltage:l1", 230.1, "V", T0, 0)]
     )
     assert "bver" not in pack[0] and senml_problems(pack) == []
 
@@ -308,7 +308,7 @@ def test_signed_batches_and_gap_records_of_the_real_buffer_conform(
         for start in range(0, len(emitted), 500):
             buffer.commit(emitted[start : start + 500])
         for round_ in range(1, 12):  # more than the disk cap allows: retention writes gap records
-            buffer.commit([(d, n, u, v, t + 3600 * round_, f) for d, n, u, v, t, f in emitted], seal_all=True)
+            buffer.commit([r._replace(time=r.time + 3600 * round_) for r in emitted], seal_all=True)
         held = buffer.fetch(0, 100_000)
     finally:
         buffer.close()

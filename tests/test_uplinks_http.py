@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from citygw.demo.broker import LocalBroker, free_port
+from citygw.reading import Record
 
 from .support import Collector, Daemon, verify_all, write_config
 
@@ -318,7 +319,9 @@ def test_receiver_refuses_forgeries_and_conflicts_and_dedupes(tmp_path: Path, ke
         limits=BatchLimits(max_readings=10),
     )
     buf.open()
-    buf.commit([("dev", "co2", "ppm", 400 + i, 1_790_000_000.0 + i, 0) for i in range(40)], seal_all=True)
+    buf.commit(
+        [Record("dev", "co2", 400 + i, "ppm", 1_790_000_000.0 + i, 0) for i in range(40)], seal_all=True
+    )
     tokens = [b.jws for b in buf.fetch(0, 100)]
     buf.close()
     other = tmp_path / "other.key"

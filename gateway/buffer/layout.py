@@ -15,11 +15,12 @@ import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Protocol
 
 from citygw.errors import BufferStorageError
-from citygw.wire.senml import Record
+from citygw.reading import Record
 
 SCHEMA_VERSION = 2  # 2: batches.held (the buffer clock at sealing), meta.chain
 
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     n INTEGER NOT NULL,           -- readings in this chunk
-    data BLOB NOT NULL            -- zlib(JSON list of records)
+    data BLOB NOT NULL            -- zlib(JSON list of stored rows: see stored_row)
 );
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
@@ -173,16 +174,27 @@ def opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+STORED_COLUMNS = ("device", "name", "unit", "value", "time", "flags")
+"""The order of a record's fields in a staged chunk's JSON rows (``chunks.data``): the order of the
+first stored format, kept so that files written by earlier versions read back. It differs from
+:class:`~citygw.reading.Record`'s (value before unit): convert with :data:`stored_row` and
+:func:`stored_record`, never by position."""
+
+stored_row = attrgetter(*STORED_COLUMNS)
+"""The row a record is stored as in a staged chunk (a plain tuple in :data:`STORED_COLUMNS` order;
+``json.dumps`` writes it as a JSON array)."""
+
+
 def stored_record(item: object) -> Record:
-    """A stored record as JSON gave it back; TypeError/ValueError when it is not one."""
-    if not isinstance(item, list) or len(item) != 6:
+    """A record from a staged chunk's row as JSON gave it back; TypeError/ValueError when it is not one."""
+    if not isinstance(item, list) or len(item) != len(STORED_COLUMNS):
         raise TypeError(f"not a stored reading: {item!r:.80}")
-    device, name, unit, value, when, flags = item
+    device, name, unit, value, when, flags = item  # STORED_COLUMNS
     if not (isinstance(device, str) and isinstance(name, str) and isinstance(unit, str)):
         raise TypeError(f"not a stored reading: {item!r:.80}")
     if not isinstance(value, int | float | bool | str) or not isinstance(flags, int):
         raise TypeError(f"not a stored reading: {item!r:.80}")
-    return (device, name, unit, value, float(when), flags)
+    return Record(device=device, name=name, value=value, unit=unit, time=float(when), flags=flags)
 
 
 TRANSIENT = {

