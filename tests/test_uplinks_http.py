@@ -26,7 +26,7 @@ from aiohttp import web
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.reading import Record
 
-from .support import Collector, Daemon, verify_all, write_config
+from .support import Collector, Daemon, payload_of, verify_all, wait_until, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -252,6 +252,70 @@ def test_http_faults_retry_a_poison_batch_is_parked_and_every_other_arrives_once
     assert report["totals"]["stored"] == gw["batches"] == gw["last_seq"]
     with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
         assert db.execute("SELECT count(*) FROM parked").fetchone()[0] == 0
+
+
+def test_a_replaced_buffers_batches_are_stored_by_a_platform_that_honours_idempotency_keys(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
+) -> None:
+    """The platform (or a proxy before it) honours ``Idempotency-Key`` as the IETF draft says: a
+    repeated key gets the first answer again and the request is not processed. The box's buffer is
+    damaged between two runs and moved aside: the fresh buffer is a new chain whose seqs start at 1
+    again. Each of its batches must still be stored, not answered with the old chain's cached 2xx."""
+    answered: dict[str, tuple[int, str]] = {}
+    stored: list[str] = []
+    replayed: list[str] = []  # the keys answered from the cache
+
+    async def idempotent(request: web.Request, body: bytes) -> web.StreamResponse:
+        idempotency_key = request.headers["Idempotency-Key"]
+        if idempotency_key in answered:  # replayed: the body is not looked at, nor stored again
+            replayed.append(idempotency_key)
+            status, text = answered[idempotency_key]
+            return web.Response(status=status, text=text, headers={"Idempotent-Replayed": "true"})
+        stored.append(body.decode("ascii"))
+        answered[idempotency_key] = (201, "stored")
+        return web.Response(status=201, text="stored")
+
+    public = Path(f"{key}.pub")
+
+    def readings(tokens: list[str], device: str) -> list[Any]:
+        return verify_all(tokens, public).values.get(device, [])
+
+    server = ScriptedServer(idempotent)
+    try:
+        config = _http_config(tmp_path, key, f"http://127.0.0.1:{server.port}/ingest", 300)
+        daemon = daemon_factory(config)
+        daemon.start()
+        wait_until(lambda: len(readings(list(stored), "d1")) == 300, 30, "the first run's 300 readings")
+        assert daemon.terminate() == 0
+        old_chain = payload_of(stored[0])["chain"]
+
+        buffer = tmp_path / "state" / "buffer.db"  # the card loses the file's first block
+        with buffer.open("r+b") as f:
+            f.write(bytes(4096))
+        data = json.loads(config.read_text())
+        data["devices"] = {"d2": {"bus": "gen", "rate": 500, "count": 300, "values": "sequence"}}
+        config.write_text(json.dumps(data))
+        daemon = daemon_factory(config)
+        daemon.start()
+
+        def sent_by_new_chain() -> list[str]:
+            bodies = [body.decode("ascii") for _, _, body in list(server.requests)]
+            return [token for token in bodies if payload_of(token)["chain"] != old_chain]
+
+        wait_until(
+            lambda: len(readings(sent_by_new_chain(), "d2")) == 300, 30, "the second run's batches sent"
+        )
+        assert daemon.terminate() == 0
+    finally:
+        server.close()
+    assert "moved aside to" in daemon.log.read_text()
+    new = [token for token in stored if payload_of(token)["chain"] != old_chain]
+    assert len(readings(new, "d2")) == 300, f"answered from the cache, not stored: {replayed}"
+    assert readings(new, "d2") == list(range(300))
+    assert min(payload_of(token)["seq"] for token in new) == 1  # the seqs of the old chain again
+    for _, headers, body in server.requests:  # the key names the chain: {gateway}:{chain}:{seq}
+        payload = payload_of(body.decode("ascii"))
+        assert headers["Idempotency-Key"] == f"gw-test:{payload['chain']}:{payload['seq']}"
 
 
 def test_one_uplink_down_does_not_slow_the_other_and_catches_up(

@@ -205,6 +205,17 @@ class UplinkOutbox:
         self._pipeline = pipeline
         self._store = pipeline.store
 
+    @property
+    def chain(self) -> str:
+        """The buffer's chain id: every batch it holds belongs to it (``Idempotency-Key``).
+
+        Set when the buffer is opened, before any uplink starts, and never changed while the
+        daemon runs (a replaced buffer is a new chain only at the next start), so it is read
+        here without a trip to the store thread. Batches sealed by a citygw before chains (v1
+        payloads, kept across an upgrade) fall under it too: their seqs precede the chain's own.
+        """
+        return self._store.buffer.chain
+
     async def cursor(self, uplink: str) -> int:
         """The last seq ``uplink`` acknowledged (its saved cursor)."""
         return await self._store.call(self._store.buffer.cursor, uplink)

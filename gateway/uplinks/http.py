@@ -88,6 +88,17 @@ def outcome(status: int, text: str, headers: Mapping[str, str] | None = None) ->
     raise Rejected(f"HTTP {status} {excerpt}".strip(), status=status)
 
 
+def idempotency_key(gateway: str, chain: str, seq: int) -> str:
+    """The ``Idempotency-Key`` of a batch: ``{gateway}:{chain}:{seq}``, the wire contract's key.
+
+    Without the chain, a replaced buffer's batches (a new chain, seqs from 1 again) would reuse
+    the keys of the old chain's, and a platform or proxy that honours the header would answer
+    them with the old batches' stored 2xx: counted delivered, never stored. Neither a gateway id
+    nor a chain id holds a ``:``; the seq is the last part.
+    """
+    return f"{gateway}:{chain}:{seq}"
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What the server said to one POST: the status, its headers, and an excerpt of its body."""
@@ -218,7 +229,7 @@ class HttpUplink(_HttpBase):
         body = batch.data
         headers = {
             "Content-Type": "application/jose",
-            "Idempotency-Key": f"{self.gateway}:{batch.seq}",
+            "Idempotency-Key": idempotency_key(self.gateway, self.pipeline.outbox.chain, batch.seq),
         }
         if self.config.gzip:
             body = gzip.compress(body, 6)
