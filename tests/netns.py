@@ -36,8 +36,11 @@ class VethNamespace:
         tag = tag or str(os.getpid() % 100_000)
         self.name = f"citygw-{tag}"
         self.outer_if, self.inner_if = f"cgw{tag}o", f"cgw{tag}i"  # at most 15 characters
-        third = int(tag) % 250
-        self.outer_ip, self.inner_ip = f"10.231.{third}.1", f"10.231.{third}.2"
+        # a /30 of its own in 10.231.0.0/16 (16,384 of them): test workers' pids are close together,
+        # so two workers never share one (pid % 250 could: two veths on one subnet, routes crossed)
+        block = int(tag) % 16_384
+        third, fourth = divmod(block * 4, 256)
+        self.outer_ip, self.inner_ip = f"10.231.{third}.{fourth + 1}", f"10.231.{third}.{fourth + 2}"
         self._made = False
 
     @property
