@@ -198,15 +198,24 @@ def test_one_registry_of_bus_and_uplink_types() -> None:
         assert callable(getattr(importlib.import_module(module), attribute)), target
 
 
-def _library_table() -> dict[str, set[str]]:
+def _two_column_rows(heading: str) -> list[tuple[str, str]]:
+    """The rows of the two-column table under ``## heading`` in docs/architecture.md."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    section = text.split("## Who imports which library", 1)[1].split("\n## ", 1)[0]
-    table: dict[str, set[str]] = {}
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = []
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and cells[1].startswith("`"):
-            table[cells[0]] = {name.strip().strip("`") for name in cells[1].split(",")}
-    return table
+        if len(cells) == 2:
+            rows.append((cells[0], cells[1]))
+    return rows
+
+
+def _library_table() -> dict[str, set[str]]:
+    return {
+        library: {name.strip().strip("`") for name in importers.split(",")}
+        for library, importers in _two_column_rows("Who imports which library")
+        if importers.startswith("`")
+    }
 
 
 def _importers(library: str) -> set[str]:
@@ -235,14 +244,11 @@ def test_the_architecture_docs_list_every_importer_of_each_library() -> None:
 
 def _tree_table() -> dict[str, set[str]]:
     """docs/architecture.md "The tree": folder -> the ``*.py`` file names its row names."""
-    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    section = text.split("## The tree", 1)[1].split("\n## ", 1)[0]
-    rows: dict[str, set[str]] = {}
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and cells[0].startswith("`") and cells[0].endswith("/`"):
-            rows[cells[0].strip("`")] = set(re.findall(r"`([a-z_]+\.py)`", cells[1]))
-    return rows
+    return {
+        folder.strip("`"): set(re.findall(r"`([a-z_]+\.py)`", holds))
+        for folder, holds in _two_column_rows("The tree")
+        if folder.startswith("`") and folder.endswith("/`")
+    }
 
 
 def test_the_architecture_docs_tree_is_the_tree() -> None:
