@@ -2,7 +2,7 @@
 
 Every section model derives from :class:`Section` (unknown keys refused, missing keys explained);
 value types (ids, paths, urls, quantity names, bounded numbers) carry their own checks and
-messages, so a driver's config module (``gateway.config.<bus type>``) is a few declarations.
+messages, so a driver's config module (``citygw.config.<bus type>``) is a few declarations.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the pings come from a thread of their own, and that thread sends one only while
   ``store_limit`` seconds (a hung SD card leaves it waiting).
 
 Bus and uplink tasks need no probe of their own: they run on the loop (a blocked one stops the
-beat), and a task that fails on an unexpected error ends the daemon (gateway.daemon). When a
+beat), and a task that fails on an unexpected error ends the daemon (citygw.daemon.gateway). When a
 check fails the pings stop, and systemd restarts the service ``WatchdogSec=`` later
 (``Restart=on-failure``).
 
