@@ -79,7 +79,7 @@ def check(path: Path, module: ast.Module, used: set[str]) -> list[str]:
             continue
         name = _constant(target.args[0]) if target.args else None
         if name is None or name not in EVENTS:
-            problems.append(f"{_where(path, node)}: event {name!r} is not in gateway.logs.EVENTS")
+            problems.append(f"{_where(path, node)}: event {name!r} is not in citygw.logs.EVENTS")
             continue
         used.add(name)
         event = EVENTS[name]
@@ -120,7 +120,7 @@ elog.event("device_ok", device=d).info("fine")
         "x.py:4: logging.error() names no event",
         "x.py:5: device_failing lacks device",
         "x.py:6: device_failing is logged at error, its level is warning",
-        "x.py:7: event 'no_such_event' is not in gateway.logs.EVENTS",
+        "x.py:7: event 'no_such_event' is not in citygw.logs.EVENTS",
         "x.py:8: colour not in FIELDS",
     ]
     assert used == {"device_failing", "device_ok"}
@@ -180,7 +180,7 @@ def parse(line: str) -> dict[str, str]:
     assert keys[: len(order)] == order and keys[len(order) :] in ([], ["exc"]), f"keys {keys}: {line}"
     assert "event" in fields, f"no event: {line}"
     event = EVENTS.get(fields["event"])
-    assert event is not None, f"event not in gateway.logs.EVENTS: {line}"
+    assert event is not None, f"event not in citygw.logs.EVENTS: {line}"
     if fields["event"] != "library":
         assert fields["level"] == logging.getLevelName(event.level).lower(), f"level: {line}"
         assert all(field in fields for field in event.fields), f"lacks {event.fields}: {line}"

@@ -60,7 +60,7 @@ class KeyValueFormatter(logging.Formatter):
             if value is not None:
                 parts.append(f"{key}={quote(value)}")
         parts.append(f"msg={quote(record.getMessage())}")
-        if record.exc_text:  # set (redacted) by gateway.redact.SecretFilter
+        if record.exc_text:  # set (redacted) by citygw.redact.SecretFilter
             parts.append(f"exc={quote(record.exc_text)}")
         elif record.exc_info:
             parts.append(f"exc={quote(self.formatException(record.exc_info))}")
