@@ -25,6 +25,18 @@ import paho.mqtt.client as mqtt
 from jwcrypto import jwk, jws
 
 REPO = Path(__file__).resolve().parent.parent
+LIBFAKETIME = next(  # the daemon's clocks under a test's control (scripts/dev installs faketime)
+    (
+        p
+        for p in (
+            Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+            Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+            Path("/usr/lib/faketime/libfaketime.so.1"),
+        )
+        if p.exists()
+    ),
+    None,
+)
 
 
 def b64decode(text: str) -> bytes:

@@ -17,20 +17,8 @@ import pytest
 
 from citygw.demo.broker import free_port
 
-from .support import Daemon, write_config
+from .support import LIBFAKETIME, Daemon, write_config
 
-LIBFAKETIME = next(
-    (
-        p
-        for p in (
-            Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
-            Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
-            Path("/usr/lib/faketime/libfaketime.so.1"),
-        )
-        if p.exists()
-    ),
-    None,
-)
 MAX_AGE = 60.0  # buffer.max_age: the smallest the config allows
 
 

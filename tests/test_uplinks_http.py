@@ -8,6 +8,7 @@ The daemon and `citygw receive` run as subprocesses; between them sits a scripte
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import sqlite3
@@ -23,10 +24,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from citygw.buffer import KIND_DATA, KIND_GAP
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.reading import Record
 
-from .support import Collector, Daemon, payload_of, verify_all, wait_until, write_config
+from .support import (
+    LIBFAKETIME,
+    Collector,
+    Daemon,
+    payload_of,
+    verified_body,
+    verify_all,
+    wait_until,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -316,6 +327,135 @@ def test_a_replaced_buffers_batches_are_stored_by_a_platform_that_honours_idempo
     for _, headers, body in server.requests:  # the key names the chain: {gateway}:{chain}:{seq}
         payload = payload_of(body.decode("ascii"))
         assert headers["Idempotency-Key"] == f"gw-test:{payload['chain']}:{payload['seq']}"
+
+
+def _box(path: Path) -> tuple[int, int, list[tuple[int, int]]]:
+    """The box's buffer: the last seq sealed, the uplink's cursor, and (seq, kind) of each batch held."""
+    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        cursor = db.execute("SELECT seq FROM cursors WHERE uplink = 'platform'").fetchone()
+        held = db.execute("SELECT seq, kind FROM batches ORDER BY seq").fetchall()
+    return int(meta.get("next_seq", 1)) - 1, int(cursor[0]) if cursor else 0, held
+
+
+def test_a_gap_record_is_stored_by_a_platform_that_honours_idempotency_keys(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
+) -> None:
+    """A gap record has no seq of its own: it travels as seq ``gap.to``, the seq of the data batch it
+    replaced. Batches 1 and 2 are POSTed in one window: the platform never gets batch 1 (its request
+    is lost) and stores batch 2, whose answer is lost (after the uplink's timeout): both stay
+    undelivered on the box. The box restarts with its uplink taken out for a while, and
+    ``buffer.max_age`` replaces 1..2 with a gap record. Put back, the uplink sends the gap record: a
+    platform that honours ``Idempotency-Key`` must store it, not answer it with batch 2's stored
+    2xx, or seq 1 stays missing with no gap record to account for it."""
+    timeout = 1.0
+    answered: dict[str, tuple[int, str]] = {}
+    stored: list[str] = []
+    replayed: list[str] = []  # the keys answered from the cache
+
+    async def platform(request: web.Request, body: bytes) -> web.StreamResponse:
+        idempotency_key = request.headers["Idempotency-Key"]
+        if idempotency_key in answered:  # replayed: the body is not looked at, nor stored again
+            replayed.append(idempotency_key)
+            status, text = answered[idempotency_key]
+            return web.Response(status=status, text=text, headers={"Idempotent-Replayed": "true"})
+        token = body.decode("ascii")
+        seq = payload_of(token).get("seq")
+        if seq == 1:  # lost on the way: never processed, nothing comes back in time
+            await asyncio.sleep(timeout * 2.5)
+            return web.Response(status=504)
+        stored.append(token)
+        answered[idempotency_key] = (201, "stored")
+        if seq == 2:  # stored; the answer is lost (it comes after the uplink's timeout)
+            await asyncio.sleep(timeout * 2.5)
+        return web.Response(status=201, text="stored")
+
+    def config(uplink: bool, devices: dict[str, dict[str, Any]], batch: dict[str, Any]) -> Path:
+        path = write_config(
+            tmp_path / "c.yaml",
+            key=key,
+            port=1,
+            devices=devices,
+            buffer={"max_age": "60s", "batch": batch},  # max_age: the smallest the config allows
+        )
+        data = json.loads(path.read_text())
+        data["uplinks"] = {}
+        if uplink:
+            data["uplinks"]["platform"] = {
+                "type": "http",
+                "url": f"http://127.0.0.1:{server.port}/ingest",
+                "timeout": f"{timeout}s",
+                "backoff_initial": "200ms",
+                "backoff_max": "1s",
+                "window": 2,
+            }
+        path.write_text(json.dumps(data))
+        return path
+
+    if LIBFAKETIME is None:
+        pytest.fail("libfaketime is missing: scripts/dev installs it (apt package faketime)")
+    buffer = tmp_path / "state" / "buffer.db"
+    server = ScriptedServer(platform)
+    try:
+        # 1. two readings, two batches, POSTed in one window; neither is delivered
+        one_each = {"max_readings": 1, "max_age": "100ms"}
+        daemon = daemon_factory(config(True, {"d1": {"bus": "gen", "rate": 50, "count": 2}}, one_each))
+        daemon.start()
+
+        def posts_of(seq: int) -> int:
+            return sum(payload_of(body.decode()).get("seq") == seq for _, _, body in list(server.requests))
+
+        wait_until(lambda: posts_of(1) >= 2 and stored, 15, "batch 1 sent twice, batch 2 stored")
+        assert daemon.terminate() == 0
+        assert _box(buffer) == (2, 0, [(1, KIND_DATA), (2, KIND_DATA)])
+
+        # 2. the uplink taken out; the buffer clock moves past max_age (libfaketime steps the
+        # daemon's monotonic clock, which ages batches): retention replaces 1..2 with a gap record
+        offset = tmp_path / "faketime"
+        offset.write_text("+0s\n")
+        staged = {"max_readings": 100_000, "max_age": "86400s"}  # this run seals nothing until it stops
+        daemon = daemon_factory(config(False, {"d2": {"bus": "gen", "rate": 20}}, staged))
+        daemon.prefix = [
+            "env",
+            f"LD_PRELOAD={LIBFAKETIME}",
+            f"FAKETIME_TIMESTAMP_FILE={offset}",
+            "FAKETIME_NO_CACHE=1",
+        ]
+        daemon.start()
+        daemon.wait_ready()
+        offset.write_text("+90s\n")
+        wait_until(lambda: _box(buffer)[2] == [(2, KIND_GAP)], 15, "retention (max_age) to drop batches 1..2")
+        assert daemon.terminate() == 0
+
+        # 3. the uplink is back: it sends the gap record, then the batch the second run sealed
+        daemon = daemon_factory(config(True, {}, one_each))
+        daemon.start()
+        wait_until(lambda: _box(buffer)[1] == _box(buffer)[0] == 3, 15, "every batch delivered")
+        assert daemon.terminate() == 0
+    finally:
+        server.close()
+    assert "retention (max_age): dropped batches 1..2" in daemon.log.read_text()
+    pem = Path(f"{key}.pub").read_bytes()
+    bodies = [verified_body(token, pem) for token in stored]  # each genuinely signed by the box
+    data = {body["seq"]: token for token, body in zip(stored, bodies, strict=True) if "gap" not in body}
+    gaps = [body for body in bodies if "gap" in body]
+    covered = set(data).union(*(range(g["gap"]["from"], g["gap"]["to"] + 1) for g in gaps))
+    assert covered == {1, 2, 3}, (
+        f"seqs neither stored nor covered by a stored gap record; replayed: {replayed}"
+    )
+    assert [(g["gap"]["from"], g["gap"]["to"], g["gap"]["reason"]) for g in gaps] == [(1, 2, "max_age")]
+    # the platform holds batch 2 as well as the gap record that gave it up: one chain all the same
+    assert gaps[0]["prev"] is None and gaps[0]["last"] == hashlib.sha256(data[2].encode()).hexdigest()
+    assert payload_of(data[3])["prev"] == gaps[0]["last"]
+    chain = payload_of(stored[0])["chain"]
+    for _, headers, body in server.requests:  # a gap record's key is not its data batch's
+        payload = payload_of(body.decode("ascii"))
+        expected = (
+            f"gw-test:{chain}:gap:{payload['gap']['to']}"
+            if "gap" in payload
+            else f"gw-test:{chain}:{payload['seq']}"
+        )
+        assert headers["Idempotency-Key"] == expected
 
 
 def test_one_uplink_down_does_not_slow_the_other_and_catches_up(

@@ -110,6 +110,11 @@ class Outgoing:
     def jws(self) -> str:
         return self.data.decode("ascii")
 
+    @property
+    def gap(self) -> bool:
+        """Whether this is a gap record (its ``seq`` is its ``gap.to``), not a data batch."""
+        return self.kind == KIND_GAP
+
 
 @dataclass(frozen=True, slots=True)
 class Gap:

@@ -88,15 +88,20 @@ def outcome(status: int, text: str, headers: Mapping[str, str] | None = None) ->
     raise Rejected(f"HTTP {status} {excerpt}".strip(), status=status)
 
 
-def idempotency_key(gateway: str, chain: str, seq: int) -> str:
-    """The ``Idempotency-Key`` of a batch: ``{gateway}:{chain}:{seq}``, the wire contract's key.
+def idempotency_key(gateway: str, chain: str, seq: int, *, gap: bool = False) -> str:
+    """The ``Idempotency-Key`` of a batch: ``{gateway}:{chain}:{seq}``, the wire contract's key;
+    of a gap record (``gap``, whose ``seq`` is its ``gap.to``): ``{gateway}:{chain}:gap:{seq}``.
 
     Without the chain, a replaced buffer's batches (a new chain, seqs from 1 again) would reuse
     the keys of the old chain's, and a platform or proxy that honours the header would answer
-    them with the old batches' stored 2xx: counted delivered, never stored. Neither a gateway id
-    nor a chain id holds a ``:``; the seq is the last part.
+    them with the old batches' stored 2xx: counted delivered, never stored. Without ``gap:``, a
+    gap record would reuse the key of the data batch ``gap.to`` it replaced, which may have been
+    POSTed and stored before (its answer lost): the gap record would be answered with that 2xx,
+    never stored, and the seqs before ``to`` that it accounts for would stay missing at the
+    platform with no gap record to explain them. Neither a gateway id nor a chain id holds a
+    ``:``; the seq is the last part.
     """
-    return f"{gateway}:{chain}:{seq}"
+    return f"{gateway}:{chain}:gap:{seq}" if gap else f"{gateway}:{chain}:{seq}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,9 @@ class HttpUplink(_HttpBase):
         body = batch.data
         headers = {
             "Content-Type": "application/jose",
-            "Idempotency-Key": idempotency_key(self.gateway, self.pipeline.outbox.chain, batch.seq),
+            "Idempotency-Key": idempotency_key(
+                self.gateway, self.pipeline.outbox.chain, batch.seq, gap=batch.gap
+            ),
         }
         if self.config.gzip:
             body = gzip.compress(body, 6)
