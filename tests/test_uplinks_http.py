@@ -456,6 +456,16 @@ def test_a_gap_record_is_stored_by_a_platform_that_honours_idempotency_keys(
             else f"gw-test:{chain}:{payload['seq']}"
         )
         assert headers["Idempotency-Key"] == expected
+    # and the reference verifier takes that stream (batch 2 and the gap record ending at it) as whole
+    stream = tmp_path / "stored.jws"
+    stream.write_text("".join(f"{token}\n" for token in stored))
+    checked = subprocess.run(
+        [sys.executable, "-m", "citygw", "verify", "--key", f"{key}.pub", str(stream)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_one_uplink_down_does_not_slow_the_other_and_catches_up(
