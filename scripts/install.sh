@@ -3,6 +3,7 @@
 #
 #   sudo scripts/install.sh [--id GATEWAY_ID] [--start]   install, or upgrade in place
 #   sudo scripts/install.sh --root DIR [--id GATEWAY_ID]  prepare a mounted SD-card image (below)
+#   either, plus --operator-key FILE.pub (repeatable)     and the box takes configs signed by it
 #   sudo scripts/install.sh --uninstall                   remove the software and the unit; keep the
 #                                                         config, the signing key and the buffered data
 #   sudo scripts/install.sh --uninstall --purge           remove those too, and the citygw user
@@ -18,6 +19,12 @@
 #   - /var/lib/citygw (citygw 0700), the buffer's home;
 #   - the unit /etc/systemd/system/citygw.service, enabled; usbserial and cdc_acm loaded at boot
 #     (the unit's device allow-list names their device groups, which must exist when it starts);
+#   - with --operator-key (repeatable; an operator's Ed25519 public key, FILE.pub of citygw keygen):
+#     the key in /etc/citygw (root:citygw 0640), named in the config skeleton's gateway.operator_keys
+#     (a config already there is kept: the lines to add are printed), and the drop-in
+#     /etc/systemd/system/citygw.service.d/remote-config.conf (ConfigurationDirectoryMode=0770),
+#     so that the service can write a signed config document into /etc/citygw (docs/operations.md,
+#     "Remote configuration"); a private key, or anything but an Ed25519 public key, is refused;
 #   - last, scripts/firstboot.sh: the gateway id (--id; else the one in the config; else the board's
 #     serial number; never the hostname) and the signing key (citygw 0600, made once: the box's
 #     identity); it prints the key id the platform needs.
@@ -43,6 +50,7 @@ MODE=install
 PURGE=0
 START=0
 USER_NAME=citygw
+OPERATOR_KEYS=()
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
@@ -52,6 +60,7 @@ while [ $# -gt 0 ]; do
     --id) GATEWAY_ID="${2:?--id needs a gateway id}"; shift 2 ;;
     --arch) ARCH="${2:?--arch needs a machine name}"; shift 2 ;;
     --python) PY_VERSION="${2:?--python needs a version, e.g. 3.11}"; shift 2 ;;
+    --operator-key) OPERATOR_KEYS+=("${2:?--operator-key needs a public key file (FILE.pub of citygw keygen)}"); shift 2 ;;
     --uninstall) MODE=uninstall; shift ;;
     --purge) PURGE=1; shift ;;
     --start) START=1; shift ;;
@@ -62,12 +71,65 @@ done
 ROOT="${ROOT%/}"
 if [ -n "$ROOT" ] && [ ! -d "$ROOT" ]; then echo "install.sh: --root $ROOT is not a directory" >&2; exit 2; fi
 if [ "$PURGE" = 1 ] && [ "$MODE" != uninstall ]; then echo "install.sh: --purge goes with --uninstall" >&2; exit 2; fi
+if [ ${#OPERATOR_KEYS[@]} -gt 0 ] && [ "$MODE" = uninstall ]; then echo "install.sh: --operator-key goes with an install, not --uninstall" >&2; exit 2; fi
 if [ -n "$GATEWAY_ID" ] && ! printf '%s\n' "$GATEWAY_ID" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'; then
   echo "install.sh: --id $GATEWAY_ID: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit" >&2
   exit 2
 fi
 
 say() { printf '%s\n' "$*"; }
+
+# --operator-key: each file an Ed25519 public key (SPKI PEM, what citygw keygen writes as FILE.pub),
+# with a name that can go into /etc/citygw; all checked before anything is written
+ED25519_SPKI=302a300506032b6570032100  # the DER of an Ed25519 SubjectPublicKeyInfo, before the key
+spki_hex() {  # the DER of FILE's PUBLIC KEY block, in hex (empty when it has none)
+  sed -n '/^-----BEGIN PUBLIC KEY-----\r\{0,1\}$/,/^-----END PUBLIC KEY-----\r\{0,1\}$/p' "$1" \
+    | sed '1d;$d' | tr -d '\r\n' | base64 -d 2>/dev/null | od -An -v -tx1 | tr -d ' \n'
+}
+operator_key_problem() {  # why FILE cannot be an operator key on a box; nothing when it can
+  local file="$1" name der
+  name="$(basename -- "$file")"
+  if [ ! -e "$file" ]; then echo "--operator-key $file: no such file"; return; fi
+  if [ ! -f "$file" ] || [ ! -r "$file" ]; then echo "--operator-key $file: not a file this script can read"; return; fi
+  if grep -q 'PRIVATE KEY-----' "$file"; then
+    if [ -f "$file.pub" ]; then der="$file.pub"; else der="FILE.pub, which citygw keygen writes beside it"; fi
+    echo "--operator-key $file is a private key: an operator's private key never goes on a box; give its public half, $der"
+    return
+  fi
+  if ! grep -q '^-----BEGIN PUBLIC KEY-----' "$file"; then
+    echo "--operator-key $file is not an Ed25519 public key (no -----BEGIN PUBLIC KEY----- in it): give FILE.pub of citygw keygen --out FILE"
+    return
+  fi
+  der="$(spki_hex "$file")"
+  if [ "${#der}" != 88 ] || [ "${der:0:24}" != "$ED25519_SPKI" ]; then
+    echo "--operator-key $file is not an Ed25519 public key (it is another kind): make operator keys with citygw keygen"
+    return
+  fi
+  if [ "$name" = signing.key.pub ]; then
+    echo "--operator-key $file: signing.key.pub is the box's own public key in /etc/citygw: give the operator key another name (e.g. operator.key.pub)"
+  elif ! printf '%s\n' "$name" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.pub$'; then
+    echo "--operator-key $file: it goes into /etc/citygw under its name, which must end in .pub and use letters, digits, '.', '_' or '-' (e.g. operator.key.pub)"
+  fi
+}
+OP_NAMES=()
+declare -A OP_SEEN_NAME=() OP_SEEN_KEY=()
+for file in "${OPERATOR_KEYS[@]}"; do
+  problem="$(operator_key_problem "$file")"
+  if [ -n "$problem" ]; then echo "install.sh: $problem" >&2; exit 2; fi
+  name="$(basename -- "$file")"
+  der="$(spki_hex "$file")"
+  if [ -n "${OP_SEEN_NAME[$name]:-}" ]; then
+    echo "install.sh: --operator-key $file and ${OP_SEEN_NAME[$name]} would both be /etc/citygw/$name: rename one" >&2
+    exit 2
+  fi
+  if [ -n "${OP_SEEN_KEY[$der]:-}" ]; then
+    echo "install.sh: --operator-key $file is the same key as ${OP_SEEN_KEY[$der]}: a spare must be a key pair of its own (citygw keygen)" >&2
+    exit 2
+  fi
+  OP_SEEN_NAME[$name]="$file"
+  OP_SEEN_KEY[$der]="$file"
+  OP_NAMES+=("$name")
+done
 
 # 32-bit ARM (32-bit Raspberry Pi OS, armhf): PyPI has no wheels of cffi and dbus-fast for it.
 # Say so before anything is done (docs/technician.md, "Which Pi, which OS").
@@ -101,6 +163,8 @@ gid_of() { awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group"; }
 UNIT="$ROOT/etc/systemd/system/citygw.service"
 FB_UNIT="$ROOT/etc/systemd/system/citygw-firstboot.service"
 MODULES="$ROOT/etc/modules-load.d/citygw.conf"
+DROPINS="$ROOT/etc/systemd/system/citygw.service.d"
+DROPIN="$DROPINS/remote-config.conf"
 ETC="$ROOT/etc/citygw"
 STATE="$ROOT/var/lib/citygw"
 VENV=/opt/citygw
@@ -118,9 +182,12 @@ if [ "$MODE" = uninstall ]; then
   elif [ -n "$ROOT" ] && [ -f "$UNIT" ] && command -v systemctl >/dev/null; then
     systemctl --root="$ROOT" disable citygw.service citygw-firstboot.service >/dev/null 2>&1 || true
   fi
-  for path in "$UNIT" "$FB_UNIT" "$MODULES"; do
+  for path in "$UNIT" "$DROPIN" "$FB_UNIT" "$MODULES"; do
     if [ -e "$path" ]; then rm -f "$path"; say "removed $path"; fi
   done
+  if [ -d "$DROPINS" ]; then
+    rmdir "$DROPINS" 2>/dev/null || say "kept $DROPINS: drop-ins of yours are in it"
+  fi
   rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/citygw.service" \
     "$ROOT/etc/systemd/system/multi-user.target.wants/citygw-firstboot.service"
   rm -rf "$ROOT/etc/systemd/system/citygw.service.requires"
@@ -220,19 +287,90 @@ fi
 
 # directories
 install -d -m 0755 "$ROOT/etc"
-install -d -m 0750 -o 0 -g "$GID_N" "$ETC"
+# /etc/citygw: 0770 where the service takes remote configuration (it writes the new config there;
+# systemd sets ConfigurationDirectoryMode= at each start, but does not chown the directory)
+etc_mode=0750
+if [ ${#OP_NAMES[@]} -gt 0 ]; then
+  etc_mode=0770
+elif [ -d "$DROPINS" ]; then  # a drop-in made before (--operator-key, or systemctl edit): kept
+  mode="$(sed -n 's/^ConfigurationDirectoryMode=\(0\{0,1\}[0-7]\{3\}\)[[:space:]]*$/\1/p' "$DROPINS"/*.conf 2>/dev/null | tail -n 1)"
+  if [ -n "$mode" ]; then etc_mode="$mode"; fi
+fi
+install -d -m "$etc_mode" -o 0 -g "$GID_N" "$ETC"
 install -d -m 0700 -o 0 -g 0 "$ETC/credentials"
 install -d -m 0755 "$ROOT/var/lib"
 install -d -m 0700 -o "$UID_N" -g "$GID_N" "$STATE"
 install -d -m 0755 "$SHARE"
 install -m 0644 "$SRC/config/citygw.schema.json" "$SHARE/citygw.schema.json"
 
+# the operator keys: public halves, readable by the service
+for file in "${OPERATOR_KEYS[@]}"; do
+  target="$ETC/$(basename -- "$file")"
+  if [ -f "$target" ] && cmp -s "$file" "$target" \
+    && [ "$(stat -c '%u:%g %a' "$target")" = "0:$GID_N 640" ]; then
+    say "operator key $target is current"
+  else
+    if [ -f "$target" ] && ! cmp -s "$file" "$target"; then what=replaced; else what=installed; fi
+    install -m 0640 -o 0 -g "$GID_N" "$file" "$target"
+    say "$what operator key $target"
+  fi
+done
+
 # the config: a skeleton, never overwritten; firstboot.sh puts the gateway id in
 CONFIG="$ETC/config.yaml"
+# the entries of gateway.operator_keys in CONFIG, one a line, as names relative to /etc/citygw where
+# they are in it (a block list or a one-line [flow] list, as people write it); "-" when it has none
+config_operator_keys() {
+  awk '
+    function entry(v) {
+      sub(/[[:space:]]+#.*$/, "", v); gsub(/^[[:space:]"\047]+|[[:space:]"\047]+$/, "", v)
+      sub(/^\/etc\/citygw\//, "", v); if (v != "") print v
+    }
+    /^gateway:/ { g = 1; next }
+    g && /^[^[:space:]#]/ { g = 0 }
+    g && list && /^[[:space:]]+-[[:space:]]/ { v = $0; sub(/^[[:space:]]+-[[:space:]]+/, "", v); entry(v); next }
+    g && list && !/^[[:space:]]*(#.*)?$/ { list = 0 }
+    g && /^[[:space:]]+operator_keys:/ {
+      found = 1; v = $0; sub(/^[[:space:]]+operator_keys:[[:space:]]*/, "", v); sub(/[[:space:]]*#.*$/, "", v)
+      if (v ~ /^\[/) { gsub(/^\[|\].*$/, "", v); n = split(v, parts, ","); for (i = 1; i <= n; i++) entry(parts[i]) }
+      else if (v == "") list = 1
+    }
+    END { if (!found) print "-" }
+  ' "$1"
+}
 if [ -e "$CONFIG" ]; then
-  say "kept config $CONFIG"
+  if [ ${#OP_NAMES[@]} -eq 0 ]; then
+    say "kept config $CONFIG"
+  else
+    op_named=0
+    mapfile -t named < <(config_operator_keys "$CONFIG")
+    missing=()
+    for name in "${OP_NAMES[@]}"; do
+      if ! printf '%s\n' "${named[@]}" | grep -qxF -- "$name"; then missing+=("$name"); fi
+    done
+    if [ "${named[*]}" = - ]; then
+      say "kept config $CONFIG: it names no operator keys, so the box takes no remote configuration;"
+      say "  add these lines under gateway: (beside key_file:):"
+      say "  operator_keys:"
+      for name in "${OP_NAMES[@]}"; do say "    - $name"; done
+    elif [ ${#missing[@]} -eq 0 ]; then
+      op_named=1
+      say "kept config $CONFIG: its gateway.operator_keys names ${OP_NAMES[*]}"
+    elif grep -Eq '^[[:space:]]+operator_keys:[[:space:]]*\[' "$CONFIG"; then
+      say "kept config $CONFIG: its gateway.operator_keys does not name ${missing[*]}: add it to the list [...] (a name relative to /etc/citygw, or /etc/citygw/NAME)"
+    else
+      say "kept config $CONFIG: its gateway.operator_keys does not name ${missing[*]}; add to its list:"
+      for name in "${missing[@]}"; do say "    - $name"; done
+    fi
+  fi
 else
   id=set-at-first-boot
+  operator_keys=""
+  op_named=1
+  if [ ${#OP_NAMES[@]} -gt 0 ]; then
+    operator_keys=$'\n'"  operator_keys:                      # signed config documents: docs/operations.md"
+    for name in "${OP_NAMES[@]}"; do operator_keys+=$'\n'"    - $name"; done
+  fi
   umask 027
   cat >"$CONFIG" <<EOF
 # yaml-language-server: \$schema=/usr/local/share/citygw/citygw.schema.json
@@ -241,7 +379,7 @@ else
 # After editing: sudo citygw check -c /etc/citygw/config.yaml && sudo systemctl restart citygw
 gateway:
   id: $id
-  key_file: signing.key               # relative to this directory
+  key_file: signing.key               # relative to this directory${operator_keys}
 
 buffer:
   max_disk: 2GiB
@@ -276,6 +414,23 @@ else
   say "installed unit $UNIT"
   if live_systemd; then systemctl daemon-reload; fi
 fi
+# remote configuration: the service may write its config directory
+if [ ${#OP_NAMES[@]} -gt 0 ]; then
+  dropin_text="# citygw takes signed config documents (install.sh --operator-key): it writes the new config
+# (and config.yaml.previous) into /etc/citygw, so the directory is root:citygw 0770, not 0750.
+# docs/operations.md, \"Remote configuration\". install.sh --uninstall removes this file.
+[Service]
+ConfigurationDirectoryMode=0770"
+  if [ -f "$DROPIN" ] && [ "$(cat "$DROPIN")" = "$dropin_text" ]; then
+    say "drop-in $DROPIN is current"
+  else
+    install -d -m 0755 "$DROPINS"
+    printf '%s\n' "$dropin_text" >"$DROPIN"
+    chmod 0644 "$DROPIN"
+    say "installed drop-in $DROPIN (ConfigurationDirectoryMode=0770)"
+    if live_systemd; then systemctl daemon-reload; fi
+  fi
+fi
 install -d -m 0755 "$(dirname "$MODULES")"
 modules_text="# citygw: serial adapters' drivers, loaded at boot so that the unit's DeviceAllow= groups exist
 usbserial
@@ -308,6 +463,16 @@ else
   enable_in_tree citygw.service
 fi
 
+operator_summary=""
+if [ ${#OP_NAMES[@]} -gt 0 ]; then
+  joined="$(printf ', %s' "${OP_NAMES[@]}")"
+  if [ "$op_named" = 1 ]; then
+    operator_summary="operator keys: ${joined:2} in $ETC: signed config documents are taken (docs/operations.md, \"Remote configuration\")"
+  else
+    operator_summary="operator keys: ${joined:2} in $ETC, but the config does not name them all yet (above): until it does, the box takes no config document signed by them"
+  fi
+fi
+
 # an image: each box makes its id and key at its first boot
 if [ -n "$ROOT" ]; then
   fb_text="$(sed "s|^ExecStart=/usr/local/lib/citygw/firstboot\$|ExecStart=$FIRSTBOOT${CITYGW:+ --citygw $CITYGW}|" \
@@ -324,6 +489,7 @@ if [ -n "$ROOT" ]; then
   say "image ready: each box makes its gateway id and signing key at its first boot"
   say "  gateway id: citygw/id on the boot partition, else ${GATEWAY_ID:+$GATEWAY_ID, else }the board's serial number (rpi-<serial>)"
   say "  public key: left on the boot partition as citygw/keys/<gateway id>/<key id>.pub for the receiver's keys DIR"
+  if [ ${#OP_NAMES[@]} -gt 0 ]; then say "  $operator_summary"; fi
   exit 0
 fi
 
@@ -332,6 +498,7 @@ firstboot=("$ROOT$FIRSTBOOT" --wheels "$WORK/wheels")
 if [ -n "$CITYGW" ]; then firstboot+=(--citygw "$CITYGW"); fi
 if [ -n "$GATEWAY_ID" ]; then firstboot+=(--id "$GATEWAY_ID"); fi
 "${firstboot[@]}"
+if [ -n "$operator_summary" ]; then say "$operator_summary"; fi
 if [ "$START" = 1 ] && live_systemd; then
   systemctl restart citygw.service
   say "started citygw.service: journalctl -u citygw -f; sudo citygw status -c $CONFIG"

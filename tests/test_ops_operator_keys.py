@@ -267,6 +267,7 @@ def test_a_kept_config_is_not_rewritten_and_the_lines_to_add_are_printed(tmp_pat
         "    - operator.key.pub\n"
         "    - operator-spare.key.pub\n"
     ) in done.stdout
+    assert "the config does not name them all yet (above)" in done.stdout
 
     # a config that names one of the two: the other is named
     config.write_text(
