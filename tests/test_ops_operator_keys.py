@@ -282,3 +282,49 @@ def test_a_kept_config_is_not_rewritten_and_the_lines_to_add_are_printed(tmp_pat
         f"kept config {config}: its gateway.operator_keys does not name operator-spare.key.pub: "
         "add it to the list [...] (a name relative to /etc/citygw, or /etc/citygw/NAME)\n"
     ) in done.stdout
+
+
+def test_sudo_install_on_a_box_with_an_operator_key_opens_the_config_directory_to_the_service(
+    tmp_path: Path,
+) -> None:
+    """``sudo install.sh --operator-key`` on this machine, every write caught in an overlay."""
+    operator = _keygen(tmp_path / "operator", "operator.key")
+    wrapper = _wrapper(tmp_path)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    calls = tmp_path / "calls.log"
+    for tool in ("systemctl", "modprobe"):
+        (shims / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\n')
+        (shims / tool).chmod(0o755)
+    changes = tmp_path / "changes"
+    mounts = []
+    for d in ("etc", "opt", "var", "usr/local", "boot"):
+        upper, work = changes / d.replace("/", "-") / "upper", changes / d.replace("/", "-") / "work"
+        upper.mkdir(parents=True)
+        work.mkdir()
+        mounts.append(f"mount -t overlay overlay -o lowerdir=/{d},upperdir={upper},workdir={work} /{d}")
+    # a running systemd, as on a box: the script reloads it after writing the drop-in
+    mounts.append(f"mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && export PATH={shims}:$PATH")
+    install = ["bash", str(REPO / "scripts/install.sh"), "--citygw", str(wrapper), "--id", "gw-pole-7"]
+    install += ["--operator-key", f"{operator}.pub"]
+    probe = (
+        " ".join(install) + "; echo '--- after'; stat -c '%a %U:%G' /etc/citygw /etc/citygw/operator.key.pub"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join([*mounts, probe])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, after = done.stdout.split("--- after\n", 1)
+    assert after == "770 root:citygw\n640 root:citygw\n", after
+    assert "ok: gateway gw-pole-7" in first, "firstboot's citygw check passes on the skeleton"
+    assert "operator keys: operator.key.pub in /etc/citygw: signed config documents are taken" in first
+    etc = changes / "etc/upper"
+    dropin = (etc / "systemd/system/citygw.service.d/remote-config.conf").read_text()
+    assert "[Service]\nConfigurationDirectoryMode=0770\n" in dropin
+    skeleton = YAML(typ="safe").load(etc / "citygw/config.yaml")
+    assert skeleton["gateway"]["operator_keys"] == ["operator.key.pub"]
+    assert calls.read_text().count("systemctl daemon-reload") == 2, "after the unit, and after the drop-in"
