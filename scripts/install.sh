@@ -101,6 +101,10 @@ operator_key_problem() {  # why FILE cannot be an operator key on a box; nothing
     return
   fi
   der="$(spki_hex "$file")"
+  if [ -z "$der" ]; then
+    echo "--operator-key $file is not an Ed25519 public key (its PEM block does not decode: a damaged copy?)"
+    return
+  fi
   if [ "${#der}" != 88 ] || [ "${der:0:24}" != "$ED25519_SPKI" ]; then
     echo "--operator-key $file is not an Ed25519 public key (it is another kind): make operator keys with citygw keygen"
     return
@@ -293,7 +297,7 @@ etc_mode=0750
 if [ ${#OP_NAMES[@]} -gt 0 ]; then
   etc_mode=0770
 elif [ -d "$DROPINS" ]; then  # a drop-in made before (--operator-key, or systemctl edit): kept
-  mode="$(sed -n 's/^ConfigurationDirectoryMode=\(0\{0,1\}[0-7]\{3\}\)[[:space:]]*$/\1/p' "$DROPINS"/*.conf 2>/dev/null | tail -n 1)"
+  mode="$(sed -n 's/^ConfigurationDirectoryMode=\(0\{0,1\}[0-7]\{3\}\)[[:space:]]*$/\1/p' "$DROPINS"/*.conf 2>/dev/null | tail -n 1 || true)"
   if [ -n "$mode" ]; then etc_mode="$mode"; fi
 fi
 install -d -m "$etc_mode" -o 0 -g "$GID_N" "$ETC"

@@ -328,3 +328,28 @@ def test_sudo_install_on_a_box_with_an_operator_key_opens_the_config_directory_t
     skeleton = YAML(typ="safe").load(etc / "citygw/config.yaml")
     assert skeleton["gateway"]["operator_keys"] == ["operator.key.pub"]
     assert calls.read_text().count("systemctl daemon-reload") == 2, "after the unit, and after the drop-in"
+
+
+def test_a_drop_in_of_the_operators_keeps_the_directory_mode_it_sets_and_outlives_uninstall(
+    tmp_path: Path,
+) -> None:
+    root = image_root(tmp_path, "image")
+    wrapper = _wrapper(tmp_path)
+    done = _install(root, wrapper)
+    assert done.returncode == 0, done.stdout + done.stderr
+    dropins = root / "etc/systemd/system/citygw.service.d"
+    dropins.mkdir()
+    again = _install(root, wrapper)  # an empty drop-in directory: nothing to read, 0750
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert stat.S_IMODE((root / "etc/citygw").stat().st_mode) == 0o750
+    # what `sudo systemctl edit citygw` leaves, as docs/operations.md says for boxes installed otherwise
+    (dropins / "override.conf").write_text("[Service]\nConfigurationDirectoryMode=0770\n")
+    again = _install(root, wrapper)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert stat.S_IMODE((root / "etc/citygw").stat().st_mode) == 0o770, "a run does not close it again"
+
+    done = _install(root, wrapper, "--uninstall")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        dropins / "override.conf"
+    ).exists() and f"kept {dropins}: drop-ins of yours are in it" in done.stdout
