@@ -265,6 +265,33 @@ def test_http_faults_retry_a_poison_batch_is_parked_and_every_other_arrives_once
         assert db.execute("SELECT count(*) FROM parked").fetchone()[0] == 0
 
 
+class IdempotentPlatform:
+    """A platform (or a proxy before it) that honours ``Idempotency-Key`` as the IETF draft says: a
+    repeated key gets the first answer again, and the request is not processed (nor stored) again.
+    :meth:`process` handles a key seen for the first time; by default it stores the JWS and answers 201."""
+
+    def __init__(self) -> None:
+        self.answered: dict[str, tuple[int, str]] = {}
+        self.stored: list[str] = []
+        self.replayed: list[str] = []  # the keys answered from the cache
+
+    async def handle(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        idempotency_key = request.headers["Idempotency-Key"]
+        if idempotency_key in self.answered:  # replayed: the body is not looked at, nor stored again
+            self.replayed.append(idempotency_key)
+            status, text = self.answered[idempotency_key]
+            return web.Response(status=status, text=text, headers={"Idempotent-Replayed": "true"})
+        return await self.process(idempotency_key, body.decode("ascii"))
+
+    async def process(self, idempotency_key: str, token: str) -> web.StreamResponse:
+        self.store(idempotency_key, token)
+        return web.Response(status=201, text="stored")
+
+    def store(self, idempotency_key: str, token: str) -> None:
+        self.stored.append(token)
+        self.answered[idempotency_key] = (201, "stored")
+
+
 def test_a_replaced_buffers_batches_are_stored_by_a_platform_that_honours_idempotency_keys(
     tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
 ) -> None:
@@ -272,26 +299,14 @@ def test_a_replaced_buffers_batches_are_stored_by_a_platform_that_honours_idempo
     repeated key gets the first answer again and the request is not processed. The box's buffer is
     damaged between two runs and moved aside: the fresh buffer is a new chain whose seqs start at 1
     again. Each of its batches must still be stored, not answered with the old chain's cached 2xx."""
-    answered: dict[str, tuple[int, str]] = {}
-    stored: list[str] = []
-    replayed: list[str] = []  # the keys answered from the cache
-
-    async def idempotent(request: web.Request, body: bytes) -> web.StreamResponse:
-        idempotency_key = request.headers["Idempotency-Key"]
-        if idempotency_key in answered:  # replayed: the body is not looked at, nor stored again
-            replayed.append(idempotency_key)
-            status, text = answered[idempotency_key]
-            return web.Response(status=status, text=text, headers={"Idempotent-Replayed": "true"})
-        stored.append(body.decode("ascii"))
-        answered[idempotency_key] = (201, "stored")
-        return web.Response(status=201, text="stored")
-
+    platform = IdempotentPlatform()
+    stored, replayed = platform.stored, platform.replayed
     public = Path(f"{key}.pub")
 
     def readings(tokens: list[str], device: str) -> list[Any]:
         return verify_all(tokens, public).values.get(device, [])
 
-    server = ScriptedServer(idempotent)
+    server = ScriptedServer(platform.handle)
     try:
         config = _http_config(tmp_path, key, f"http://127.0.0.1:{server.port}/ingest", 300)
         daemon = daemon_factory(config)
@@ -349,26 +364,20 @@ def test_a_gap_record_is_stored_by_a_platform_that_honours_idempotency_keys(
     platform that honours ``Idempotency-Key`` must store it, not answer it with batch 2's stored
     2xx, or seq 1 stays missing with no gap record to account for it."""
     timeout = 1.0
-    answered: dict[str, tuple[int, str]] = {}
-    stored: list[str] = []
-    replayed: list[str] = []  # the keys answered from the cache
 
-    async def platform(request: web.Request, body: bytes) -> web.StreamResponse:
-        idempotency_key = request.headers["Idempotency-Key"]
-        if idempotency_key in answered:  # replayed: the body is not looked at, nor stored again
-            replayed.append(idempotency_key)
-            status, text = answered[idempotency_key]
-            return web.Response(status=status, text=text, headers={"Idempotent-Replayed": "true"})
-        token = body.decode("ascii")
-        seq = payload_of(token).get("seq")
-        if seq == 1:  # lost on the way: never processed, nothing comes back in time
-            await asyncio.sleep(timeout * 2.5)
-            return web.Response(status=504)
-        stored.append(token)
-        answered[idempotency_key] = (201, "stored")
-        if seq == 2:  # stored; the answer is lost (it comes after the uplink's timeout)
-            await asyncio.sleep(timeout * 2.5)
-        return web.Response(status=201, text="stored")
+    class LossyPlatform(IdempotentPlatform):
+        async def process(self, idempotency_key: str, token: str) -> web.StreamResponse:
+            seq = payload_of(token).get("seq")
+            if seq == 1:  # lost on the way: never processed, nothing comes back in time
+                await asyncio.sleep(timeout * 2.5)
+                return web.Response(status=504)
+            self.store(idempotency_key, token)
+            if seq == 2:  # stored; the answer is lost (it comes after the uplink's timeout)
+                await asyncio.sleep(timeout * 2.5)
+            return web.Response(status=201, text="stored")
+
+    platform = LossyPlatform()
+    stored, replayed = platform.stored, platform.replayed
 
     def config(uplink: bool, devices: dict[str, dict[str, Any]], batch: dict[str, Any]) -> Path:
         path = write_config(
@@ -395,7 +404,7 @@ def test_a_gap_record_is_stored_by_a_platform_that_honours_idempotency_keys(
     if LIBFAKETIME is None:
         pytest.fail("libfaketime is missing: scripts/dev installs it (apt package faketime)")
     buffer = tmp_path / "state" / "buffer.db"
-    server = ScriptedServer(platform)
+    server = ScriptedServer(platform.handle)
     try:
         # 1. two readings, two batches, POSTed in one window; neither is delivered
         one_each = {"max_readings": 1, "max_age": "100ms"}
