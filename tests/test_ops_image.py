@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -102,11 +103,34 @@ def _cpuinfo(tmp_path: Path, serial: str | None) -> Path:
     return path
 
 
-def _uid(root: Path, name: str) -> int:
-    for line in (root / "etc" / "passwd").read_text().splitlines():
+def account_id(root: Path, name: str, *, table: str = "passwd") -> int:
+    """The id of user ``name`` in ``root``'s /etc/passwd (or of group ``name``: ``table="group"``)."""
+    for line in (root / "etc" / table).read_text().splitlines():
         if line.startswith(f"{name}:"):
             return int(line.split(":")[2])
-    raise AssertionError(f"no user {name}")
+    raise AssertionError(f"no {table} entry {name}")
+
+
+def citygw_wrapper(tmp_path: Path) -> Path:
+    """An executable ``citygw`` that runs this checkout's (install.sh's ``--citygw``)."""
+    wrapper = tmp_path / "citygw"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m citygw "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def install(
+    root: Path, wrapper: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """scripts/install.sh into the image root ``root``, with ``wrapper`` as its citygw."""
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
 
 
 def _config_id(root: Path) -> str:
@@ -196,7 +220,7 @@ def test_an_image_gives_each_box_its_own_id_and_key_at_first_boot(tmp_path: Path
     assert version_on_box.returncode == 0 and version_on_box.stdout.startswith("citygw "), version_on_box
 
     key = image / "etc/citygw/signing.key"
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == _uid(image, "citygw")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == account_id(image, "citygw")
     assert _config_id(image) == "bkk-pathumwan-0042"
     kid_a = _kid(Path(f"{key}.pub"))
     collected = image / f"boot/firmware/citygw/keys/bkk-pathumwan-0042/{kid_a}.pub"

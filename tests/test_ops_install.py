@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 
 from citygw.ops.logging_setup import KeyValueFormatter, setup
 
-from .test_ops_image import FIRSTBOOT, image_root, on_box
+from .test_ops_image import FIRSTBOOT, account_id, citygw_wrapper, image_root, install, on_box
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "citygw.service"
@@ -110,23 +110,6 @@ def test_the_unit_is_a_watched_notify_service_with_its_own_user_and_directories(
 # --- the install script, into a throwaway root --------------------------------------------------
 
 
-def _install(root: Path, wrapper: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def _uid(root: Path, name: str) -> int:
-    for line in (root / "etc" / "passwd").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split(":")[2])
-    raise AssertionError(f"no user {name}")
-
-
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
     return {
         str(p.relative_to(root)): (p.lstat().st_mode, p.lstat().st_uid, p.lstat().st_gid, p.read_bytes())
@@ -141,14 +124,12 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
 )
 def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
     root = image_root(tmp_path, "root")
-    wrapper = tmp_path / "citygw"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m citygw "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = citygw_wrapper(tmp_path)
 
-    done = _install(root, wrapper, "--id", "gw-pole-7")
+    done = install(root, wrapper, "--id", "gw-pole-7")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "id=gw-pole-7" in (root / "etc/citygw/firstboot.pending").read_text()
-    uid = _uid(root, "citygw")
+    uid = account_id(root, "citygw")
     group = (root / "etc" / "group").read_text()
     assert re.search(r"^dialout:x:20:citygw$", group, re.M) and re.search(
         r"^bluetooth:x:112:citygw$", group, re.M
@@ -171,7 +152,7 @@ def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: 
         assert (root / "etc/systemd/system/multi-user.target.wants/citygw.service").is_symlink()
 
     before = _snapshot(root)
-    again = _install(root, wrapper, "--id", "gw-pole-7")
+    again = install(root, wrapper, "--id", "gw-pole-7")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _snapshot(root) == before, "a second run changes nothing"
     assert "kept config" in again.stdout
@@ -180,23 +161,23 @@ def test_install_is_idempotent_and_uninstall_keeps_data_unless_purged(tmp_path: 
     assert boot.returncode == 0, boot.stdout + boot.stderr
     assert "ok: gateway gw-pole-7" in boot.stdout, "the skeleton config passes citygw check"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
-    refused = _install(root, wrapper)
+    refused = install(root, wrapper)
     assert refused.returncode == 1 and "every box flashed from it would share one identity" in refused.stderr
 
     (etc / "config.yaml").write_text(config + "# a technician's edit\n")
     (state / "buffer.db").write_bytes(b"data")
 
-    done = _install(root, wrapper, "--uninstall")
+    done = install(root, wrapper, "--uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (root / "etc/systemd/system/citygw.service").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants/citygw.service").exists()
     assert not (root / "etc/systemd/system/citygw-firstboot.service").exists()
     assert key.exists() and (state / "buffer.db").read_bytes() == b"data"
     assert "# a technician's edit" in (etc / "config.yaml").read_text()
-    assert _uid(root, "citygw") == uid
+    assert account_id(root, "citygw") == uid
     assert f"kept {state}" in done.stdout
 
-    done = _install(root, wrapper, "--uninstall", "--purge")
+    done = install(root, wrapper, "--uninstall", "--purge")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not etc.exists() and not state.exists()
     assert "citygw" not in (root / "etc" / "passwd").read_text()
@@ -296,17 +277,8 @@ def test_an_image_made_where_systemctl_cannot_run_still_enables_its_units(tmp_pa
     (shims / "systemctl").write_text("#!/bin/sh\nexit 1\n")
     (shims / "systemctl").chmod(0o755)
     root = image_root(tmp_path, "root")
-    wrapper = tmp_path / "citygw"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m citygw "$@"\n')
-    wrapper.chmod(0o755)
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}"),
-        check=False,
-    )
+    wrapper = citygw_wrapper(tmp_path)
+    done = install(root, wrapper, env=dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "enabled citygw-firstboot.service (links made by hand)" in done.stdout
     system = root / "etc/systemd/system"

@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 from citygw.config import load_config
 from citygw.wire.signing import load_public_keys
 
-from .test_ops_image import FIRSTBOOT, image_root, on_box
+from .test_ops_image import FIRSTBOOT, account_id, citygw_wrapper, image_root, install, on_box
 
 REPO = Path(__file__).resolve().parent.parent
 DROPIN = "etc/systemd/system/citygw.service.d/remote-config.conf"
@@ -32,23 +32,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("unshare") is None,
     reason="needs root, useradd (--prefix) and unshare",
 )
-
-
-def _wrapper(tmp_path: Path) -> Path:
-    wrapper = tmp_path / "citygw"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m citygw "$@"\n')
-    wrapper.chmod(0o755)
-    return wrapper
-
-
-def _install(root: Path, wrapper: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "scripts" / "install.sh"), "--root", str(root), "--citygw", str(wrapper), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _keygen(directory: Path, name: str) -> Path:
@@ -64,13 +47,6 @@ def _keygen(directory: Path, name: str) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return key
-
-
-def _gid(root: Path, name: str) -> int:
-    for line in (root / "etc" / "group").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split(":")[2])
-    raise AssertionError(f"no group {name}")
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
@@ -95,15 +71,15 @@ def test_an_image_with_two_operator_keys_takes_remote_configuration_and_a_second
     tmp_path: Path,
 ) -> None:
     root = image_root(tmp_path, "image")
-    wrapper = _wrapper(tmp_path)
+    wrapper = citygw_wrapper(tmp_path)
     operator = _keygen(tmp_path / "operator", "operator.key")
     spare = _keygen(tmp_path / "operator", "operator-spare.key")
     keys = ["--operator-key", f"{operator}.pub", "--operator-key", f"{spare}.pub"]
 
-    done = _install(root, wrapper, *keys)
+    done = install(root, wrapper, *keys)
     assert done.returncode == 0, done.stdout + done.stderr
     etc = root / "etc/citygw"
-    gid = _gid(root, "citygw")
+    gid = account_id(root, "citygw", table="group")
     for key in (operator, spare):
         installed = etc / f"{key.name}.pub"
         assert installed.read_bytes() == Path(f"{key}.pub").read_bytes()
@@ -123,7 +99,7 @@ def test_an_image_with_two_operator_keys_takes_remote_configuration_and_a_second
     assert "operator keys: operator.key.pub, operator-spare.key.pub" in done.stdout
 
     before = _snapshot(root)
-    again = _install(root, wrapper, *keys)
+    again = install(root, wrapper, *keys)
     assert again.returncode == 0, again.stdout + again.stderr
     assert _snapshot(root) == before, "a second run changes nothing"
     assert f"operator key {etc}/operator.key.pub is current" in again.stdout
@@ -131,7 +107,7 @@ def test_an_image_with_two_operator_keys_takes_remote_configuration_and_a_second
     assert f"kept config {etc}/config.yaml: its gateway.operator_keys names" in again.stdout
 
     # and a run without the option keeps what the first one made
-    plain = _install(root, wrapper)
+    plain = install(root, wrapper)
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert _snapshot(root) == before
 
@@ -144,7 +120,7 @@ def test_an_image_with_two_operator_keys_takes_remote_configuration_and_a_second
     assert _kids(list(config.gateway.operator_keys)) == _kids([Path(f"{operator}.pub"), Path(f"{spare}.pub")])
 
     # uninstall removes the drop-in with the unit; the keys stay with the config (--purge: gone)
-    done = _install(root, wrapper, "--uninstall")
+    done = install(root, wrapper, "--uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (root / DROPIN).exists() and not (root / DROPIN).parent.exists()
     assert f"removed {root / DROPIN}" in done.stdout
@@ -157,7 +133,7 @@ def test_an_image_with_two_operator_keys_takes_remote_configuration_and_a_second
 def test_systemd_reads_the_unit_with_its_drop_in_and_the_sandbox_keeps_its_rating(tmp_path: Path) -> None:
     root = image_root(tmp_path, "image")
     operator = _keygen(tmp_path / "operator", "operator.key")
-    done = _install(root, _wrapper(tmp_path), "--operator-key", f"{operator}.pub")
+    done = install(root, citygw_wrapper(tmp_path), "--operator-key", f"{operator}.pub")
     assert done.returncode == 0, done.stdout + done.stderr
     unit = root / "etc/systemd/system/citygw.service"
 
@@ -216,8 +192,8 @@ def test_an_operator_key_that_is_not_an_ed25519_public_key_is_refused_before_any
         shutil.copy(f"{operator}.pub", given)
     before = _snapshot(root)
 
-    done = _install(
-        root, _wrapper(tmp_path), "--operator-key", f"{operator}.pub", "--operator-key", str(given)
+    done = install(
+        root, citygw_wrapper(tmp_path), "--operator-key", f"{operator}.pub", "--operator-key", str(given)
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert _snapshot(root) == before, "nothing is written"
@@ -239,8 +215,8 @@ def test_the_same_key_twice_is_refused(tmp_path: Path) -> None:
     copy = tmp_path / "operator-spare.key.pub"
     shutil.copy(f"{operator}.pub", copy)
     before = _snapshot(root)
-    done = _install(
-        root, _wrapper(tmp_path), "--operator-key", f"{operator}.pub", "--operator-key", str(copy)
+    done = install(
+        root, citygw_wrapper(tmp_path), "--operator-key", f"{operator}.pub", "--operator-key", str(copy)
     )
     assert done.returncode == 2 and _snapshot(root) == before
     assert f"{copy} is the same key as {operator}.pub: a spare must be a key pair of its own" in done.stderr
@@ -248,16 +224,16 @@ def test_the_same_key_twice_is_refused(tmp_path: Path) -> None:
 
 def test_a_kept_config_is_not_rewritten_and_the_lines_to_add_are_printed(tmp_path: Path) -> None:
     root = image_root(tmp_path, "image")
-    wrapper = _wrapper(tmp_path)
+    wrapper = citygw_wrapper(tmp_path)
     operator = _keygen(tmp_path / "operator", "operator.key")
     spare = _keygen(tmp_path / "operator", "operator-spare.key")
-    done = _install(root, wrapper)
+    done = install(root, wrapper)
     assert done.returncode == 0, done.stdout + done.stderr
     config = root / "etc/citygw/config.yaml"
     ours = config.read_text().replace("buffer:\n", "buffer:\n  synchronous: full\n")
     config.write_text(ours)
 
-    done = _install(root, wrapper, "--operator-key", f"{operator}.pub", "--operator-key", f"{spare}.pub")
+    done = install(root, wrapper, "--operator-key", f"{operator}.pub", "--operator-key", f"{spare}.pub")
     assert done.returncode == 0, done.stdout + done.stderr
     assert config.read_text() == ours, "a config that is there is never rewritten"
     assert (
@@ -276,7 +252,7 @@ def test_a_kept_config_is_not_rewritten_and_the_lines_to_add_are_printed(tmp_pat
             "gateway:\n  operator_keys: [/etc/citygw/operator.key.pub]  # the first one only\n",
         )
     )
-    done = _install(root, wrapper, "--operator-key", f"{operator}.pub", "--operator-key", f"{spare}.pub")
+    done = install(root, wrapper, "--operator-key", f"{operator}.pub", "--operator-key", f"{spare}.pub")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
         f"kept config {config}: its gateway.operator_keys does not name operator-spare.key.pub: "
@@ -289,7 +265,7 @@ def test_sudo_install_on_a_box_with_an_operator_key_opens_the_config_directory_t
 ) -> None:
     """``sudo install.sh --operator-key`` on this machine, every write caught in an overlay."""
     operator = _keygen(tmp_path / "operator", "operator.key")
-    wrapper = _wrapper(tmp_path)
+    wrapper = citygw_wrapper(tmp_path)
     shims = tmp_path / "shims"
     shims.mkdir()
     calls = tmp_path / "calls.log"
@@ -305,10 +281,10 @@ def test_sudo_install_on_a_box_with_an_operator_key_opens_the_config_directory_t
         mounts.append(f"mount -t overlay overlay -o lowerdir=/{d},upperdir={upper},workdir={work} /{d}")
     # a running systemd, as on a box: the script reloads it after writing the drop-in
     mounts.append(f"mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && export PATH={shims}:$PATH")
-    install = ["bash", str(REPO / "scripts/install.sh"), "--citygw", str(wrapper), "--id", "gw-pole-7"]
-    install += ["--operator-key", f"{operator}.pub"]
+    command = ["bash", str(REPO / "scripts/install.sh"), "--citygw", str(wrapper), "--id", "gw-pole-7"]
+    command += ["--operator-key", f"{operator}.pub"]
     probe = (
-        " ".join(install) + "; echo '--- after'; stat -c '%a %U:%G' /etc/citygw /etc/citygw/operator.key.pub"
+        " ".join(command) + "; echo '--- after'; stat -c '%a %U:%G' /etc/citygw /etc/citygw/operator.key.pub"
     )
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join([*mounts, probe])],
@@ -334,21 +310,21 @@ def test_a_drop_in_of_the_operators_keeps_the_directory_mode_it_sets_and_outlive
     tmp_path: Path,
 ) -> None:
     root = image_root(tmp_path, "image")
-    wrapper = _wrapper(tmp_path)
-    done = _install(root, wrapper)
+    wrapper = citygw_wrapper(tmp_path)
+    done = install(root, wrapper)
     assert done.returncode == 0, done.stdout + done.stderr
     dropins = root / "etc/systemd/system/citygw.service.d"
     dropins.mkdir()
-    again = _install(root, wrapper)  # an empty drop-in directory: nothing to read, 0750
+    again = install(root, wrapper)  # an empty drop-in directory: nothing to read, 0750
     assert again.returncode == 0, again.stdout + again.stderr
     assert stat.S_IMODE((root / "etc/citygw").stat().st_mode) == 0o750
     # what `sudo systemctl edit citygw` leaves, as docs/operations.md says for boxes installed otherwise
     (dropins / "override.conf").write_text("[Service]\nConfigurationDirectoryMode=0770\n")
-    again = _install(root, wrapper)
+    again = install(root, wrapper)
     assert again.returncode == 0, again.stdout + again.stderr
     assert stat.S_IMODE((root / "etc/citygw").stat().st_mode) == 0o770, "a run does not close it again"
 
-    done = _install(root, wrapper, "--uninstall")
+    done = install(root, wrapper, "--uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
         dropins / "override.conf"
