@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 
@@ -73,6 +73,8 @@ def loaded(pid: int, package: str) -> bool:
 
 
 def box(tmp_path: Path, key: Path, port: int, *, grace: str = "1s") -> tuple[Path, dict[str, Any], Path]:
+    """A box's config (in ``tmp_path/etc``) that takes documents signed by its operator key."""
+    (tmp_path / "etc").mkdir(exist_ok=True)
     op_key = tmp_path / "operator.key"
     generate_key(op_key)
     config = write_config(
@@ -89,6 +91,32 @@ def box(tmp_path: Path, key: Path, port: int, *, grace: str = "1s") -> tuple[Pat
     return config, data, op_key
 
 
+class RunningBox(NamedTuple):
+    config: Path
+    data: dict[str, Any]
+    op_key: Path
+    original: str  # the config file as the box started on it
+    daemon: Daemon
+
+
+def running_box(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+    *,
+    grace: str = "1s",
+) -> RunningBox:
+    """:func:`box`, its daemon started and its readings arriving at the broker."""
+    config, data, op_key = box(tmp_path, key, broker.port, grace=grace)
+    original = config.read_text()
+    daemon = daemon_factory(config)
+    daemon.start()
+    collector.wait(lambda c: c.readings() > 20, 30, "readings")
+    return RunningBox(config, data, op_key, original, daemon)
+
+
 def test_signed_config_applies_and_bad_documents_are_refused(
     tmp_path: Path,
     key: Path,
@@ -96,12 +124,7 @@ def test_signed_config_applies_and_bad_documents_are_refused(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    (tmp_path / "etc").mkdir()
-    config, data, op_key = box(tmp_path, key, broker.port)
-    original = config.read_text()
-    daemon = daemon_factory(config)
-    daemon.start()
-    collector.wait(lambda c: c.readings() > 20, 30, "readings")
+    config, data, op_key, original, daemon = running_box(tmp_path, key, broker, collector, daemon_factory)
     # remote config by MQTT only: the config_url poller (every task runs by now) has not loaded
     # aiohttp's client, ~8 MiB of resident memory on every box without a config_url
     assert daemon.proc is not None
@@ -159,12 +182,9 @@ def test_a_config_that_breaks_the_uplink_is_rolled_back_within_the_grace_period(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    (tmp_path / "etc").mkdir()
-    config, data, op_key = box(tmp_path, key, broker.port, grace="2s")
-    original = config.read_text()
-    daemon = daemon_factory(config)
-    daemon.start()
-    collector.wait(lambda c: c.readings() > 20, 30, "readings")
+    config, data, op_key, original, daemon = running_box(
+        tmp_path, key, broker, collector, daemon_factory, grace="2s"
+    )
 
     broken = json.loads(json.dumps(data))
     broken["uplinks"]["local"]["url"] = f"mqtt://127.0.0.1:{free_port()}"  # nobody listens there
@@ -192,12 +212,9 @@ def test_a_kill_9_during_a_pending_config_ends_in_the_previous_config(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    (tmp_path / "etc").mkdir()
-    config, data, op_key = box(tmp_path, key, broker.port, grace="1m")
-    original = config.read_text()
-    daemon = daemon_factory(config)
-    daemon.start()
-    collector.wait(lambda c: c.readings() > 20, 30, "readings")
+    config, data, op_key, original, daemon = running_box(
+        tmp_path, key, broker, collector, daemon_factory, grace="1m"
+    )
 
     new = json.loads(json.dumps(data))
     new["log"] = {"level": "debug"}
@@ -328,12 +345,9 @@ def test_a_config_whose_new_bus_cannot_start_is_rolled_back(
     collector: Collector,
     daemon_factory: Callable[[Path], Daemon],
 ) -> None:
-    (tmp_path / "etc").mkdir()
-    config, data, op_key = box(tmp_path, key, broker.port, grace="3s")
-    original = config.read_text()
-    daemon = daemon_factory(config)
-    daemon.start()
-    collector.wait(lambda c: c.readings() > 20, 30, "readings")
+    config, data, op_key, original, daemon = running_box(
+        tmp_path, key, broker, collector, daemon_factory, grace="3s"
+    )
 
     broken = json.loads(json.dumps(data))  # a meter on a Modbus TCP gateway that is not there
     broken["buses"]["cabinet"] = {
