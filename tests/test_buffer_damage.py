@@ -256,15 +256,11 @@ def test_a_buffer_of_another_gateway_id_is_refused_with_exit_78(
 # -- a damaged stored batch (issue 15 item 3) ------------------------------------------------------
 
 
-def test_a_damaged_batch_is_quarantined_behind_a_gap_record_and_the_rest_is_delivered(
-    tmp_path: Path,
-    key: Path,
-    broker: LocalBroker,
-    collector: Collector,
-    daemon_factory: Callable[[Path], Daemon],
-) -> None:
-    # first the box collects with its uplink down: 6 batches stay in the buffer
-    metrics = free_port()
+def _buffer_with_damaged_batch_3(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon], metrics: int
+) -> dict[int, list[Any]]:
+    """A box that collected 600 readings with its uplink down (6 batches held), then batch 3's
+    stored payload damaged on disk where SQLite does not see it. The values of each batch, by seq."""
     down = write_config(
         tmp_path / "down.yaml",
         key=key,
@@ -295,6 +291,18 @@ def test_a_damaged_batch_is_quarantined_behind_a_gap_record_and_the_rest_is_deli
     flip(path, bytes(blob))
     with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # SQLite sees nothing wrong
+    return stored
+
+
+def test_a_damaged_batch_is_quarantined_behind_a_gap_record_and_the_rest_is_delivered(
+    tmp_path: Path,
+    key: Path,
+    broker: LocalBroker,
+    collector: Collector,
+    daemon_factory: Callable[[Path], Daemon],
+) -> None:
+    metrics = free_port()
+    stored = _buffer_with_damaged_batch_3(tmp_path, key, daemon_factory, metrics)
 
     # then the uplink is back
     up = write_config(
@@ -331,6 +339,59 @@ def test_a_damaged_batch_is_quarantined_behind_a_gap_record_and_the_rest_is_deli
     expected = [v for seq in sorted(stored) if seq != 3 for v in stored[seq]] + [0]
     assert verified.values["d1"] == expected
     assert sample(samples, "citygw_buffer_corrupt_batches_total") == 1
+
+
+def test_a_damaged_batchs_gap_record_passes_an_ngsi_ld_uplink_and_the_rest_is_upserted(
+    tmp_path: Path, key: Path, daemon_factory: Callable[[Path], Daemon]
+) -> None:
+    """An NGSI-LD uplink has nothing to upsert for a gap record: it goes past it (its cursor
+    moves over it) and upserts every batch after it, each entity naming the batch it came from."""
+    from aiohttp import web
+
+    from .test_uplinks_http import ScriptedServer
+
+    metrics = free_port()
+    stored = _buffer_with_damaged_batch_3(tmp_path, key, daemon_factory, metrics)
+    upserted: list[dict[str, Any]] = []
+
+    async def context_broker(request: web.Request, body: bytes) -> web.StreamResponse:
+        upserted.extend(json.loads(body))
+        return web.Response(status=204)
+
+    def sources() -> set[int]:  # urn:citygw:{gateway}:batch:{seq}:{jws hash}
+        return {int(e["source"]["value"].split(":")[4]) for e in list(upserted)}
+
+    server = ScriptedServer(context_broker)
+    try:
+        up = write_config(
+            tmp_path / "up.yaml",
+            key=key,
+            port=free_port(),
+            devices={"d1": {"bus": "gen", "rate": 200, "count": 1, "values": "sequence"}},
+            buffer={"batch": {"max_readings": 100, "max_age": "300ms"}},
+            metrics={"listen": f"127.0.0.1:{metrics}"},
+        )
+        data = json.loads(up.read_text())
+        data["gateway"]["location"] = {"latitude": 13.7465, "longitude": 100.5348}
+        data["uplinks"] = {
+            "local": {"type": "ngsi-ld", "url": f"http://127.0.0.1:{server.port}", "backoff_initial": "200ms"}
+        }
+        up.write_text(json.dumps(data))
+        daemon = daemon_factory(up)
+        daemon.start()
+        head = max(stored) + 1  # the one reading of this run
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sources() != {s for s in range(1, head + 1) if s != 3}:
+            time.sleep(0.1)
+        assert sources() == {s for s in range(1, head + 1) if s != 3}, sorted(sources())
+        assert daemon.terminate() == 0
+    finally:
+        server.close()
+    log = daemon.log.read_text()
+    assert "Traceback" not in log and "batch_corrupt" in log
+    with sqlite3.connect(tmp_path / "state" / "buffer.db") as db:
+        (cursor,) = db.execute("SELECT seq FROM cursors WHERE uplink = 'local'").fetchone()
+    assert cursor == head  # past the gap record, to the last batch
 
 
 # -- a damaged WAL (issue 15 item 8) ---------------------------------------------------------------

@@ -275,9 +275,9 @@ class NgsiLdUplink(_HttpBase):
             self._headers["NGSILD-Tenant"] = config.tenant
 
     def entities(self, batch: Outgoing) -> list[dict[str, object]]:
-        payload = json.loads(compact_payload(batch.data))
-        if "senml" not in payload:
+        if batch.gap:
             return []  # a gap record: nothing to upsert
+        payload = json.loads(compact_payload(batch.data))
         digest = hashlib.sha256(batch.data).hexdigest()[:16]
         source = f"urn:citygw:{self.gateway}:batch:{payload['seq']}:{digest}"
         return ngsi.entities(
