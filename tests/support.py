@@ -25,6 +25,25 @@ import paho.mqtt.client as mqtt
 from jwcrypto import jwk, jws
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def citygw(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``citygw ARGS`` as a command (``python -m citygw`` of this checkout), its output captured;
+    ``env`` adds to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "citygw", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
 LIBFAKETIME = next(  # the daemon's clocks under a test's control (scripts/dev installs faketime)
     (
         p

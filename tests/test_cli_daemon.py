@@ -6,8 +6,6 @@ import contextlib
 import os
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,21 +16,9 @@ from citygw.demo.broker import LocalBroker
 from citygw.reading import Record
 from citygw.wire.signing import Signer
 
-from .support import Collector, Daemon, write_config
+from .support import Collector, Daemon, citygw, write_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def citygw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "citygw", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_keygen_writes_a_private_key_and_prints_its_id(tmp_path: Path) -> None:

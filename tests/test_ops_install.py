@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 
 from citygw.ops.logging_setup import KeyValueFormatter, setup
 
+from .support import citygw
 from .test_ops_image import FIRSTBOOT, account_id, citygw_wrapper, image_root, install, on_box
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,17 +27,6 @@ UNIT = REPO / "systemd" / "citygw.service"
 FIRSTBOOT_UNIT = REPO / "systemd" / "citygw-firstboot.service"
 SCHEMA = REPO / "config" / "citygw.schema.json"
 MAX_EXPOSURE = 2.0
-
-
-def citygw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "citygw", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
 
 
 # --- the unit ----------------------------------------------------------------------------------

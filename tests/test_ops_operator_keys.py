@@ -12,7 +12,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from ruamel.yaml import YAML
 from citygw.config import load_config
 from citygw.wire.signing import load_public_keys
 
+from .support import citygw
 from .test_ops_image import FIRSTBOOT, account_id, citygw_wrapper, image_root, install, on_box
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,13 +38,7 @@ def _keygen(directory: Path, name: str) -> Path:
     """An operator key pair as the docs make it; returns the private key's path (FILE.pub beside)."""
     directory.mkdir(exist_ok=True)
     key = directory / name
-    done = subprocess.run(
-        [sys.executable, "-m", "citygw", "keygen", "--out", str(key)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = citygw("keygen", "--out", str(key))
     assert done.returncode == 0, done.stderr
     return key
 

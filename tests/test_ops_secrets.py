@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,23 +16,12 @@ import pytest
 from citygw.demo.broker import LocalBroker, free_port
 from citygw.ops.operations import TEST_REPORT_EVERY
 
-from .support import Daemon, write_config
+from .support import Daemon, citygw, write_config
 from .test_ops_status import REPORT_EVERY, scrape_after_report
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "pa55-Zq9x-NEVER-PRINTED-7f3e"  # what the gateway sends: wrong for this broker
 OTHER_UID = 54_321
-
-
-def citygw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "citygw", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving the key to another user needs root")

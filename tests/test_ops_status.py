@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -27,21 +25,10 @@ from citygw.ops.operations import TEST_REPORT_EVERY
 from citygw.reading import Record
 from citygw.wire.signing import Signer
 
-from .support import Collector, Daemon, write_config
+from .support import Collector, Daemon, citygw, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def citygw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "citygw", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
 
 
 def parse(text: str) -> Samples:

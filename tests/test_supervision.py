@@ -12,7 +12,6 @@ import asyncio
 import json
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,18 +22,7 @@ from citygw.daemon.gateway import TaskFailed, supervise
 from citygw.demo.broker import LocalBroker
 from citygw.errors import DeliveryError
 
-from .support import REPO, Collector, Daemon, payload_of, verify_all, write_config
-
-
-def citygw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "citygw", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        check=False,
-    )
+from .support import Collector, Daemon, citygw, payload_of, verify_all, write_config
 
 
 def _config(tmp_path: Path, key: Path, broker: LocalBroker) -> Path:

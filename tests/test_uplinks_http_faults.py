@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -23,8 +20,8 @@ from aiohttp import web
 from citygw import redact
 from citygw.demo.broker import free_port
 
-from .support import Daemon, verify_all
-from .test_uplinks_http import REPO, ScriptedServer, _http_config
+from .support import Daemon, citygw, verify_all
+from .test_uplinks_http import ScriptedServer, _http_config
 
 SECRET = "Zq9x-api-key-NEVER-SHOWN-4c1d"
 TOKEN = "tok-NEVER-SHOWN-77e1"
@@ -287,18 +284,6 @@ def test_retry_after_of_a_batch_behind_the_first_in_the_window_is_honoured_and_l
     log = (tmp_path / "daemon.log").read_text()
     assert f"uplink platform: batch 2 asked to wait {wait} s (Retry-After)" in log
     assert verify_all(list(delivered.values()), Path(f"{key}.pub")).values["d1"] == list(range(400))
-
-
-def citygw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "citygw", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-        env=None if env is None else {**os.environ, **env},
-    )
 
 
 def test_a_secret_in_an_uplink_url_appears_in_no_log_status_or_metric(
